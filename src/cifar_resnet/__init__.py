@@ -1,0 +1,1 @@
+"""Domain code of the CIFAR ResNet study: models, data, training, evaluation and reporting."""

@@ -1,0 +1,58 @@
+"""Atomic file output: every file appears whole or not at all, and a failed write leaves the
+previous version intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix, so writers can infer the format); when the
+    block succeeds the file is flushed to disk and renamed over ``path``, when it fails it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        yield temporary
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise OSError(error.errno, f"could not write {path}: {error.strerror or error}") from error
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_output(path) as temporary:
+        temporary.write_text(text)
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    return json.loads(Path(path).read_text())
+
+
+def save_tensors(path: str | os.PathLike, data) -> None:
+    """``torch.save`` of tensors and plain containers only, so ``load_tensors`` can refuse anything else."""
+    with atomic_output(path) as temporary:
+        torch.save(data, temporary)
+
+
+def load_tensors(path: str | os.PathLike, map_location="cpu"):
+    return torch.load(path, map_location=map_location, weights_only=True)
