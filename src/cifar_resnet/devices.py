@@ -1,0 +1,143 @@
+"""Give each concurrently running training job a GPU of its own.
+
+Snakemake counts the ``gpu`` resource but never says which device a job should use (it does not set
+CUDA_VISIBLE_DEVICES), so on a multi-GPU machine every job would train on GPU 0. ``claim_gpu`` turns
+the GPUs into a pool of slots, one lock file per device. The locks are ``flock`` locks because the
+kernel drops them when their holder dies, even of SIGKILL, so a crashed job never keeps a slot.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from itertools import takewhile
+from pathlib import Path
+from typing import IO
+
+from cifar_resnet.errors import StudyError
+
+VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
+GPU_COUNT_VARIABLE = "CIFAR_RESNET_GPU_COUNT"
+SLURM_GPU_VARIABLES = (VISIBLE_DEVICES, "SLURM_STEP_GPUS", "SLURM_JOB_GPUS")
+POLL_SECONDS = 0.2
+
+
+@contextmanager
+def claim_gpu(
+    lock_dir: Path,
+    device_count: int | None = None,
+    log: Callable[[str], None] = print,
+    *,
+    timeout: float = 120.0,
+) -> Iterator[str | None]:
+    """Hold one GPU for the duration of the block and yield its id, or None to train on the CPU.
+
+    Under SLURM with GPUs assigned, claims nothing and yields SLURM's assignment. Otherwise the pool is
+    the CUDA_VISIBLE_DEVICES list the run was started with, or else ``range(device_count)``, where
+    ``device_count`` defaults to $CIFAR_RESNET_GPU_COUNT or else the number of GPUs torch finds. The
+    claimed id is CUDA_VISIBLE_DEVICES inside the block, so the job's GPU is always ``cuda:0``; enter
+    the block before anything initialises CUDA, which reads the variable only once.
+    """
+    slurm_gpus = _slurm_assigned_gpus()
+    if slurm_gpus is not None:
+        log(f"using the GPUs SLURM assigned: {slurm_gpus}")
+        yield slurm_gpus
+        return
+    pool, source = _device_pool(device_count)
+    if not pool:
+        log(f"no GPU visible ({source}): training on the CPU")
+        yield None
+        return
+    device, lock = _wait_for_free_slot(Path(lock_dir), pool, timeout)
+    previous = os.environ.get(VISIBLE_DEVICES)
+    os.environ[VISIBLE_DEVICES] = device
+    log(f"using GPU slot {pool.index(device)} of {len(pool)} ({VISIBLE_DEVICES}={device}; {source})")
+    try:
+        yield device
+    finally:
+        _restore_visible_devices(previous)
+        # Forked children (DataLoader workers) share this open file: closing it alone would leave
+        # the slot locked until they exit.
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+def _slurm_assigned_gpus() -> str | None:
+    if "SLURM_JOB_ID" not in os.environ:
+        return None
+    return next((os.environ[name] for name in SLURM_GPU_VARIABLES if os.environ.get(name)), None)
+
+
+def _device_pool(device_count: int | None) -> tuple[list[str], str]:
+    """The devices to choose from, and where that list came from."""
+    visible = os.environ.get(VISIBLE_DEVICES)
+    if visible is not None:
+        entries = [entry.strip() for entry in visible.split(",")]
+        # CUDA ignores everything from the first invalid entry on: "" or "-1" hides every GPU.
+        usable = list(takewhile(lambda entry: entry and not entry.startswith("-"), entries))
+        return usable, f"pool {VISIBLE_DEVICES}={visible} set before the run"
+    if device_count is not None:
+        return [str(index) for index in range(device_count)], f"{device_count} GPUs as the caller said"
+    raw = os.environ.get(GPU_COUNT_VARIABLE)
+    if raw is not None:
+        if not raw.strip().isdigit():
+            raise StudyError(f"{GPU_COUNT_VARIABLE} must be a whole number of GPUs such as 2, not {raw!r}.")
+        return [str(index) for index in range(int(raw))], f"{GPU_COUNT_VARIABLE}={raw}"
+    count = _torch_gpu_count()
+    return [str(index) for index in range(count)], f"{count} GPUs found by torch"
+
+
+def _torch_gpu_count() -> int:
+    # Counted in a child process: when torch cannot ask NVML it initialises CUDA to count, and CUDA
+    # would then ignore the CUDA_VISIBLE_DEVICES this process sets afterwards.
+    probe = "import torch; print(torch.cuda.device_count())"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return int(result.stdout)
+
+
+def _wait_for_free_slot(lock_dir: Path, pool: list[str], timeout: float) -> tuple[str, IO[str]]:
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        for device in pool:
+            lock = _try_lock(lock_dir / f"gpu{_file_name_safe(device)}.lock")
+            if lock is not None:
+                return device, lock
+        if time.monotonic() >= deadline:
+            raise StudyError(
+                f"No GPU slot became free within {timeout:.0f} s: all of {', '.join(pool)} stay claimed by "
+                f"other processes (their ids are in {lock_dir}/gpu*.lock); run snakemake with "
+                "--resources gpu=N for N no larger than the number of GPUs, or stop those processes."
+            )
+        time.sleep(POLL_SECONDS)
+
+
+def _try_lock(path: Path) -> IO[str] | None:
+    lock = open(path, "a+")  # noqa: SIM115 - the caller holds it open as long as it holds the GPU
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def _file_name_safe(device: str) -> str:
+    # Device ids may be UUIDs, and old-style MIG ids contain slashes.
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", device)
+
+
+def _restore_visible_devices(previous: str | None) -> None:
+    if previous is None:
+        os.environ.pop(VISIBLE_DEVICES, None)
+    else:
+        os.environ[VISIBLE_DEVICES] = previous
