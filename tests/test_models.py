@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from cifar_resnet.models import ModelSpec, build_model, count_parameters
+
+# He et al. 2016, Table 6 (rounded there to 0.27M ... 19.4M).
+PAPER_PARAMETERS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
+
+
+@pytest.mark.parametrize("depth", PAPER_PARAMETERS)
+def test_trainable_parameters_match_the_paper(depth):
+    assert count_parameters(build_model(ModelSpec(depth))) == PAPER_PARAMETERS[depth]
+
+
+def test_projection_shortcut_parameters():
+    # Option B adds a 1x1 convolution + BN at the two stage transitions of ResNet-20:
+    # 16*32 + 2*32 = 576 and 32*64 + 2*64 = 2,176, so 269,722 + 2,752 = 272,474.
+    assert count_parameters(build_model(ModelSpec(20, shortcut="B"))) == 272_474
+
+
+def test_preact_parameters():
+    # Pre-activation moves BN: the stem loses its BN(16) (-32), the first block of stages 2 and 3
+    # normalises its 16- and 32-channel input instead of 32 and 64 channels (-32, -64), and a final
+    # BN(64) is added (+128): 269,722 - 32 - 32 - 64 + 128 = 269,722, as in seed 002's summary.
+    assert count_parameters(build_model(ModelSpec(20, preact=True))) == 269_722
+
+
+def test_wide_parameters():
+    # Width 4 (64/128/256 filters), option A:
+    #   stem conv 3*64*9 = 1,728 + BN 128
+    #   stage 1: 6 convs 64*64*9 = 221,184 + 6 BN(64) = 768
+    #   stage 2: 128*64*9 + 5 * 128*128*9 = 73,728 + 737,280 = 811,008 + 6 BN(128) = 1,536
+    #   stage 3: 256*128*9 + 5 * 256*256*9 = 294,912 + 2,949,120 = 3,244,032 + 6 BN(256) = 3,072
+    #   head 256*10 + 10 = 2,570
+    expected = 1_728 + 128 + 221_184 + 768 + 811_008 + 1_536 + 3_244_032 + 3_072 + 2_570
+    assert expected == 4_286_026
+    assert count_parameters(build_model(ModelSpec(20, width=4))) == expected
+
+
+def test_dense_dropout_head_parameters():
+    # Dense 64->128 (8,320) + BN(128) (256) + Dense 128->10 (1,290) replaces the 650 of the linear head.
+    expected = PAPER_PARAMETERS[20] - 650 + 8_320 + 256 + 1_290
+    assert count_parameters(build_model(ModelSpec(20, head="dense_dropout", head_hidden=128))) == expected
+
+
+@pytest.mark.parametrize("depth", [21, 6, 0, 100])
+def test_depth_must_be_6n_plus_2(depth):
+    with pytest.raises(ValueError, match="6n\\+2"):
+        ModelSpec(depth)
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_stage_shapes_and_downsampling(shortcut):
+    model = build_model(ModelSpec(20, shortcut=shortcut)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    features = []
+    for layer in model.backbone:
+        x = layer(x)
+        features.append(tuple(x.shape[1:]))
+    assert (16, 32, 32) in features and (32, 16, 16) in features and (64, 8, 8) in features
+    assert features[-1] == (64,)
+    assert model.head(x).shape == (2, 10)
+
+
+def test_option_a_shortcut_subsamples_and_zero_pads():
+    block = build_model(ModelSpec(20)).backbone[6]  # the first block of stage 2 (stem is 3 layers)
+    x = torch.randn(2, 16, 32, 32)
+    out = block.shortcut(x)
+    assert out.shape == (2, 32, 16, 16)
+    assert torch.equal(out[:, :16], x[:, :, ::2, ::2])
+    assert torch.count_nonzero(out[:, 16:]) == 0
+
+
+def test_preact_forward_and_state_dict_loads_strictly():
+    spec = ModelSpec(32, num_classes=100, preact=True, head="dropout")
+    model = build_model(spec)
+    copy = build_model(spec)
+    copy.load_state_dict(model.state_dict())
+    assert model(torch.randn(3, 3, 32, 32)).shape == (3, 100)
+    assert not any(key.startswith("module.") for key in model.state_dict())
