@@ -1,0 +1,71 @@
+"""The final, single use of the test set: metrics of a trained run's selected model."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cifar_resnet import datasets
+from cifar_resnet.config import model_spec
+from cifar_resnet.io import load_tensors, read_json, write_json
+from cifar_resnet.models import build_model, count_parameters
+from cifar_resnet.train import Split, configure_backends, evaluate, select_device, to_device
+
+log = logging.getLogger(__name__)
+
+
+def macs_per_image(model: torch.nn.Module) -> int:
+    """Multiply-accumulates of one forward pass (the flop counter counts two flops per MAC)."""
+    model = model.to("cpu").eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    return counter.get_total_flops() // 2
+
+
+def evaluate_run(train_summary: Path, model_path: Path, prepared: Path, output: Path) -> dict:
+    run_config = read_json(train_summary)["config"]
+    runtime = run_config["runtime"]
+    data = datasets.load_prepared(prepared, splits=("test",))
+    spec = model_spec(run_config, data["num_classes"])
+    model = build_model(spec)
+    model.load_state_dict(load_tensors(model_path))
+    params = count_parameters(model, trainable_only=False)
+    macs = macs_per_image(model)
+
+    device = select_device(runtime["device"])
+    configure_backends(device, runtime)
+    model = to_device(model, device, runtime)
+    test = Split(data["test_images"].to(device), data["test_labels"].to(device))
+    mean, std = data["mean"].to(device), data["std"].to(device)
+    evaluate(model, test, mean, std, runtime["eval_batch_size"], device, runtime)  # warm-up for the timing
+    started = time.perf_counter()
+    result = evaluate(model, test, mean, std, runtime["eval_batch_size"], device, runtime)
+    seconds = time.perf_counter() - started
+
+    classes = data["num_classes"]
+    labels, predictions = test.labels.cpu(), result.predictions.cpu()
+    confusion = torch.bincount(labels * classes + predictions, minlength=classes * classes).view(classes, classes)
+    per_class = confusion.diag().double() / confusion.sum(1).clamp(min=1).double()
+    metrics = {
+        "test_accuracy": result.accuracy,
+        "test_loss": result.loss,
+        "test_error": 100 * (1 - result.accuracy),
+        "params": params,
+        "macs": macs,
+        "per_class_accuracy": per_class.tolist(),
+        "confusion_matrix": confusion.tolist(),
+        "class_names": data["class_names"],
+        "num_test_images": len(labels),
+        "inference_images_per_s": len(labels) / seconds,
+        "device": str(device),
+    }
+    write_json(output, metrics)
+    log.info("test accuracy %.2f%% (error %.2f%%), loss %.4f, %d params, %.1fM MACs, %.0f img/s inference",
+             100 * result.accuracy, metrics["test_error"], result.loss, params, macs / 1e6,
+             metrics["inference_images_per_s"])
+    return metrics

@@ -1,0 +1,376 @@
+"""Training one run: the split lives on the training device as one uint8 tensor, each epoch is
+augmented there in one batched call, and the step loop never waits for the host (metrics are read once
+per epoch). State is checkpointed after every epoch, and a restarted job resumes bit-identically
+because every epoch draws its randomness from a generator seeded by (seed, epoch)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cifar_resnet import datasets
+from cifar_resnet.augment import augment, normalize
+from cifar_resnet.config import config_hash, model_spec
+from cifar_resnet.errors import StudyError
+from cifar_resnet.io import atomic_output, load_tensors, save_tensors, write_json
+from cifar_resnet.models import CifarResNet, build_model
+from cifar_resnet.schedule import LearningRate
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = [
+    "epoch", "iteration", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds",
+    "images_per_s",
+]
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 [N,3,32,32] on the device
+    labels: torch.Tensor  # int64 [N] on the device
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    predictions: torch.Tensor
+
+
+def select_device(requested: str) -> torch.device:
+    if requested == "cpu":
+        log.info("device: the CPU, as the config asks")
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        log.info("device: %s (CUDA_VISIBLE_DEVICES=%s)", torch.cuda.get_device_name(device),
+                 os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+        return device
+    if requested == "cuda":
+        raise StudyError("runtime.device is 'cuda' but CUDA is not available to this job; "
+                         "run it on a GPU node or set runtime.device to auto.")
+    log.warning("device: CUDA is not available, training on the CPU (%d threads)", torch.get_num_threads())
+    return torch.device("cpu")
+
+
+def configure_backends(device: torch.device, runtime: dict) -> None:
+    if device.type != "cuda":
+        return
+    if runtime["deterministic"]:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def autocast(device: torch.device, runtime: dict):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and runtime["bf16"])
+
+
+def to_device(model: CifarResNet, device: torch.device, runtime: dict) -> CifarResNet:
+    memory_format = torch.channels_last if device.type == "cuda" and runtime["channels_last"] else None
+    return model.to(device=device, memory_format=memory_format or torch.contiguous_format)
+
+
+def make_optimizer(parameters, settings: dict, device: torch.device) -> torch.optim.Optimizer:
+    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if settings["name"] == "sgd":
+        return torch.optim.SGD(parameters, lr=settings["lr"], momentum=settings["momentum"],
+                               nesterov=settings["nesterov"], weight_decay=settings["weight_decay"], **fused)
+    if settings["name"] == "nadam":
+        return torch.optim.NAdam(parameters, lr=settings["lr"], weight_decay=settings["weight_decay"], foreach=True)
+    return torch.optim.Adam(parameters, lr=settings["lr"], weight_decay=settings["weight_decay"], **fused)
+
+
+@torch.no_grad()
+def evaluate(model, split: Split, mean, std, batch_size: int, device, runtime) -> Evaluation:
+    """Loss, accuracy and predictions over a whole split, in large batches, one host sync at the end."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    predictions = torch.empty_like(split.labels)
+    for start in range(0, len(split.labels), batch_size):
+        images = normalize(split.images[start : start + batch_size], mean, std)
+        labels = split.labels[start : start + batch_size]
+        with autocast(device, runtime):
+            logits = model(images.contiguous(memory_format=memory_format_of(device, runtime)))
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        predictions[start : start + batch_size] = logits.argmax(1)
+    correct = (predictions == split.labels).sum()
+    count = len(split.labels)
+    return Evaluation(loss=loss_sum.item() / count, accuracy=correct.item() / count, predictions=predictions)
+
+
+def memory_format_of(device, runtime) -> torch.memory_format:
+    return torch.channels_last if device.type == "cuda" and runtime["channels_last"] else torch.contiguous_format
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+
+
+def set_training_mode(model: CifarResNet, frozen_backbone: bool) -> None:
+    model.train()
+    if frozen_backbone:
+        model.backbone.eval()  # frozen BN keeps using and keeping its pretrained running statistics
+
+
+def load_pretrained_backbone(model: CifarResNet, checkpoint: Path, freeze: bool) -> None:
+    state = load_tensors(checkpoint)
+    backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    try:
+        model.backbone.load_state_dict(backbone)
+    except RuntimeError as error:
+        raise StudyError(f"pretrained checkpoint {checkpoint} does not fit this model's backbone: {error}") from None
+    if freeze:
+        model.backbone.requires_grad_(False)
+    log.info("backbone initialised from %s%s", checkpoint, " and frozen" if freeze else "")
+
+
+class Monitor:
+    """Tracks one validation metric: the best value so far and how many epochs since it improved."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+        self.best = math.inf
+        self.epochs_without_improvement = 0
+
+    def update(self, row: dict) -> bool:
+        value = row[self.metric] if self.metric == "val_loss" else -row[self.metric]
+        if value < self.best:
+            self.best, self.epochs_without_improvement = value, 0
+            return True
+        self.epochs_without_improvement += 1
+        return False
+
+
+@dataclass
+class Outputs:
+    model: Path
+    history: Path
+    summary: Path
+    resume: Path
+
+
+def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Path | None = None) -> dict:
+    started = time.perf_counter()
+    recipe, runtime, seed = run_config["recipe"], run_config["runtime"], run_config["seed"]
+    training = recipe["training"]
+    device = select_device(runtime["device"])
+    configure_backends(device, runtime)
+
+    data = datasets.load_prepared(prepared, splits=("train", "val"))
+    train = Split(data["train_images"].to(device), data["train_labels"].to(device))
+    val = Split(data["val_images"].to(device), data["val_labels"].to(device))
+    mean, std = data["mean"].to(device), data["std"].to(device)
+    batch_size = training["batch_size"]
+    steps_per_epoch = len(train.labels) // batch_size
+    if steps_per_epoch == 0:
+        raise StudyError(f"the training split of {prepared} has {len(train.labels)} images, fewer than one batch of {batch_size}.")
+    total_iterations = training["duration"] * (steps_per_epoch if training["unit"] == "epochs" else 1)
+    total_epochs = math.ceil(total_iterations / steps_per_epoch)
+
+    torch.manual_seed(seed)
+    spec = model_spec(run_config, data["num_classes"])
+    model = to_device(build_model(spec), device, runtime)
+    frozen = bool(recipe.get("pretrained") and recipe["pretrained"]["freeze_backbone"])
+    if pretrained is not None:
+        load_pretrained_backbone(model, pretrained, frozen)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(trainable, recipe["optimizer"], device)
+    schedule = LearningRate(recipe, run_config["depth"], steps_per_epoch)
+    forward = compiled(model) if device.type == "cuda" and runtime["compile"] else model
+
+    state = {
+        "config_hash": config_hash(run_config), "epoch": 0, "history": [], "train_seconds": 0.0,
+        "selected": None, "stopped_early": False,
+    }
+    monitors = {"selection": Monitor(training["selection"].removeprefix("best_"))} if training["selection"] != "final" else {}
+    if training["early_stopping"]:
+        monitors["early_stopping"] = Monitor(training["early_stopping"]["monitor"])
+    resumed = read_resume_state(outputs.resume, state["config_hash"])
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        schedule.load_state_dict(resumed["schedule"])
+        for name, monitor in monitors.items():
+            monitor.best, monitor.epochs_without_improvement = resumed["monitors"][name]
+        state.update({k: resumed[k] for k in state})
+        log.info("resumed from %s after epoch %d", outputs.resume, state["epoch"])
+
+    log.info("training %s ResNet-%d (%s), seed %d: %d iterations = %d epochs of %d steps, batch %d, on %s",
+             run_config["variant"], run_config["depth"], run_config["dataset"], seed, total_iterations,
+             total_epochs, steps_per_epoch, batch_size, device)
+    memory_format = memory_format_of(device, runtime)
+    step_losses = torch.empty(steps_per_epoch, device=device)
+    show_progress = sys.stderr.isatty()
+    while state["epoch"] < total_epochs and not state["stopped_early"]:
+        epoch = state["epoch"] + 1
+        first_iteration = (epoch - 1) * steps_per_epoch
+        steps = min(steps_per_epoch, total_iterations - first_iteration)
+        epoch_started = time.perf_counter()
+        generator = epoch_generator(seed, epoch, device)
+        torch.manual_seed(seed * 1_000_003 + epoch)  # dropout
+        order = torch.randperm(len(train.labels), generator=generator, device=device)[: steps * batch_size]
+        epoch_images = augment(train.images[order], recipe["augmentation"]["crop_padding"],
+                               recipe["augmentation"]["flip"], generator)
+        epoch_labels = train.labels[order]
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        set_training_mode(model, frozen)
+        for step in range(steps):
+            lr = schedule.at(first_iteration + step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = slice(step * batch_size, (step + 1) * batch_size)
+            images = normalize(epoch_images[batch], mean, std).contiguous(memory_format=memory_format)
+            labels = epoch_labels[batch]
+            with autocast(device, runtime):
+                logits = forward(images)
+            loss = F.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step_losses[step] = loss.detach()
+            correct += (logits.argmax(1) == labels).sum()
+            if show_progress:
+                print(f"\repoch {epoch}/{total_epochs} step {step + 1}/{steps}", end="", file=sys.stderr, flush=True)
+        check_finite(step_losses[:steps], epoch, first_iteration)
+        train_seconds = time.perf_counter() - epoch_started
+        validation = evaluate(forward, val, mean, std, runtime["eval_batch_size"], device, runtime)
+        if show_progress:
+            print("\r", end="", file=sys.stderr)
+        row = {
+            "epoch": epoch, "iteration": first_iteration + steps, "lr": lr,
+            "train_loss": step_losses[:steps].mean().item(), "train_accuracy": correct.item() / (steps * batch_size),
+            "val_loss": validation.loss, "val_accuracy": validation.accuracy,
+            "seconds": train_seconds, "images_per_s": steps * batch_size / train_seconds,
+        }
+        log.info("epoch %d/%d iter %d lr %.4g train loss %.4f acc %.2f%% val loss %.4f acc %.2f%% %.1f s %.0f img/s",
+                 epoch, total_epochs, row["iteration"], lr, row["train_loss"], 100 * row["train_accuracy"],
+                 row["val_loss"], 100 * row["val_accuracy"], train_seconds, row["images_per_s"])
+        schedule.end_of_epoch(validation.accuracy)
+        if "selection" in monitors and monitors["selection"].update(row):
+            state["selected"] = {"epoch": epoch, "model": cpu_state(model)}
+        if "early_stopping" in monitors:
+            monitors["early_stopping"].update(row)
+            if monitors["early_stopping"].epochs_without_improvement >= training["early_stopping"]["patience"]:
+                state["stopped_early"] = True
+                log.info("early stopping after epoch %d: %s has not improved for %d epochs", epoch,
+                         monitors["early_stopping"].metric, training["early_stopping"]["patience"])
+        state["history"].append(row)
+        state["epoch"] = epoch
+        state["train_seconds"] += train_seconds
+        save_tensors(outputs.resume, {
+            **state, "model": cpu_state(model), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "monitors": {name: (m.best, m.epochs_without_improvement) for name, m in monitors.items()},
+        })
+
+    final = {"epoch": state["epoch"], "model": cpu_state(model)}
+    selected = state["selected"] or final
+    selected_row = state["history"][selected["epoch"] - 1]
+    save_tensors(outputs.model, selected["model"])
+    write_history(outputs.history, state["history"])
+    summary = {
+        "dataset": run_config["dataset"], "variant": run_config["variant"], "depth": run_config["depth"],
+        "seed": seed, "config": run_config, "config_hash": state["config_hash"], "model": vars(spec),
+        "train_seconds": state["train_seconds"], "wall_seconds": time.perf_counter() - started,
+        "epochs": state["epoch"], "iterations": state["history"][-1]["iteration"],
+        "selected_epoch": selected["epoch"], "selected_val_accuracy": selected_row["val_accuracy"],
+        "selected_val_loss": selected_row["val_loss"], "stopped_early": state["stopped_early"],
+        "images_per_s": median([row["images_per_s"] for row in state["history"]]),
+        "device": describe_device(device), "threads": torch.get_num_threads(), "versions": versions(),
+        "git_commit": git_commit(),
+    }
+    write_json(outputs.summary, summary)
+    outputs.resume.unlink(missing_ok=True)
+    log.info("done: selected epoch %d (val acc %.2f%%), %.1f s training, %.1f s wall", selected["epoch"],
+             100 * selected_row["val_accuracy"], summary["train_seconds"], summary["wall_seconds"])
+    return summary
+
+
+def compiled(model):
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True  # fall back to eager where compilation is unavailable
+    return torch.compile(model)
+
+
+def check_finite(step_losses: torch.Tensor, epoch: int, first_iteration: int) -> None:
+    finite = torch.isfinite(step_losses)
+    if not bool(finite.all()):
+        step = int((~finite).nonzero()[0])
+        raise StudyError(
+            f"training diverged: the loss became {step_losses[step].item()} at epoch {epoch}, iteration "
+            f"{first_iteration + step + 1}; lower the learning rate or add a warm-up."
+        )
+
+
+def read_resume_state(path: Path, expected_hash: str) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        state = load_tensors(path)
+    except Exception as error:  # a truncated or foreign file: any unpickling error means "not ours"
+        log.warning("resume file %s is unreadable (%s): starting from scratch", path, error)
+        path.unlink()
+        return None
+    if not isinstance(state, dict) or state.get("config_hash") != expected_hash:
+        log.warning("resume file %s belongs to another configuration: starting from scratch", path)
+        path.unlink()
+        return None
+    return state
+
+
+def cpu_state(model: CifarResNet) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    with atomic_output(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def versions() -> dict:
+    import numpy
+    import torchvision
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+    }
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

@@ -1,0 +1,29 @@
+"""What every script of the workflow shares: logging into the rule's log file, the job's thread
+count, and user-fixable errors reported as one sentence instead of a traceback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+import torch
+
+from cifar_resnet.errors import StudyError
+
+
+def run_job(snakemake, job: Callable[[], object]) -> None:
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.setLevel(logging.WARNING)  # epoch lines go to the log file only; problems show in the terminal too
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        handlers=[logging.FileHandler(snakemake.log[0]), terminal],
+        force=True,
+    )
+    torch.set_num_threads(max(1, snakemake.threads))
+    try:
+        job()
+    except StudyError as error:
+        logging.getLogger("cifar_resnet").error("%s", error)
+        sys.exit(1)
