@@ -454,3 +454,21 @@ def _single_dataset(summary: pd.DataFrame) -> str:
         found = ", ".join(datasets) if datasets else "none"
         raise StudyError(f"Expected the runs of exactly one dataset, found: {found}.")
     return datasets[0]
+
+
+# --- README results block ----------------------------------------------------------------------
+
+PLOT_NAMES = ("error_vs_depth", "learning_curves", "error_vs_params", "confusion_matrix")
+DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "demo": "Demo dataset"}
+
+
+def results_block(datasets: Sequence[str], tables: Sequence[Path]) -> str:
+    """The README's results: each dataset's accuracy table followed by links to its plots."""
+    sections = []
+    for dataset, table in zip(datasets, tables, strict=True):
+        links = " · ".join(
+            f"[{name.replace('_', ' ')}](results/{dataset}/plots/{name}.png)" for name in PLOT_NAMES
+        )
+        title = DATASET_TITLES.get(dataset, dataset)
+        sections.append(f"### {title}\n\n{Path(table).read_text().strip()}\n\nPlots: {links}\n")
+    return "\n".join(sections)

@@ -1,0 +1,18 @@
+# The CIFAR ResNet study: data -> one training job per (dataset, variant, depth, seed) -> evaluation
+# -> summary, accuracy table, plots, README block and `snakemake --report report.html`.
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,82 @@
+# Aggregation, the accuracy table, plots and the README block: small jobs on the submitting host.
+
+
+localrules:
+    summarize,
+    accuracy_table,
+    plots,
+    readme,
+
+
+rule summarize:
+    input:
+        train=lambda wildcards: run_files(wildcards.dataset, "train.json"),
+        evaluation=lambda wildcards: run_files(wildcards.dataset, "eval.json"),
+    output:
+        "results/{dataset}/summary.csv",
+    log:
+        "results/{dataset}/logs/summarize.log",
+    script:
+        "../scripts/summarize.py"
+
+
+rule accuracy_table:
+    input:
+        "results/{dataset}/summary.csv",
+    output:
+        report(
+            "results/{dataset}/tables/accuracy.md",
+            caption="../report/accuracy_table.rst",
+            category="Accuracy",
+            labels={"dataset": "{dataset}", "figure": "accuracy table"},
+        ),
+    params:
+        baseline=config["report"]["baseline_variant"],
+        alpha=config["report"]["significance_level"],
+        paper_reference=lambda wildcards: wildcards.dataset == "cifar10",
+    log:
+        "results/{dataset}/logs/accuracy_table.log",
+    script:
+        "../scripts/accuracy_table.py"
+
+
+rule plots:
+    input:
+        summary="results/{dataset}/summary.csv",
+        histories=lambda wildcards: run_files(wildcards.dataset, "history.csv"),
+        evaluation=lambda wildcards: run_files(wildcards.dataset, "eval.json"),
+    output:
+        **{
+            name: report(
+                f"results/{{dataset}}/plots/{name}.png",
+                caption=f"../report/{name}.rst",
+                category="Plots",
+                labels={"dataset": "{dataset}", "figure": name.replace("_", " ")},
+            )
+            for name in PLOTS
+        },
+    params:
+        options=config["report"]["plots"],
+        baseline=config["report"]["baseline_variant"],
+        paper_reference=lambda wildcards: wildcards.dataset == "cifar10",
+    log:
+        "results/{dataset}/logs/plots.log",
+    script:
+        "../scripts/plots.py"
+
+
+rule readme:
+    input:
+        tables=expand(
+            "results/{dataset}/tables/accuracy.md",
+            dataset=[d for d in STUDY.datasets if d in REAL_DATASETS],
+        ),
+    output:
+        "results/readme_block.md",
+    params:
+        readme="README.md",
+        datasets=[d for d in STUDY.datasets if d in REAL_DATASETS],
+    log:
+        "results/logs/readme.log",
+    script:
+        "../scripts/readme.py"

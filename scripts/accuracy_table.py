@@ -1,0 +1,17 @@
+"""The accuracy table of one dataset as GitHub Markdown."""
+
+import pandas as pd
+
+from cifar_resnet import report
+from cifar_resnet.io import write_text
+from cifar_resnet.workflow import run_job
+
+
+def table():
+    summary = pd.read_csv(snakemake.input[0])
+    paper = report.PAPER_TABLE6_ERROR if snakemake.params.paper_reference else None
+    table = report.accuracy_table(summary, snakemake.params.baseline, paper, snakemake.params.alpha)
+    write_text(snakemake.output[0], report.render_markdown(table))
+
+
+run_job(snakemake, table)

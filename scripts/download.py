@@ -1,0 +1,18 @@
+"""Fetch an official archive (or copy the local one named in data.archives), verified by its md5."""
+
+from pathlib import Path
+
+from cifar_resnet import datasets
+from cifar_resnet.workflow import run_job
+
+
+def fetch():
+    source = datasets.get_source(snakemake.wildcards.dataset)
+    destination = Path(snakemake.output[0])
+    if snakemake.params.local_copy:
+        datasets.copy_verified(Path(snakemake.params.local_copy), destination, source.md5)
+    else:
+        datasets.download(source.url, destination, source.md5)
+
+
+run_job(snakemake, fetch)

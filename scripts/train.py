@@ -1,0 +1,26 @@
+"""Train one run on a GPU slot of its own (or the CPU), resuming from its last completed epoch."""
+
+import logging
+from pathlib import Path
+
+from cifar_resnet.devices import claim_gpu
+from cifar_resnet.train import Outputs, train_run
+from cifar_resnet.workflow import run_job
+
+
+def train():
+    with claim_gpu(Path(snakemake.params.gpu_slots), log=logging.getLogger("cifar_resnet").info):
+        train_run(
+            snakemake.params.run_config,
+            Path(snakemake.input.prepared),
+            Outputs(
+                model=Path(snakemake.output.model),
+                history=Path(snakemake.output.history),
+                summary=Path(snakemake.output.summary),
+                resume=Path(snakemake.params.resume),
+            ),
+            pretrained=Path(snakemake.input.pretrained[0]) if snakemake.input.pretrained else None,
+        )
+
+
+run_job(snakemake, train)
