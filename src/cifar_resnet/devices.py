@@ -42,7 +42,8 @@ def claim_gpu(
     the CUDA_VISIBLE_DEVICES list the run was started with, or else ``range(device_count)``, where
     ``device_count`` defaults to $CIFAR_RESNET_GPU_COUNT or else the number of GPUs torch finds. The
     claimed id is CUDA_VISIBLE_DEVICES inside the block, so the job's GPU is always ``cuda:0``; enter
-    the block before anything initialises CUDA, which reads the variable only once.
+    the block before anything initialises CUDA, which reads the variable only once. Waits up to
+    ``timeout`` seconds for a free slot, then raises StudyError.
     """
     slurm_gpus = _slurm_assigned_gpus()
     if slurm_gpus is not None:
@@ -56,9 +57,9 @@ def claim_gpu(
         return
     device, lock = _wait_for_free_slot(Path(lock_dir), pool, timeout)
     previous = os.environ.get(VISIBLE_DEVICES)
-    os.environ[VISIBLE_DEVICES] = device
-    log(f"using GPU slot {pool.index(device)} of {len(pool)} ({VISIBLE_DEVICES}={device}; {source})")
     try:
+        os.environ[VISIBLE_DEVICES] = device
+        log(f"using GPU slot {pool.index(device)} of {len(pool)} ({VISIBLE_DEVICES}={device}; {source})")
         yield device
     finally:
         _restore_visible_devices(previous)
