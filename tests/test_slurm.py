@@ -1,0 +1,260 @@
+"""Run a workflow through a real SLURM cluster with snakemake-executor-plugin-slurm.
+
+Needs the single-node cluster from ``.ci/slurm/start`` (skipped otherwise)::
+
+    .ci/slurm/start && pytest -m slurm && .ci/slurm/stop
+
+``run_through_slurm`` / ``run_locally`` are reusable: a test for the real demo
+workflow can run it once through the CI profile and once locally and compare.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CI_PROFILE = REPO / ".ci" / "slurm" / "profile"
+TEST_WORKFLOW = Path(__file__).resolve().parent / "slurm_workflow"
+
+# Job states in which a SLURM job still occupies (or waits for) the cluster.
+ACTIVE_STATES = "PENDING,CONFIGURING,RUNNING,COMPLETING,SUSPENDED,REQUEUED,RESIZING,STOPPED"
+
+
+def _slurm_skip_reason() -> str | None:
+    """None if sinfo reports an idle node, else why the SLURM tests must be skipped."""
+    if shutil.which("sinfo") is None:
+        return "no SLURM here (sinfo not found); start the CI cluster with .ci/slurm/start"
+    try:
+        proc = subprocess.run(
+            ["sinfo", "--noheader", "--Node", "--format=%N %t"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out: SLURM controller not answering (run .ci/slurm/start)"
+    if proc.returncode != 0:
+        return f"sinfo failed ({proc.stderr.strip()}); start the CI cluster with .ci/slurm/start"
+    states = [line.split()[-1].rstrip("*~#!%$@^-") for line in proc.stdout.splitlines() if line.strip()]
+    if not any(s in ("idle", "mix") for s in states):
+        return f"no idle SLURM node (sinfo: {proc.stdout.strip() or 'no nodes'}); run .ci/slurm/start"
+    return None
+
+
+_SKIP_REASON = _slurm_skip_reason()
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(_SKIP_REASON is not None, reason=str(_SKIP_REASON)),
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class SnakemakeRun:
+    """Outcome of one snakemake invocation (see run_through_slurm / run_locally)."""
+
+    cmd: list[str]
+    returncode: int
+    output: str  # stdout and stderr, interleaved
+    seconds: float
+    timed_out: bool
+    run_uuid: str | None = None  # SLURM job name used by the plugin for this run
+    job_ids: list[str] = field(default_factory=list)  # SLURM job ids submitted by this run
+    leftover_jobs: list[str] = field(default_factory=list)  # still active after the run (scancelled)
+
+    def describe(self) -> str:
+        return (
+            f"$ {' '.join(self.cmd)}\nrc={self.returncode} timed_out={self.timed_out} "
+            f"after {self.seconds:.1f}s\n---- output (tail)\n{self.output[-6000:]}"
+        )
+
+
+def copy_workflow(src: Path, dest: Path) -> Path:
+    """Copy a workflow directory (without outputs/.snakemake state) to dest."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".snakemake", "results", "__pycache__"))
+    return dest
+
+
+def _clean_env() -> dict[str, str]:
+    # A surrounding SLURM allocation (SLURM_JOB_ID, ...) would confuse the plugin.
+    return {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+
+
+def run_snakemake(
+    workdir: Path,
+    targets: list[str] | tuple[str, ...] = (),
+    extra_args: list[str] | tuple[str, ...] = (),
+    timeout_s: int = 90,
+) -> SnakemakeRun:
+    """Run snakemake (this interpreter's) in workdir, hard-bounded by `timeout -k 10`.
+
+    The outer `timeout` matters: a run whose status query never completes ignores
+    SIGTERM, so it is SIGKILLed 10 s after timeout_s.
+    """
+    cmd = [
+        "timeout", "-k", "10", str(timeout_s),
+        sys.executable, "-m", "snakemake", *extra_args, *targets,
+    ]  # fmt: skip
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        cmd,
+        cwd=workdir,
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seconds = time.monotonic() - t0
+    (Path(workdir) / "snakemake-test.log").write_text(proc.stdout)
+    return SnakemakeRun(
+        cmd=cmd,
+        returncode=proc.returncode,
+        output=proc.stdout,
+        seconds=seconds,
+        timed_out=proc.returncode in (124, 137),
+    )
+
+
+def _squeue_ids(run_uuid: str, states: str) -> list[str]:
+    proc = subprocess.run(
+        ["squeue", "--noheader", "--name", run_uuid, f"--states={states}", "--format=%i"],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=True,
+    )
+    return proc.stdout.split()
+
+
+def job_states(run_uuid: str) -> dict[str, str]:
+    """{job id: state} of all jobs (also finished ones, kept MinJobAge) of one run."""
+    proc = subprocess.run(
+        ["squeue", "--noheader", "--name", run_uuid, "--states=all", "--format=%i|%T"],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=True,
+    )
+    return dict(line.split("|", 1) for line in proc.stdout.split())
+
+
+def run_through_slurm(
+    workdir: Path,
+    targets: list[str] | tuple[str, ...] = (),
+    extra_args: list[str] | tuple[str, ...] = (),
+    timeout_s: int = 90,
+    profile: Path = CI_PROFILE,
+) -> SnakemakeRun:
+    """Run the workflow in workdir through SLURM with `--profile profile`.
+
+    Records the plugin's run id and submitted job ids; any job of this run still
+    active afterwards is listed in `leftover_jobs` and cancelled, so a failing
+    test does not block the cluster for the next one.
+    """
+    run = run_snakemake(workdir, targets, ["--profile", str(profile), *extra_args], timeout_s)
+    m = re.search(r"SLURM run ID: ([0-9a-f-]+)", run.output)
+    run.run_uuid = m.group(1) if m else None
+    run.job_ids = re.findall(r"submitted with SLURM jobid (\d+)", run.output)
+    if run.run_uuid:
+        run.leftover_jobs = _squeue_ids(run.run_uuid, ACTIVE_STATES)
+        if run.leftover_jobs:
+            subprocess.run(["scancel", *run.leftover_jobs], timeout=15, check=False)
+    return run
+
+
+def run_locally(
+    workdir: Path,
+    targets: list[str] | tuple[str, ...] = (),
+    extra_args: list[str] | tuple[str, ...] = (),
+    timeout_s: int = 90,
+    cores: int = 2,
+) -> SnakemakeRun:
+    """Same workflow on the local executor, for comparison with run_through_slurm."""
+    return run_snakemake(workdir, targets, ["--cores", str(cores), *extra_args], timeout_s)
+
+
+def read_facts(path: Path) -> dict[str, str]:
+    """key=value lines written by the test workflow's jobs."""
+    facts = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            facts.setdefault(key.strip(), value.strip())
+    return facts
+
+
+@pytest.fixture
+def slurm_workflow(tmp_path: Path) -> Path:
+    return copy_workflow(TEST_WORKFLOW, tmp_path / "wf")
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_workflow_completes_through_slurm(slurm_workflow: Path):
+    run = run_through_slurm(slurm_workflow, timeout_s=150)
+    assert run.returncode == 0, run.describe()
+    assert run.leftover_jobs == [], run.describe()
+    assert run.run_uuid, run.describe()
+    # 2 gpu_job + 1 cpu_job went through sbatch; gather/all are localrules.
+    assert len(run.job_ids) == 3, run.describe()
+    states = job_states(run.run_uuid)
+    assert sorted(states) == sorted(run.job_ids), (states, run.job_ids)
+    assert set(states.values()) == {"COMPLETED"}, states
+
+    results = slurm_workflow / "results"
+    for name in ("a", "b"):
+        gpu = read_facts(results / f"gpu_{name}.txt")
+        assert gpu["rule"] == "gpu_job"
+        assert gpu["slurm_job_id"] in run.job_ids, gpu
+        assert gpu["slurm_job_partition"] == "ci", gpu
+        # The GPU was requested (--gpus=1 from resources gpu=1) and allocated.
+        assert "gpu:1" in gpu.get("scontrol_TresPerJob", "") + gpu.get("scontrol_TresPerNode", ""), gpu
+        assert gpu.get("scontrol_GRES", "").startswith("gpu"), gpu
+        assert gpu["slurm_gpus_on_node"] == "1", gpu
+        assert gpu["cuda_visible_devices"] != "", gpu
+
+    cpu = read_facts(results / "cpu.txt")
+    assert cpu["slurm_job_id"] in run.job_ids, cpu
+    assert cpu["threads"] == "2" and cpu["slurm_cpus_per_task"] == "2", cpu
+    assert cpu["scontrol_NumCPUs"] == "2", cpu
+    assert cpu["scontrol_MinMemoryNode"] == "300M", cpu
+    assert cpu["cuda_visible_devices"] == "", cpu  # no GPU for a job that did not ask
+
+    summary = (results / "summary.txt").read_text()
+    assert read_facts(results / "summary.txt")["slurm_job_id"] == "", "localrule must not run in SLURM"
+    assert summary.count("rule=gpu_job") == 2 and summary.count("rule=cpu_job") == 1
+    assert "localrule gather" in run.output
+
+    ids = {read_facts(results / f)["slurm_job_id"] for f in ("gpu_a.txt", "gpu_b.txt", "cpu.txt")}
+    assert ids == set(run.job_ids)
+
+
+def test_failing_job_is_reported(slurm_workflow: Path):
+    timeout_s = 90
+    run = run_through_slurm(slurm_workflow, targets=["results/fail.txt"], timeout_s=timeout_s)
+    assert not run.timed_out, "snakemake hung on a failed SLURM job\n" + run.describe()
+    assert run.returncode != 0, run.describe()
+    assert run.seconds < timeout_s
+    assert run.leftover_jobs == [], run.describe()
+    assert len(run.job_ids) == 1, run.describe()
+    (jobid,) = run.job_ids
+    # the job really ran inside SLURM and failed there
+    started = read_facts(slurm_workflow / "results" / "fail.started")
+    assert started["slurm_job_id"] == jobid
+    assert job_states(run.run_uuid) == {jobid: "FAILED"}
+    assert not (slurm_workflow / "results" / "fail.txt").exists()
+    # ...and snakemake names the failed rule and the SLURM job
+    assert "Error in rule fail" in run.output, run.describe()
+    assert f"SLURM-job '{jobid}' failed" in run.output, run.describe()
