@@ -23,7 +23,9 @@ wildcard_constraints:
 
 
 def run_of(wildcards) -> Run:
-    return Run(wildcards.dataset, wildcards.variant, int(wildcards.depth), int(wildcards.seed))
+    return Run(
+        wildcards.dataset, wildcards.variant, int(wildcards.depth), int(wildcards.seed)
+    )
 
 
 def archive_path(dataset: str) -> str:
@@ -46,7 +48,10 @@ def run_files(dataset: str, name: str) -> list[str]:
 def final_outputs() -> list[str]:
     outputs = []
     for dataset in STUDY.datasets:
-        outputs += [f"results/{dataset}/summary.csv", f"results/{dataset}/tables/accuracy.md"]
+        outputs += [
+            f"results/{dataset}/summary.csv",
+            f"results/{dataset}/tables/accuracy.md",
+        ]
         outputs += [f"results/{dataset}/plots/{name}.png" for name in PLOTS]
     if config["report"]["update_readme"] and set(STUDY.datasets) & set(REAL_DATASETS):
         outputs.append("results/readme_block.md")
@@ -57,4 +62,3 @@ def train_minutes(wildcards) -> int:
     """A SLURM time limit with room to spare for an H100-class GPU, scaled by depth and width."""
     recipe = STUDY.recipes[wildcards.variant]
     return 20 + int(wildcards.depth) * recipe["model"]["width"] ** 2 // 2
-

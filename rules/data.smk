@@ -4,15 +4,17 @@
 
 rule download:
     output:
-        DATA_ROOT + "/{dataset}/{archive}",
+        f"{DATA_ROOT}/{{dataset}}/{{archive}}",
+    log:
+        "results/{dataset}/logs/download/{archive}.log",
     wildcard_constraints:
         dataset="cifar10|cifar100",
         archive=r"cifar-100?-binary\.tar\.gz",
+    localrule: True
+    conda:
+        "../envs/train.yaml"
     params:
         local_copy=lambda wildcards: config["data"]["archives"].get(wildcards.dataset),
-    log:
-        "results/{dataset}/logs/download/{archive}.log",
-    localrule: True
     script:
         "../scripts/download.py"
 
@@ -20,10 +22,12 @@ rule download:
 rule demo_archive:
     output:
         archive_path("demo"),
-    params:
-        **config["data"]["demo"],
     log:
         "results/demo/logs/demo_archive.log",
+    conda:
+        "../envs/train.yaml"
+    params:
+        **config["data"]["demo"],
     script:
         "../scripts/demo_archive.py"
 
@@ -32,13 +36,15 @@ rule prepare:
     input:
         lambda wildcards: archive_path(wildcards.dataset),
     output:
-        DATA_ROOT + "/{dataset}/prepared.pt",
+        f"{DATA_ROOT}/{{dataset}}/prepared.pt",
+    log:
+        "results/{dataset}/logs/prepare.log",
+    conda:
+        "../envs/train.yaml"
+    resources:
+        mem_mb=4000,
     params:
         validation_fraction=config["data"]["validation_fraction"],
         split_seed=config["data"]["split_seed"],
-    log:
-        "results/{dataset}/logs/prepare.log",
-    resources:
-        mem_mb=4000,
     script:
         "../scripts/prepare.py"

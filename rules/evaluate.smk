@@ -3,19 +3,21 @@
 
 rule evaluate:
     input:
-        model=RUN_DIR + "/model.pt",
-        summary=RUN_DIR + "/train.json",
+        model=f"{RUN_DIR}/model.pt",
+        summary=f"{RUN_DIR}/train.json",
         prepared=prepared_path,
     output:
-        RUN_DIR + "/eval.json",
-    params:
-        gpu_slots=".snakemake/gpu-slots",
+        f"{RUN_DIR}/eval.json",
     log:
         "results/{dataset}/logs/evaluate/{variant}/resnet{depth}/seed{seed}.log",
+    conda:
+        "../envs/train.yaml"
     threads: 4
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=4000,
         runtime=15,
+    params:
+        gpu_slots=".snakemake/gpu-slots",
     script:
         "../scripts/evaluate.py"

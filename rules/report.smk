@@ -16,6 +16,8 @@ rule summarize:
         "results/{dataset}/summary.csv",
     log:
         "results/{dataset}/logs/summarize.log",
+    conda:
+        "../envs/report.yaml"
     script:
         "../scripts/summarize.py"
 
@@ -30,12 +32,14 @@ rule accuracy_table:
             category="Accuracy",
             labels={"dataset": "{dataset}", "figure": "accuracy table"},
         ),
+    log:
+        "results/{dataset}/logs/accuracy_table.log",
+    conda:
+        "../envs/report.yaml"
     params:
         baseline=config["report"]["baseline_variant"],
         alpha=config["report"]["significance_level"],
         paper_reference=lambda wildcards: wildcards.dataset == "cifar10",
-    log:
-        "results/{dataset}/logs/accuracy_table.log",
     script:
         "../scripts/accuracy_table.py"
 
@@ -55,12 +59,14 @@ rule plots:
             )
             for name in PLOTS
         },
+    log:
+        "results/{dataset}/logs/plots.log",
+    conda:
+        "../envs/report.yaml"
     params:
         options=config["report"]["plots"],
         baseline=config["report"]["baseline_variant"],
         paper_reference=lambda wildcards: wildcards.dataset == "cifar10",
-    log:
-        "results/{dataset}/logs/plots.log",
     script:
         "../scripts/plots.py"
 
@@ -73,10 +79,12 @@ rule readme:
         ),
     output:
         "results/readme_block.md",
+    log:
+        "results/logs/readme.log",
+    conda:
+        "../envs/report.yaml"
     params:
         readme="README.md",
         datasets=[d for d in STUDY.datasets if d in REAL_DATASETS],
-    log:
-        "results/logs/readme.log",
     script:
         "../scripts/readme.py"

@@ -7,19 +7,21 @@ rule train:
         prepared=prepared_path,
         pretrained=pretrained_model,
     output:
-        model=RUN_DIR + "/model.pt",
-        history=RUN_DIR + "/history.csv",
-        summary=RUN_DIR + "/train.json",
+        model=f"{RUN_DIR}/model.pt",
+        history=f"{RUN_DIR}/history.csv",
+        summary=f"{RUN_DIR}/train.json",
+    log:
+        "results/{dataset}/logs/train/{variant}/resnet{depth}/seed{seed}.log",
+    conda:
+        "../envs/train.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=train_minutes,
     params:
         run_config=lambda wildcards: STUDY.run_config(run_of(wildcards)),
         resume=lambda wildcards: run_of(wildcards).resume_file,
         gpu_slots=".snakemake/gpu-slots",
-    log:
-        "results/{dataset}/logs/train/{variant}/resnet{depth}/seed{seed}.log",
-    threads: 4
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=train_minutes,
     script:
         "../scripts/train.py"

@@ -1,0 +1,237 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifar_resnet import datasets
+from cifar_resnet.config import load_study, merge
+from cifar_resnet.demo import write_demo_archive
+from cifar_resnet.errors import StudyError
+from cifar_resnet.evaluate import evaluate_run
+from cifar_resnet.io import load_tensors, read_json
+from cifar_resnet.models import ModelSpec, build_model
+from cifar_resnet.train import Outputs, train_run
+from test_config import SCHEMA, demo_config
+
+DEPTHS = (20, 32, 44, 56, 110)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    write_demo_archive(folder / "demo.tar.gz", seed=0, train_size=400, test_size=100)
+    datasets.prepare_dataset(folder / "demo.tar.gz", folder / "prepared.pt", datasets.get_source("demo"), 0.2, 0)
+    return folder / "prepared.pt"
+
+
+@pytest.fixture(scope="module")
+def study():
+    return load_study(demo_config(), SCHEMA)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-identical comparisons need the same thread count in every run
+    yield
+    torch.set_num_threads(threads)
+
+
+def small(run_config, **training):
+    """The run config with a tiny budget: batch 32 (10 steps per epoch on the 320 training images)."""
+    shrink = {"recipe": {"training": {"batch_size": 32, "unit": "iterations", "duration": 3, **training}}}
+    config = merge(run_config, shrink)
+    schedule = config["recipe"]["schedule"]
+    if schedule["kind"] == "multistep":
+        schedule.update(milestones=[2], factors=[0.1])
+    if schedule["kind"] == "step":
+        schedule["every"] = 1
+    return config
+
+
+def outputs(folder: Path) -> Outputs:
+    return Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json", folder / "resume.pt")
+
+
+def run(study, variant, depth=20, seed=0, **training):
+    from cifar_resnet.config import Run
+
+    return small(study.run_config(Run("demo", variant, depth, seed)), **training)
+
+
+def train(config, prepared, folder, pretrained=None):
+    return train_run(config, prepared, outputs(folder), pretrained=pretrained)
+
+
+@pytest.fixture(scope="module")
+def pretrained_paper(prepared, study, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("paper")
+    torch.set_num_threads(1)
+    train(run(study, "paper", duration=4), prepared, folder)
+    return folder / "model.pt"
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_every_variant_builds_and_steps_at_every_depth(study, depth):
+    for variant, recipe in study.recipes.items():
+        model = build_model(ModelSpec(depth=depth, num_classes=10, **recipe["model"]))
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1]))
+        loss.backward()
+        assert torch.isfinite(loss), variant
+
+
+@pytest.mark.parametrize("variant", ["paper", "projection", "preact", "dropout", "dense-dropout", "smooth-lr",
+                                     "step-lr", "nadam", "plateau", "wide", "frozen", "finetune"])  # fmt: skip
+def test_every_variant_trains_a_few_iterations(study, prepared, pretrained_paper, tmp_path, variant):
+    config = run(study, variant)
+    pretrained = pretrained_paper if config["recipe"]["pretrained"] else None
+    summary = train(config, prepared, tmp_path, pretrained)
+    assert summary["iterations"] == 3 and summary["epochs"] == 1
+    assert not (tmp_path / "resume.pt").exists()
+    state = load_tensors(tmp_path / "model.pt")
+    model = build_model(ModelSpec(depth=20, num_classes=10, **config["recipe"]["model"]))
+    model.load_state_dict(state)  # a plain state_dict of the recorded architecture, loadable weights_only
+    history = (tmp_path / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,iteration,lr,train_loss") and len(history) == 2
+
+
+def test_frozen_backbone_and_bn_statistics_stay_bit_identical(study, prepared, pretrained_paper, tmp_path):
+    train(run(study, "frozen", duration=12), prepared, tmp_path, pretrained_paper)
+    before, after = load_tensors(pretrained_paper), load_tensors(tmp_path / "model.pt")
+    backbone = [key for key in before if key.startswith("backbone.")]
+    assert any("running_mean" in key for key in backbone)
+    for key in backbone:
+        assert torch.equal(before[key], after[key]), key
+    assert not torch.equal(before["head.0.weight"], after["head.0.weight"])
+
+
+def test_finetune_starts_from_the_pretrained_backbone(study, prepared, pretrained_paper, tmp_path):
+    train(run(study, "finetune", duration=1), prepared, tmp_path, pretrained_paper)
+    before, after = load_tensors(pretrained_paper), load_tensors(tmp_path / "model.pt")
+    stem = "backbone.0.weight"
+    assert not torch.equal(before[stem], after[stem])
+    assert (after[stem] - before[stem]).abs().max() < 0.1 * before[stem].abs().max()
+
+
+def test_same_seed_gives_identical_results_and_another_seed_does_not(study, prepared, tmp_path):
+    results = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        summary = train(run(study, "dropout", seed=seed, duration=12), prepared, tmp_path / name)
+        results.append((load_tensors(tmp_path / name / "model.pt"), summary["selected_val_accuracy"]))
+    (first, accuracy), (second, accuracy_again), (other, _) = results
+    assert all(torch.equal(first[k], second[k]) for k in first) and accuracy == accuracy_again
+    assert not torch.equal(first["head.1.weight"], other["head.1.weight"])
+
+
+def test_selection_and_early_stopping_use_the_validation_split(study, prepared, tmp_path):
+    summary = train(run(study, "plateau", unit="epochs", duration=4), prepared, tmp_path)
+    history = [line.split(",") for line in (tmp_path / "history.csv").read_text().splitlines()[1:]]
+    val_accuracy = [float(row[6]) for row in history]
+    assert summary["selected_val_accuracy"] == max(val_accuracy)
+    assert summary["selected_epoch"] == val_accuracy.index(max(val_accuracy)) + 1
+
+
+def test_early_stopping_stops_when_the_monitored_loss_stalls(study, prepared, tmp_path):
+    config = run(study, "dense-dropout", unit="epochs", duration=30)
+    config["recipe"]["optimizer"]["lr"] = 1e-7  # nothing improves, so patience runs out
+    config["recipe"]["training"]["early_stopping"] = {"monitor": "val_accuracy", "patience": 2}
+    summary = train(config, prepared, tmp_path)
+    assert summary["stopped_early"] and summary["epochs"] < 30
+
+
+TRAIN_IN_SUBPROCESS = """
+import json, sys, torch
+from pathlib import Path
+from cifar_resnet.train import Outputs, train_run
+torch.set_num_threads(1)
+config, prepared, folder = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+train_run(config, prepared, Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json",
+          folder / "resume.pt"))
+"""
+
+
+def test_a_job_killed_mid_epoch_resumes_to_identical_results(study, prepared, tmp_path):
+    config = run(study, "plateau", unit="epochs", duration=6)  # plateau: the schedule's state resumes too
+    train(config, prepared, tmp_path / "uninterrupted")
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    process = subprocess.Popen([sys.executable, "-c", TRAIN_IN_SUBPROCESS, json.dumps(config), str(prepared),
+                                str(killed)])  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (killed / "resume.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the next epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    state = load_tensors(killed / "resume.pt")
+    assert 1 <= state["epoch"] < 6, "the kill must land before the end of training"
+    assert not (killed / "model.pt").exists()
+
+    summary = train(config, prepared, killed)
+    expected, resumed = load_tensors(tmp_path / "uninterrupted" / "model.pt"), load_tensors(killed / "model.pt")
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+    strip = lambda path: [row.split(",")[:7] for row in path.read_text().splitlines()]  # noqa: E731
+    assert strip(killed / "history.csv") == strip(tmp_path / "uninterrupted" / "history.csv")
+    assert summary["selected_val_accuracy"] == read_json(tmp_path / "uninterrupted" / "train.json")["selected_val_accuracy"]
+    assert not (killed / "resume.pt").exists()
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", b"PK\x03\x04truncated"])
+def test_unreadable_resume_file_is_reported_and_training_restarts(study, prepared, tmp_path, caplog, content):
+    config = run(study, "paper")
+    train(config, prepared, tmp_path / "clean")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "resume.pt").write_bytes(content)
+    train(config, prepared, tmp_path / "damaged")
+    assert "is unreadable" in caplog.text and "starting from scratch" in caplog.text
+    clean, damaged = load_tensors(tmp_path / "clean" / "model.pt"), load_tensors(tmp_path / "damaged" / "model.pt")
+    assert all(torch.equal(clean[k], damaged[k]) for k in clean)
+
+
+def test_resume_file_of_another_config_is_not_used(study, prepared, tmp_path, caplog):
+    other = run(study, "paper", duration=20)
+    process_folder = tmp_path / "run"
+    train(other, prepared, process_folder)
+    torch.save({"config_hash": "0123456789abcdef", "epoch": 1}, process_folder / "resume.pt")
+    summary = train(run(study, "paper"), prepared, process_folder)
+    assert "belongs to another configuration" in caplog.text
+    assert summary["iterations"] == 3
+
+
+def test_a_diverging_loss_stops_naming_epoch_and_iteration(study, prepared, tmp_path):
+    config = run(study, "paper", duration=10)
+    config["recipe"]["optimizer"]["lr"] = 1e12
+    config["recipe"]["warmup"] = None
+    with pytest.raises(StudyError, match=r"the loss became (nan|inf) at epoch 1, iteration \d+"):
+        train(config, prepared, tmp_path)
+    assert not (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_demanded_but_absent_fails_and_auto_falls_back(study, prepared, tmp_path, caplog):
+    config = run(study, "paper")
+    config["runtime"]["device"] = "cuda"
+    with pytest.raises(StudyError, match="CUDA is not available"):
+        train(config, prepared, tmp_path / "cuda")
+    config["runtime"]["device"] = "auto"
+    summary = train(config, prepared, tmp_path / "auto")
+    assert "CUDA is not available, training on the CPU" in caplog.text
+    assert summary["device"].startswith("cpu")
+
+
+def test_evaluation_reports_every_metric(study, prepared, pretrained_paper, tmp_path):
+    metrics = evaluate_run(pretrained_paper.with_name("train.json"), pretrained_paper, prepared, tmp_path / "e.json")
+    assert metrics == read_json(tmp_path / "e.json")
+    matrix = torch.tensor(metrics["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == metrics["num_test_images"] == 100
+    assert metrics["test_accuracy"] == pytest.approx(matrix.diag().sum().item() / 100)
+    assert metrics["test_error"] == pytest.approx(100 * (1 - metrics["test_accuracy"]))
+    assert metrics["params"] == 269_722
+    assert 40e6 < metrics["macs"] < 42e6  # ResNet-20: about 41M multiply-accumulates per image
+    assert len(metrics["per_class_accuracy"]) == 10 and metrics["inference_images_per_s"] > 0

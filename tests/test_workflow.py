@@ -1,0 +1,166 @@
+"""The real workflow, end to end, on a tiny demo configuration on the CPU, and its dry runs."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from cifar_resnet import report
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "config", "envs", "report", "profiles", "README.md")
+
+TINY = {
+    "study": {"variants": ["paper", "dropout", "frozen"]},
+    "data": {"demo": {"train_size": 300, "test_size": 100}},
+    "recipe": {"training": {"batch_size": 32}},
+}
+
+
+def copy_workflow(destination: Path) -> Path:
+    for name in WORKFLOW_FILES:
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, destination / name)
+    return destination
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(SNAKEMAKE), *args], cwd=workdir, capture_output=True, text=True, timeout=900)
+    if check and result.returncode:
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}; empty when there is nothing to do."""
+    table = dry_run_output.split("Job stats:", 1)
+    if len(table) == 1:
+        return {}
+    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table[1], re.M) if rule != "total"}
+
+
+def write_config(workdir: Path, name: str, config: dict) -> str:
+    (workdir / name).write_text(yaml.safe_dump(config))
+    return name
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    tiny = write_config(workdir, "tiny.yaml", TINY)
+    snakemake(workdir, "--cores", "2", "--configfile", "config/demo.yaml", tiny)
+    return workdir, ["config/demo.yaml", tiny]
+
+
+def test_default_config_dry_runs_the_full_grid_with_pretraining_edges(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    counts = job_counts(snakemake(workdir, "-n").stdout)
+    # 12 variants x 5 depths x 3 seeds on CIFAR-10, plus the CIFAR-100 pretraining of frozen/finetune
+    assert counts["evaluate"] == 12 * 5 * 3
+    assert counts["train"] == 12 * 5 * 3 + 5 * 3
+    assert counts["download"] == 2 and counts["prepare"] == 2
+
+    dag = snakemake(workdir, "--dag").stdout
+    labels = {node: label.split("\\n") for node, label in re.findall(r'^\s*(\d+)\[label = "([^"]*)"', dag, re.M)}
+    edges = re.findall(r"^\s*(\d+) -> (\d+)", dag, re.M)
+    finetuning = [n for n, label in labels.items() if label[0] == "train" and label[-1] in FINETUNING]
+    assert len(finetuning) == 2 * 5 * 3
+    pretraining = {}
+    for node in finetuning:
+        sources = [a for a, b in edges if b == node and labels[a][0] == "train"]
+        assert len(sources) == 1  # the edge makes Snakemake train the pretraining job first
+        assert labels[sources[0]][-1] == "variant: paper"
+        pretraining.setdefault(sources[0], set()).add(labels[node][-1])
+    assert len(pretraining) == 5 * 3  # each pretraining job scheduled once, feeding both variants
+    assert all(consumers == FINETUNING for consumers in pretraining.values())
+
+
+FINETUNING = {"variant: frozen", "variant: finetune"}
+
+
+def test_demo_produces_every_output(demo_run):
+    workdir, _ = demo_run
+    results = workdir / "results" / "demo"
+    for variant in TINY["study"]["variants"]:
+        run = results / "runs" / variant / "resnet20" / "seed0"
+        for name in ("model.pt", "history.csv", "train.json", "eval.json"):
+            assert (run / name).stat().st_size > 0, run / name
+    summary = pd.read_csv(results / "summary.csv")
+    assert sorted(summary["variant"]) == sorted(TINY["study"]["variants"])
+    assert summary["test_accuracy"].between(0, 1).all()
+    table = (results / "tables" / "accuracy.md").read_text()
+    assert table.startswith("| Depth") and "ResNet-20" in table and "Paper %" not in table
+    for name in report.PLOT_NAMES:
+        assert (results / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((workdir / "results").glob("demo/resume/**/*.pt"))
+    assert (workdir / "README.md").read_text() == (ROOT / "README.md").read_text()  # demo never splices
+
+
+def test_report_is_self_contained_html(demo_run):
+    workdir, configs = demo_run
+    snakemake(workdir, "--configfile", *configs, "--report", "report.html")
+    html = (workdir / "report.html").read_text()
+    assert "<html" in html and "accuracy.md" in html and "error_vs_depth.png" in html
+
+
+def test_results_block_splices_into_a_copy_of_the_readme(demo_run, tmp_path):
+    workdir, _ = demo_run
+    readme = tmp_path / "README.md"
+    shutil.copy2(ROOT / "README.md", readme)
+    block = report.results_block(["demo"], [workdir / "results/demo/tables/accuracy.md"])
+    report.splice_readme(readme, block)
+    text = readme.read_text()
+    inside = text.split("<!-- results:start -->\n", 1)[1].split("<!-- results:end -->", 1)[0]
+    assert inside == block and "results/demo/plots/error_vs_depth.png" in inside
+    assert text.replace(inside, "") == (ROOT / "README.md").read_text().replace(
+        (ROOT / "README.md").read_text().split("<!-- results:start -->\n", 1)[1].split("<!-- results:end -->", 1)[0],
+        "",
+    )
+
+
+def test_complete_run_has_nothing_to_do(demo_run):
+    workdir, configs = demo_run
+    assert job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout) == {}
+
+
+def test_a_hyperparameter_change_reruns_exactly_that_variant(demo_run):
+    workdir, configs = demo_run
+    change = write_config(workdir, "change.yaml", {"variants": {"dropout": {"overrides": {"model": {"dropout": 0.3}}}}})
+    counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs, change).stdout)
+    assert counts == {"train": 1, "evaluate": 1, "summarize": 1, "accuracy_table": 1, "plots": 1, "all": 1}
+
+
+def test_a_paper_change_also_retrains_what_is_pretrained_from_it(demo_run):
+    workdir, configs = demo_run
+    change = write_config(workdir, "paper.yaml", {"variants": {"paper": {"overrides": {"optimizer": {"lr": 0.05}}}}})
+    output = snakemake(workdir, "-n", "--configfile", *configs, change).stdout
+    assert job_counts(output)["train"] == 2  # paper, and frozen whose input is paper's model
+    assert "variant=frozen" in output.replace(" ", "")
+
+
+def test_adding_a_seed_adds_only_its_jobs(demo_run):
+    workdir, configs = demo_run
+    seeds = write_config(workdir, "seeds.yaml", {"study": {"seeds": [0, 1]}})
+    counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs, seeds).stdout)
+    assert counts["train"] == 3 and counts["evaluate"] == 3
+    assert "prepare" not in counts and "demo_archive" not in counts
+
+
+def test_a_plot_option_reruns_only_the_plots(demo_run):
+    workdir, configs = demo_run
+    plots = write_config(workdir, "plots.yaml", {"report": {"plots": {"learning_curve_depth": 20}}})
+    assert job_counts(snakemake(workdir, "-n", "--configfile", *configs, plots).stdout) == {"plots": 1, "all": 1}
+
+
+def test_a_config_error_stops_before_any_job(demo_run):
+    workdir, configs = demo_run
+    bad = write_config(workdir, "bad.yaml", {"study": {"depths": [21]}})
+    result = snakemake(workdir, "-n", "--configfile", *configs, bad, check=False)
+    assert result.returncode != 0
+    assert "depth 21 is not a CIFAR ResNet depth" in result.stdout + result.stderr
