@@ -85,6 +85,7 @@ rule readme:
         "../envs/report.yaml"
     params:
         readme="README.md",
+        variants={name: config["variants"][name] for name in STUDY.variants},
         datasets=[d for d in STUDY.datasets if d in REAL_DATASETS],
     script:
         "../scripts/readme.py"

@@ -1,4 +1,4 @@
-"""Splice the real datasets' accuracy tables, with links to their plots, into README.md."""
+"""Splice the variant table and the real datasets' results (tables with links to plots) into README.md."""
 
 from pathlib import Path
 
@@ -8,8 +8,11 @@ from cifar_resnet.workflow import run_job
 
 
 def readme():
+    readme = Path(snakemake.params.readme)
+    variants = report.variant_table(snakemake.params.variants)
+    report.splice_readme(readme, variants, "<!-- variants:start -->", "<!-- variants:end -->")
     block = report.results_block(snakemake.params.datasets, [Path(p) for p in snakemake.input.tables])
-    report.splice_readme(Path(snakemake.params.readme), block)
+    report.splice_readme(readme, block)
     write_text(snakemake.output[0], block)
 
 

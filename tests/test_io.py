@@ -1,0 +1,45 @@
+import errno
+
+import pytest
+
+from cifar_resnet import io
+
+
+def test_atomic_output_replaces_the_file_only_when_complete(tmp_path):
+    target = tmp_path / "table.md"
+    io.write_text(target, "old")
+    with pytest.raises(RuntimeError), io.atomic_output(target) as temporary:
+        temporary.write_text("half")
+        raise RuntimeError("crash in the middle of writing")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.md"]  # no temporary left behind
+
+
+def test_a_full_disk_is_reported_and_leaves_the_previous_version(tmp_path, monkeypatch):
+    target = tmp_path / "summary.json"
+    io.write_json(target, {"version": 1})
+
+    def no_space(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(type(target), "write_text", no_space)
+    with pytest.raises(OSError, match=f"could not write {target}: No space left on device"):
+        io.write_json(target, {"version": 2})
+    monkeypatch.undo()
+    assert io.read_json(target) == {"version": 1}
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+class Payload:
+    """Stands for any pickled object a crafted checkpoint could smuggle in."""
+
+
+def test_tensor_files_load_without_pickled_objects(tmp_path):
+    import torch
+
+    io.save_tensors(tmp_path / "ok.pt", {"w": torch.ones(2), "names": ["a", "b"]})
+    assert io.load_tensors(tmp_path / "ok.pt")["names"] == ["a", "b"]
+
+    torch.save({"object": Payload()}, tmp_path / "bad.pt")
+    with pytest.raises(Exception, match="weights_only"):
+        io.load_tensors(tmp_path / "bad.pt")
