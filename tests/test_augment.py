@@ -5,7 +5,9 @@ from cifar_resnet.augment import augment, normalize, random_crop, random_flip
 
 
 def images(count=64):
-    return torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return torch.randint(
+        0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
 
 
 def test_crop_equals_a_window_of_the_zero_padded_image():

@@ -39,7 +39,12 @@ def test_variant_overrides_merge_into_the_recipe():
     assert projection["model"]["shortcut"] == "B"
     assert projection["optimizer"] == study.recipes["paper"]["optimizer"]
     # a schedule naming its kind replaces the recipe's whole: no stray multistep milestones
-    assert study.recipes["plateau"]["schedule"] == {"kind": "plateau", "factor": 0.1, "patience": 5, "min_lr": 0.0001}
+    assert study.recipes["plateau"]["schedule"] == {
+        "kind": "plateau",
+        "factor": 0.1,
+        "patience": 5,
+        "min_lr": 0.0001,
+    }
 
 
 def test_run_config_changes_only_with_its_own_variant():
@@ -72,14 +77,26 @@ def mutate(path, value):
         (("study", "variants"), ["paper", "typo"], "'typo', which is not defined"),
         (("study", "colour"), "red", "'colour' was unexpected"),
         (("variants", "wide", "overrides", "model", "widht"), 4, "variant 'wide'.*'widht' was unexpected"),
-        (("recipe", "optimizer", "lr"), -0.1, "recipe.optimizer.lr: -0.1 is less than or equal to the minimum"),
+        (
+            ("recipe", "optimizer", "lr"),
+            -0.1,
+            "recipe.optimizer.lr: -0.1 is less than or equal to the minimum",
+        ),
         (("recipe", "optimizer", "name"), "adamw", "'adamw' is not one of"),
         (("recipe", "schedule", "kind"), "cosine", "'cosine' is not one of"),
         (("recipe", "schedule", "milestones"), [32000, 70000], "milestone 70000 lies beyond the end"),
         (("recipe", "schedule", "factors"), [0.1], "2 milestones but 1 factors"),
         (("recipe", "training", "duration"), "long", "'long' is not of type 'integer'"),
-        (("variants", "step-lr", "overrides", "schedule", "gamma"), KeyError, "'gamma' is a required property"),
-        (("variants", "frozen", "overrides", "pretrained", "variant"), "nope", "pretrained from variant 'nope'"),
+        (
+            ("variants", "step-lr", "overrides", "schedule", "gamma"),
+            KeyError,
+            "'gamma' is a required property",
+        ),
+        (
+            ("variants", "frozen", "overrides", "pretrained", "variant"),
+            "nope",
+            "pretrained from variant 'nope'",
+        ),
         (("variants", "frozen", "overrides", "model"), {"width": 2}, "changes the backbone \\(width\\)"),
         (("report", "baseline_variant"), "nope", "baseline_variant 'nope' is not defined"),
     ],

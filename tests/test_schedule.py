@@ -28,7 +28,9 @@ def test_warmup_only_for_deep_models():
 
 def test_milestones_in_epochs_are_converted_to_iterations():
     schedule = LearningRate(
-        recipe({"kind": "multistep", "milestones": [2], "factors": [0.5]}, unit="epochs"), 20, steps_per_epoch=10
+        recipe({"kind": "multistep", "milestones": [2], "factors": [0.5]}, unit="epochs"),
+        20,
+        steps_per_epoch=10,
     )
     assert schedule.at(19) == pytest.approx(0.1)
     assert schedule.at(20) == pytest.approx(0.05)

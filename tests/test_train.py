@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_config import SCHEMA, demo_config
 
 from cifar_resnet import datasets
 from cifar_resnet.config import load_study, merge
@@ -16,7 +17,6 @@ from cifar_resnet.evaluate import evaluate_run
 from cifar_resnet.io import load_tensors, read_json
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.train import Outputs, train_run
-from test_config import SCHEMA, demo_config
 
 DEPTHS = (20, 32, 44, 56, 110)
 
@@ -25,7 +25,9 @@ DEPTHS = (20, 32, 44, 56, 110)
 def prepared(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
     write_demo_archive(folder / "demo.tar.gz", seed=0, train_size=400, test_size=100)
-    datasets.prepare_dataset(folder / "demo.tar.gz", folder / "prepared.pt", datasets.get_source("demo"), 0.2, 0)
+    datasets.prepare_dataset(
+        folder / "demo.tar.gz", folder / "prepared.pt", datasets.get_source("demo"), 0.2, 0
+    )
     return folder / "prepared.pt"
 
 
@@ -85,8 +87,23 @@ def test_every_variant_builds_and_steps_at_every_depth(study, depth):
         assert torch.isfinite(loss), variant
 
 
-@pytest.mark.parametrize("variant", ["paper", "projection", "preact", "dropout", "dense-dropout", "smooth-lr",
-                                     "step-lr", "nadam", "plateau", "wide", "frozen", "finetune"])  # fmt: skip
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "paper",
+        "projection",
+        "preact",
+        "dropout",
+        "dense-dropout",
+        "smooth-lr",
+        "step-lr",
+        "nadam",
+        "plateau",
+        "wide",
+        "frozen",
+        "finetune",
+    ],
+)
 def test_every_variant_trains_a_few_iterations(study, prepared, pretrained_paper, tmp_path, variant):
     config = run(study, variant)
     pretrained = pretrained_paper if config["recipe"]["pretrained"] else None
@@ -161,8 +178,9 @@ def test_a_job_killed_mid_epoch_resumes_to_identical_results(study, prepared, tm
 
     killed = tmp_path / "killed"
     killed.mkdir()
-    process = subprocess.Popen([sys.executable, "-c", TRAIN_IN_SUBPROCESS, json.dumps(config), str(prepared),
-                                str(killed)])  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-c", TRAIN_IN_SUBPROCESS, json.dumps(config), str(prepared), str(killed)]
+    )
     deadline = time.monotonic() + 120
     while not (killed / "resume.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -174,11 +192,17 @@ def test_a_job_killed_mid_epoch_resumes_to_identical_results(study, prepared, tm
     assert not (killed / "model.pt").exists()
 
     summary = train(config, prepared, killed)
-    expected, resumed = load_tensors(tmp_path / "uninterrupted" / "model.pt"), load_tensors(killed / "model.pt")
+    expected, resumed = (
+        load_tensors(tmp_path / "uninterrupted" / "model.pt"),
+        load_tensors(killed / "model.pt"),
+    )
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)
     strip = lambda path: [row.split(",")[:7] for row in path.read_text().splitlines()]  # noqa: E731
     assert strip(killed / "history.csv") == strip(tmp_path / "uninterrupted" / "history.csv")
-    assert summary["selected_val_accuracy"] == read_json(tmp_path / "uninterrupted" / "train.json")["selected_val_accuracy"]
+    assert (
+        summary["selected_val_accuracy"]
+        == read_json(tmp_path / "uninterrupted" / "train.json")["selected_val_accuracy"]
+    )
     assert not (killed / "resume.pt").exists()
 
 
@@ -190,7 +214,10 @@ def test_unreadable_resume_file_is_reported_and_training_restarts(study, prepare
     (tmp_path / "damaged" / "resume.pt").write_bytes(content)
     train(config, prepared, tmp_path / "damaged")
     assert "is unreadable" in caplog.text and "starting from scratch" in caplog.text
-    clean, damaged = load_tensors(tmp_path / "clean" / "model.pt"), load_tensors(tmp_path / "damaged" / "model.pt")
+    clean, damaged = (
+        load_tensors(tmp_path / "clean" / "model.pt"),
+        load_tensors(tmp_path / "damaged" / "model.pt"),
+    )
     assert all(torch.equal(clean[k], damaged[k]) for k in clean)
 
 
@@ -226,7 +253,9 @@ def test_cuda_demanded_but_absent_fails_and_auto_falls_back(study, prepared, tmp
 
 
 def test_evaluation_reports_every_metric(study, prepared, pretrained_paper, tmp_path):
-    metrics = evaluate_run(pretrained_paper.with_name("train.json"), pretrained_paper, prepared, tmp_path / "e.json")
+    metrics = evaluate_run(
+        pretrained_paper.with_name("train.json"), pretrained_paper, prepared, tmp_path / "e.json"
+    )
     assert metrics == read_json(tmp_path / "e.json")
     matrix = torch.tensor(metrics["confusion_matrix"])
     assert matrix.shape == (10, 10) and matrix.sum() == metrics["num_test_images"] == 100

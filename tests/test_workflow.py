@@ -42,7 +42,9 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
     table = dry_run_output.split("Job stats:", 1)
     if len(table) == 1:
         return {}
-    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table[1], re.M) if rule != "total"}
+    return {
+        rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table[1], re.M) if rule != "total"
+    }
 
 
 def write_config(workdir: Path, name: str, config: dict) -> str:
@@ -67,7 +69,9 @@ def test_default_config_dry_runs_the_full_grid_with_pretraining_edges(tmp_path):
     assert counts["download"] == 2 and counts["prepare"] == 2
 
     dag = snakemake(workdir, "--dag").stdout
-    labels = {node: label.split("\\n") for node, label in re.findall(r'^\s*(\d+)\[label = "([^"]*)"', dag, re.M)}
+    labels = {
+        node: label.split("\\n") for node, label in re.findall(r'^\s*(\d+)\[label = "([^"]*)"', dag, re.M)
+    }
     edges = re.findall(r"^\s*(\d+) -> (\d+)", dag, re.M)
     finetuning = [n for n, label in labels.items() if label[0] == "train" and label[-1] in FINETUNING]
     assert len(finetuning) == 2 * 5 * 3
@@ -119,7 +123,10 @@ def test_results_block_splices_into_a_copy_of_the_readme(demo_run, tmp_path):
     inside = text.split("<!-- results:start -->\n", 1)[1].split("<!-- results:end -->", 1)[0]
     assert inside == block and "results/demo/plots/error_vs_depth.png" in inside
     assert text.replace(inside, "") == (ROOT / "README.md").read_text().replace(
-        (ROOT / "README.md").read_text().split("<!-- results:start -->\n", 1)[1].split("<!-- results:end -->", 1)[0],
+        (ROOT / "README.md")
+        .read_text()
+        .split("<!-- results:start -->\n", 1)[1]
+        .split("<!-- results:end -->", 1)[0],
         "",
     )
 
@@ -131,14 +138,18 @@ def test_complete_run_has_nothing_to_do(demo_run):
 
 def test_a_hyperparameter_change_reruns_exactly_that_variant(demo_run):
     workdir, configs = demo_run
-    change = write_config(workdir, "change.yaml", {"variants": {"dropout": {"overrides": {"model": {"dropout": 0.3}}}}})
+    change = write_config(
+        workdir, "change.yaml", {"variants": {"dropout": {"overrides": {"model": {"dropout": 0.3}}}}}
+    )
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs, change).stdout)
     assert counts == {"train": 1, "evaluate": 1, "summarize": 1, "accuracy_table": 1, "plots": 1, "all": 1}
 
 
 def test_a_paper_change_also_retrains_what_is_pretrained_from_it(demo_run):
     workdir, configs = demo_run
-    change = write_config(workdir, "paper.yaml", {"variants": {"paper": {"overrides": {"optimizer": {"lr": 0.05}}}}})
+    change = write_config(
+        workdir, "paper.yaml", {"variants": {"paper": {"overrides": {"optimizer": {"lr": 0.05}}}}}
+    )
     output = snakemake(workdir, "-n", "--configfile", *configs, change).stdout
     assert job_counts(output)["train"] == 2  # paper, and frozen whose input is paper's model
     assert "variant=frozen" in output.replace(" ", "")
@@ -155,7 +166,10 @@ def test_adding_a_seed_adds_only_its_jobs(demo_run):
 def test_a_plot_option_reruns_only_the_plots(demo_run):
     workdir, configs = demo_run
     plots = write_config(workdir, "plots.yaml", {"report": {"plots": {"learning_curve_depth": 20}}})
-    assert job_counts(snakemake(workdir, "-n", "--configfile", *configs, plots).stdout) == {"plots": 1, "all": 1}
+    assert job_counts(snakemake(workdir, "-n", "--configfile", *configs, plots).stdout) == {
+        "plots": 1,
+        "all": 1,
+    }
 
 
 def test_a_config_error_stops_before_any_job(demo_run):

@@ -49,7 +49,9 @@ def evaluate_run(train_summary: Path, model_path: Path, prepared: Path, output: 
 
     classes = data["num_classes"]
     labels, predictions = test.labels.cpu(), result.predictions.cpu()
-    confusion = torch.bincount(labels * classes + predictions, minlength=classes * classes).view(classes, classes)
+    confusion = torch.bincount(labels * classes + predictions, minlength=classes * classes).view(
+        classes, classes
+    )
     per_class = confusion.diag().double() / confusion.sum(1).clamp(min=1).double()
     metrics = {
         "test_accuracy": result.accuracy,
@@ -65,7 +67,13 @@ def evaluate_run(train_summary: Path, model_path: Path, prepared: Path, output: 
         "device": str(device),
     }
     write_json(output, metrics)
-    log.info("test accuracy %.2f%% (error %.2f%%), loss %.4f, %d params, %.1fM MACs, %.0f img/s inference",
-             100 * result.accuracy, metrics["test_error"], result.loss, params, macs / 1e6,
-             metrics["inference_images_per_s"])
+    log.info(
+        "test accuracy %.2f%% (error %.2f%%), loss %.4f, %d params, %.1fM MACs, %.0f img/s inference",
+        100 * result.accuracy,
+        metrics["test_error"],
+        result.loss,
+        params,
+        macs / 1e6,
+        metrics["inference_images_per_s"],
+    )
     return metrics

@@ -5,7 +5,6 @@ because every epoch draws its randomness from a generator seeded by (seed, epoch
 
 from __future__ import annotations
 
-import copy
 import csv
 import logging
 import math
@@ -31,7 +30,14 @@ from cifar_resnet.schedule import LearningRate
 log = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = [
-    "epoch", "iteration", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds",
+    "epoch",
+    "iteration",
+    "lr",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "seconds",
     "images_per_s",
 ]
 
@@ -55,12 +61,17 @@ def select_device(requested: str) -> torch.device:
         return torch.device("cpu")
     if torch.cuda.is_available():
         device = torch.device("cuda")
-        log.info("device: %s (CUDA_VISIBLE_DEVICES=%s)", torch.cuda.get_device_name(device),
-                 os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+        log.info(
+            "device: %s (CUDA_VISIBLE_DEVICES=%s)",
+            torch.cuda.get_device_name(device),
+            os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+        )
         return device
     if requested == "cuda":
-        raise StudyError("runtime.device is 'cuda' but CUDA is not available to this job; "
-                         "run it on a GPU node or set runtime.device to auto.")
+        raise StudyError(
+            "runtime.device is 'cuda' but CUDA is not available to this job; "
+            "run it on a GPU node or set runtime.device to auto."
+        )
     log.warning("device: CUDA is not available, training on the CPU (%d threads)", torch.get_num_threads())
     return torch.device("cpu")
 
@@ -79,7 +90,9 @@ def configure_backends(device: torch.device, runtime: dict) -> None:
 
 
 def autocast(device: torch.device, runtime: dict):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and runtime["bf16"])
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and runtime["bf16"]
+    )
 
 
 def to_device(model: CifarResNet, device: torch.device, runtime: dict) -> CifarResNet:
@@ -90,10 +103,18 @@ def to_device(model: CifarResNet, device: torch.device, runtime: dict) -> CifarR
 def make_optimizer(parameters, settings: dict, device: torch.device) -> torch.optim.Optimizer:
     fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
     if settings["name"] == "sgd":
-        return torch.optim.SGD(parameters, lr=settings["lr"], momentum=settings["momentum"],
-                               nesterov=settings["nesterov"], weight_decay=settings["weight_decay"], **fused)
+        return torch.optim.SGD(
+            parameters,
+            lr=settings["lr"],
+            momentum=settings["momentum"],
+            nesterov=settings["nesterov"],
+            weight_decay=settings["weight_decay"],
+            **fused,
+        )
     if settings["name"] == "nadam":
-        return torch.optim.NAdam(parameters, lr=settings["lr"], weight_decay=settings["weight_decay"], foreach=True)
+        return torch.optim.NAdam(
+            parameters, lr=settings["lr"], weight_decay=settings["weight_decay"], foreach=True
+        )
     return torch.optim.Adam(parameters, lr=settings["lr"], weight_decay=settings["weight_decay"], **fused)
 
 
@@ -116,7 +137,9 @@ def evaluate(model, split: Split, mean, std, batch_size: int, device, runtime) -
 
 
 def memory_format_of(device, runtime) -> torch.memory_format:
-    return torch.channels_last if device.type == "cuda" and runtime["channels_last"] else torch.contiguous_format
+    return (
+        torch.channels_last if device.type == "cuda" and runtime["channels_last"] else torch.contiguous_format
+    )
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -135,7 +158,9 @@ def load_pretrained_backbone(model: CifarResNet, checkpoint: Path, freeze: bool)
     try:
         model.backbone.load_state_dict(backbone)
     except RuntimeError as error:
-        raise StudyError(f"pretrained checkpoint {checkpoint} does not fit this model's backbone: {error}") from None
+        raise StudyError(
+            f"pretrained checkpoint {checkpoint} does not fit this model's backbone: {error}"
+        ) from None
     if freeze:
         model.backbone.requires_grad_(False)
     log.info("backbone initialised from %s%s", checkpoint, " and frozen" if freeze else "")
@@ -180,7 +205,10 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
     batch_size = training["batch_size"]
     steps_per_epoch = len(train.labels) // batch_size
     if steps_per_epoch == 0:
-        raise StudyError(f"the training split of {prepared} has {len(train.labels)} images, fewer than one batch of {batch_size}.")
+        raise StudyError(
+            f"the training split of {prepared} has {len(train.labels)} images, "
+            f"fewer than one batch of {batch_size}."
+        )
     total_iterations = training["duration"] * (steps_per_epoch if training["unit"] == "epochs" else 1)
     total_epochs = math.ceil(total_iterations / steps_per_epoch)
 
@@ -196,10 +224,18 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
     forward = compiled(model) if device.type == "cuda" and runtime["compile"] else model
 
     state = {
-        "config_hash": config_hash(run_config), "epoch": 0, "history": [], "train_seconds": 0.0,
-        "selected": None, "stopped_early": False,
+        "config_hash": config_hash(run_config),
+        "epoch": 0,
+        "history": [],
+        "train_seconds": 0.0,
+        "selected": None,
+        "stopped_early": False,
     }
-    monitors = {"selection": Monitor(training["selection"].removeprefix("best_"))} if training["selection"] != "final" else {}
+    monitors = (
+        {"selection": Monitor(training["selection"].removeprefix("best_"))}
+        if training["selection"] != "final"
+        else {}
+    )
     if training["early_stopping"]:
         monitors["early_stopping"] = Monitor(training["early_stopping"]["monitor"])
     resumed = read_resume_state(outputs.resume, state["config_hash"])
@@ -212,9 +248,18 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
         state.update({k: resumed[k] for k in state})
         log.info("resumed from %s after epoch %d", outputs.resume, state["epoch"])
 
-    log.info("training %s ResNet-%d (%s), seed %d: %d iterations = %d epochs of %d steps, batch %d, on %s",
-             run_config["variant"], run_config["depth"], run_config["dataset"], seed, total_iterations,
-             total_epochs, steps_per_epoch, batch_size, device)
+    log.info(
+        "training %s ResNet-%d (%s), seed %d: %d iterations = %d epochs of %d steps, batch %d, on %s",
+        run_config["variant"],
+        run_config["depth"],
+        run_config["dataset"],
+        seed,
+        total_iterations,
+        total_epochs,
+        steps_per_epoch,
+        batch_size,
+        device,
+    )
     memory_format = memory_format_of(device, runtime)
     step_losses = torch.empty(steps_per_epoch, device=device)
     show_progress = sys.stderr.isatty()
@@ -226,8 +271,12 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
         generator = epoch_generator(seed, epoch, device)
         torch.manual_seed(seed * 1_000_003 + epoch)  # dropout
         order = torch.randperm(len(train.labels), generator=generator, device=device)[: steps * batch_size]
-        epoch_images = augment(train.images[order], recipe["augmentation"]["crop_padding"],
-                               recipe["augmentation"]["flip"], generator)
+        epoch_images = augment(
+            train.images[order],
+            recipe["augmentation"]["crop_padding"],
+            recipe["augmentation"]["flip"],
+            generator,
+        )
         epoch_labels = train.labels[order]
         correct = torch.zeros((), device=device, dtype=torch.long)
         set_training_mode(model, frozen)
@@ -247,38 +296,71 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
             step_losses[step] = loss.detach()
             correct += (logits.argmax(1) == labels).sum()
             if show_progress:
-                print(f"\repoch {epoch}/{total_epochs} step {step + 1}/{steps}", end="", file=sys.stderr, flush=True)
+                print(
+                    f"\repoch {epoch}/{total_epochs} step {step + 1}/{steps}",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
         check_finite(step_losses[:steps], epoch, first_iteration)
         train_seconds = time.perf_counter() - epoch_started
         validation = evaluate(forward, val, mean, std, runtime["eval_batch_size"], device, runtime)
         if show_progress:
             print("\r", end="", file=sys.stderr)
         row = {
-            "epoch": epoch, "iteration": first_iteration + steps, "lr": lr,
-            "train_loss": step_losses[:steps].mean().item(), "train_accuracy": correct.item() / (steps * batch_size),
-            "val_loss": validation.loss, "val_accuracy": validation.accuracy,
-            "seconds": train_seconds, "images_per_s": steps * batch_size / train_seconds,
+            "epoch": epoch,
+            "iteration": first_iteration + steps,
+            "lr": lr,
+            "train_loss": step_losses[:steps].mean().item(),
+            "train_accuracy": correct.item() / (steps * batch_size),
+            "val_loss": validation.loss,
+            "val_accuracy": validation.accuracy,
+            "seconds": train_seconds,
+            "images_per_s": steps * batch_size / train_seconds,
         }
-        log.info("epoch %d/%d iter %d lr %.4g train loss %.4f acc %.2f%% val loss %.4f acc %.2f%% %.1f s %.0f img/s",
-                 epoch, total_epochs, row["iteration"], lr, row["train_loss"], 100 * row["train_accuracy"],
-                 row["val_loss"], 100 * row["val_accuracy"], train_seconds, row["images_per_s"])
+        log.info(
+            "epoch %d/%d iter %d lr %.4g train loss %.4f acc %.2f%% val loss %.4f acc %.2f%% "
+            "%.1f s %.0f img/s",
+            epoch,
+            total_epochs,
+            row["iteration"],
+            lr,
+            row["train_loss"],
+            100 * row["train_accuracy"],
+            row["val_loss"],
+            100 * row["val_accuracy"],
+            train_seconds,
+            row["images_per_s"],
+        )
         schedule.end_of_epoch(validation.accuracy)
         if "selection" in monitors and monitors["selection"].update(row):
             state["selected"] = {"epoch": epoch, "model": cpu_state(model)}
         if "early_stopping" in monitors:
             monitors["early_stopping"].update(row)
-            if monitors["early_stopping"].epochs_without_improvement >= training["early_stopping"]["patience"]:
+            if (
+                monitors["early_stopping"].epochs_without_improvement
+                >= training["early_stopping"]["patience"]
+            ):
                 state["stopped_early"] = True
-                log.info("early stopping after epoch %d: %s has not improved for %d epochs", epoch,
-                         monitors["early_stopping"].metric, training["early_stopping"]["patience"])
+                log.info(
+                    "early stopping after epoch %d: %s has not improved for %d epochs",
+                    epoch,
+                    monitors["early_stopping"].metric,
+                    training["early_stopping"]["patience"],
+                )
         state["history"].append(row)
         state["epoch"] = epoch
         state["train_seconds"] += train_seconds
-        save_tensors(outputs.resume, {
-            **state, "model": cpu_state(model), "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "monitors": {name: (m.best, m.epochs_without_improvement) for name, m in monitors.items()},
-        })
+        save_tensors(
+            outputs.resume,
+            {
+                **state,
+                "model": cpu_state(model),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "monitors": {name: (m.best, m.epochs_without_improvement) for name, m in monitors.items()},
+            },
+        )
 
     final = {"epoch": state["epoch"], "model": cpu_state(model)}
     selected = state["selected"] or final
@@ -286,20 +368,36 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
     save_tensors(outputs.model, selected["model"])
     write_history(outputs.history, state["history"])
     summary = {
-        "dataset": run_config["dataset"], "variant": run_config["variant"], "depth": run_config["depth"],
-        "seed": seed, "config": run_config, "config_hash": state["config_hash"], "model": vars(spec),
-        "train_seconds": state["train_seconds"], "wall_seconds": time.perf_counter() - started,
-        "epochs": state["epoch"], "iterations": state["history"][-1]["iteration"],
-        "selected_epoch": selected["epoch"], "selected_val_accuracy": selected_row["val_accuracy"],
-        "selected_val_loss": selected_row["val_loss"], "stopped_early": state["stopped_early"],
+        "dataset": run_config["dataset"],
+        "variant": run_config["variant"],
+        "depth": run_config["depth"],
+        "seed": seed,
+        "config": run_config,
+        "config_hash": state["config_hash"],
+        "model": vars(spec),
+        "train_seconds": state["train_seconds"],
+        "wall_seconds": time.perf_counter() - started,
+        "epochs": state["epoch"],
+        "iterations": state["history"][-1]["iteration"],
+        "selected_epoch": selected["epoch"],
+        "selected_val_accuracy": selected_row["val_accuracy"],
+        "selected_val_loss": selected_row["val_loss"],
+        "stopped_early": state["stopped_early"],
         "images_per_s": median([row["images_per_s"] for row in state["history"]]),
-        "device": describe_device(device), "threads": torch.get_num_threads(), "versions": versions(),
+        "device": describe_device(device),
+        "threads": torch.get_num_threads(),
+        "versions": versions(),
         "git_commit": git_commit(),
     }
     write_json(outputs.summary, summary)
     outputs.resume.unlink(missing_ok=True)
-    log.info("done: selected epoch %d (val acc %.2f%%), %.1f s training, %.1f s wall", selected["epoch"],
-             100 * selected_row["val_accuracy"], summary["train_seconds"], summary["wall_seconds"])
+    log.info(
+        "done: selected epoch %d (val acc %.2f%%), %.1f s training, %.1f s wall",
+        selected["epoch"],
+        100 * selected_row["val_accuracy"],
+        summary["train_seconds"],
+        summary["wall_seconds"],
+    )
     return summary
 
 
@@ -364,13 +462,19 @@ def versions() -> dict:
     import torchvision
 
     return {
-        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
     }
 
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -14,7 +14,9 @@ from cifar_resnet.errors import StudyError
 
 def run_job(snakemake, job: Callable[[], object]) -> None:
     terminal = logging.StreamHandler(sys.stderr)
-    terminal.setLevel(logging.WARNING)  # epoch lines go to the log file only; problems show in the terminal too
+    terminal.setLevel(
+        logging.WARNING
+    )  # epoch lines go to the log file only; problems show in the terminal too
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
