@@ -10,9 +10,11 @@ import logging
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from cifar_resnet.augment import augment, normalize
 from cifar_resnet.config import config_hash, model_spec
 from cifar_resnet.errors import StudyError
 from cifar_resnet.io import atomic_output, load_tensors, save_tensors, write_json
-from cifar_resnet.models import CifarResNet, build_model
+from cifar_resnet.models import CifarResNet, ModelSpec, build_model
 from cifar_resnet.schedule import LearningRate
 
 log = logging.getLogger(__name__)
@@ -191,38 +193,147 @@ class Outputs:
     resume: Path
 
 
-def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Path | None = None) -> dict:
-    started = time.perf_counter()
-    recipe, runtime, seed = run_config["recipe"], run_config["runtime"], run_config["seed"]
+@dataclass
+class Session:
+    """What every epoch of one run shares."""
+
+    model: CifarResNet
+    forward: Callable  # the model, compiled where enabled
+    optimizer: torch.optim.Optimizer
+    schedule: LearningRate
+    train: Split
+    val: Split
+    mean: torch.Tensor
+    std: torch.Tensor
+    recipe: dict
+    runtime: dict
+    device: torch.device
+    seed: int
+    frozen: bool
+    steps_per_epoch: int
+    total_iterations: int
+
+    @property
+    def batch_size(self) -> int:
+        return self.recipe["training"]["batch_size"]
+
+    @property
+    def total_epochs(self) -> int:
+        return math.ceil(self.total_iterations / self.steps_per_epoch)
+
+
+def start_session(run_config: dict, prepared: Path, pretrained: Path | None) -> tuple[Session, ModelSpec]:
+    recipe, runtime = run_config["recipe"], run_config["runtime"]
     training = recipe["training"]
     device = select_device(runtime["device"])
     configure_backends(device, runtime)
-
     data = datasets.load_prepared(prepared, splits=("train", "val"))
     train = Split(data["train_images"].to(device), data["train_labels"].to(device))
-    val = Split(data["val_images"].to(device), data["val_labels"].to(device))
-    mean, std = data["mean"].to(device), data["std"].to(device)
-    batch_size = training["batch_size"]
-    steps_per_epoch = len(train.labels) // batch_size
+    steps_per_epoch = len(train.labels) // training["batch_size"]
     if steps_per_epoch == 0:
         raise StudyError(
             f"the training split of {prepared} has {len(train.labels)} images, "
-            f"fewer than one batch of {batch_size}."
+            f"fewer than one batch of {training['batch_size']}."
         )
-    total_iterations = training["duration"] * (steps_per_epoch if training["unit"] == "epochs" else 1)
-    total_epochs = math.ceil(total_iterations / steps_per_epoch)
-
-    torch.manual_seed(seed)
+    torch.manual_seed(run_config["seed"])
     spec = model_spec(run_config, data["num_classes"])
     model = to_device(build_model(spec), device, runtime)
     frozen = bool(recipe.get("pretrained") and recipe["pretrained"]["freeze_backbone"])
     if pretrained is not None:
         load_pretrained_backbone(model, pretrained, frozen)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, recipe["optimizer"], device)
-    schedule = LearningRate(recipe, run_config["depth"], steps_per_epoch)
-    forward = compiled(model) if device.type == "cuda" and runtime["compile"] else model
+    session = Session(
+        model=model,
+        forward=compiled(model) if device.type == "cuda" and runtime["compile"] else model,
+        optimizer=make_optimizer(
+            [p for p in model.parameters() if p.requires_grad], recipe["optimizer"], device
+        ),
+        schedule=LearningRate(recipe, run_config["depth"], steps_per_epoch),
+        train=train,
+        val=Split(data["val_images"].to(device), data["val_labels"].to(device)),
+        mean=data["mean"].to(device),
+        std=data["std"].to(device),
+        recipe=recipe,
+        runtime=runtime,
+        device=device,
+        seed=run_config["seed"],
+        frozen=frozen,
+        steps_per_epoch=steps_per_epoch,
+        total_iterations=training["duration"] * (steps_per_epoch if training["unit"] == "epochs" else 1),
+    )
+    return session, spec
 
+
+def train_epoch(session: Session, epoch: int) -> dict:
+    """One pass over a fresh permutation of the training split, then validation; returns the history row.
+    Nothing in the step loop waits for the device: losses and hits accumulate there and are read once."""
+    started = time.perf_counter()
+    batch_size, device = session.batch_size, session.device
+    first_iteration = (epoch - 1) * session.steps_per_epoch
+    steps = min(session.steps_per_epoch, session.total_iterations - first_iteration)
+    generator = epoch_generator(session.seed, epoch, device)
+    torch.manual_seed(session.seed * 1_000_003 + epoch)  # dropout
+    order = torch.randperm(len(session.train.labels), generator=generator, device=device)[
+        : steps * batch_size
+    ]
+    augmentation = session.recipe["augmentation"]
+    epoch_images = augment(
+        session.train.images[order], augmentation["crop_padding"], augmentation["flip"], generator
+    )
+    epoch_labels = session.train.labels[order]
+    step_losses = torch.empty(steps, device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    memory_format = memory_format_of(device, session.runtime)
+    show_progress = sys.stderr.isatty()
+    set_training_mode(session.model, session.frozen)
+    for step in range(steps):
+        lr = session.schedule.at(first_iteration + step)
+        for group in session.optimizer.param_groups:
+            group["lr"] = lr
+        batch = slice(step * batch_size, (step + 1) * batch_size)
+        images = normalize(epoch_images[batch], session.mean, session.std).contiguous(
+            memory_format=memory_format
+        )
+        labels = epoch_labels[batch]
+        with autocast(device, session.runtime):
+            logits = session.forward(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        session.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        session.optimizer.step()
+        step_losses[step] = loss.detach()
+        correct += (logits.argmax(1) == labels).sum()
+        if show_progress:
+            print(f"\repoch {epoch}/{session.total_epochs} step {step + 1}/{steps}", end="", file=sys.stderr)
+    check_finite(step_losses, epoch, first_iteration)
+    seconds = time.perf_counter() - started
+    validation = evaluate(
+        session.forward,
+        session.val,
+        session.mean,
+        session.std,
+        session.runtime["eval_batch_size"],
+        device,
+        session.runtime,
+    )
+    if show_progress:
+        print("\r", end="", file=sys.stderr)
+    return {
+        "epoch": epoch,
+        "iteration": first_iteration + steps,
+        "lr": lr,
+        "train_loss": step_losses.mean().item(),
+        "train_accuracy": correct.item() / (steps * batch_size),
+        "val_loss": validation.loss,
+        "val_accuracy": validation.accuracy,
+        "seconds": seconds,
+        "images_per_s": steps * batch_size / seconds,
+    }
+
+
+def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Path | None = None) -> dict:
+    started = time.perf_counter()
+    training = run_config["recipe"]["training"]
+    session, spec = start_session(run_config, prepared, pretrained)
     state = {
         "config_hash": config_hash(run_config),
         "epoch": 0,
@@ -231,138 +342,78 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
         "selected": None,
         "stopped_early": False,
     }
-    monitors = (
-        {"selection": Monitor(training["selection"].removeprefix("best_"))}
-        if training["selection"] != "final"
-        else {}
-    )
+    monitors = {}
+    if training["selection"] != "final":
+        monitors["selection"] = Monitor(training["selection"].removeprefix("best_"))
     if training["early_stopping"]:
         monitors["early_stopping"] = Monitor(training["early_stopping"]["monitor"])
     resumed = read_resume_state(outputs.resume, state["config_hash"])
     if resumed:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        schedule.load_state_dict(resumed["schedule"])
+        session.model.load_state_dict(resumed["model"])
+        session.optimizer.load_state_dict(resumed["optimizer"])
+        session.schedule.load_state_dict(resumed["schedule"])
         for name, monitor in monitors.items():
             monitor.best, monitor.epochs_without_improvement = resumed["monitors"][name]
         state.update({k: resumed[k] for k in state})
         log.info("resumed from %s after epoch %d", outputs.resume, state["epoch"])
-
     log.info(
         "training %s ResNet-%d (%s), seed %d: %d iterations = %d epochs of %d steps, batch %d, on %s",
         run_config["variant"],
         run_config["depth"],
         run_config["dataset"],
-        seed,
-        total_iterations,
-        total_epochs,
-        steps_per_epoch,
-        batch_size,
-        device,
+        session.seed,
+        session.total_iterations,
+        session.total_epochs,
+        session.steps_per_epoch,
+        session.batch_size,
+        session.device,
     )
-    memory_format = memory_format_of(device, runtime)
-    step_losses = torch.empty(steps_per_epoch, device=device)
-    show_progress = sys.stderr.isatty()
-    while state["epoch"] < total_epochs and not state["stopped_early"]:
-        epoch = state["epoch"] + 1
-        first_iteration = (epoch - 1) * steps_per_epoch
-        steps = min(steps_per_epoch, total_iterations - first_iteration)
-        epoch_started = time.perf_counter()
-        generator = epoch_generator(seed, epoch, device)
-        torch.manual_seed(seed * 1_000_003 + epoch)  # dropout
-        order = torch.randperm(len(train.labels), generator=generator, device=device)[: steps * batch_size]
-        epoch_images = augment(
-            train.images[order],
-            recipe["augmentation"]["crop_padding"],
-            recipe["augmentation"]["flip"],
-            generator,
-        )
-        epoch_labels = train.labels[order]
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        set_training_mode(model, frozen)
-        for step in range(steps):
-            lr = schedule.at(first_iteration + step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = slice(step * batch_size, (step + 1) * batch_size)
-            images = normalize(epoch_images[batch], mean, std).contiguous(memory_format=memory_format)
-            labels = epoch_labels[batch]
-            with autocast(device, runtime):
-                logits = forward(images)
-            loss = F.cross_entropy(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step_losses[step] = loss.detach()
-            correct += (logits.argmax(1) == labels).sum()
-            if show_progress:
-                print(
-                    f"\repoch {epoch}/{total_epochs} step {step + 1}/{steps}",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        check_finite(step_losses[:steps], epoch, first_iteration)
-        train_seconds = time.perf_counter() - epoch_started
-        validation = evaluate(forward, val, mean, std, runtime["eval_batch_size"], device, runtime)
-        if show_progress:
-            print("\r", end="", file=sys.stderr)
-        row = {
-            "epoch": epoch,
-            "iteration": first_iteration + steps,
-            "lr": lr,
-            "train_loss": step_losses[:steps].mean().item(),
-            "train_accuracy": correct.item() / (steps * batch_size),
-            "val_loss": validation.loss,
-            "val_accuracy": validation.accuracy,
-            "seconds": train_seconds,
-            "images_per_s": steps * batch_size / train_seconds,
-        }
+
+    while state["epoch"] < session.total_epochs and not state["stopped_early"]:
+        row = train_epoch(session, state["epoch"] + 1)
         log.info(
             "epoch %d/%d iter %d lr %.4g train loss %.4f acc %.2f%% val loss %.4f acc %.2f%% "
             "%.1f s %.0f img/s",
-            epoch,
-            total_epochs,
+            row["epoch"],
+            session.total_epochs,
             row["iteration"],
-            lr,
+            row["lr"],
             row["train_loss"],
             100 * row["train_accuracy"],
             row["val_loss"],
             100 * row["val_accuracy"],
-            train_seconds,
+            row["seconds"],
             row["images_per_s"],
         )
-        schedule.end_of_epoch(validation.accuracy)
+        session.schedule.end_of_epoch(row["val_accuracy"])
         if "selection" in monitors and monitors["selection"].update(row):
-            state["selected"] = {"epoch": epoch, "model": cpu_state(model)}
+            state["selected"] = {"epoch": row["epoch"], "model": cpu_state(session.model)}
         if "early_stopping" in monitors:
-            monitors["early_stopping"].update(row)
-            if (
-                monitors["early_stopping"].epochs_without_improvement
-                >= training["early_stopping"]["patience"]
-            ):
+            stopping = monitors["early_stopping"]
+            stopping.update(row)
+            if stopping.epochs_without_improvement >= training["early_stopping"]["patience"]:
                 state["stopped_early"] = True
                 log.info(
                     "early stopping after epoch %d: %s has not improved for %d epochs",
-                    epoch,
-                    monitors["early_stopping"].metric,
-                    training["early_stopping"]["patience"],
+                    row["epoch"],
+                    stopping.metric,
+                    stopping.epochs_without_improvement,
                 )
         state["history"].append(row)
-        state["epoch"] = epoch
-        state["train_seconds"] += train_seconds
+        state["epoch"] = row["epoch"]
+        state["train_seconds"] += row["seconds"]
         save_tensors(
             outputs.resume,
             {
                 **state,
-                "model": cpu_state(model),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
+                "model": cpu_state(session.model),
+                "optimizer": session.optimizer.state_dict(),
+                "schedule": session.schedule.state_dict(),
                 "monitors": {name: (m.best, m.epochs_without_improvement) for name, m in monitors.items()},
             },
         )
 
-    final = {"epoch": state["epoch"], "model": cpu_state(model)}
+    final = {"epoch": state["epoch"], "model": cpu_state(session.model)}
     selected = state["selected"] or final
     selected_row = state["history"][selected["epoch"] - 1]
     save_tensors(outputs.model, selected["model"])
@@ -371,7 +422,7 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
         "dataset": run_config["dataset"],
         "variant": run_config["variant"],
         "depth": run_config["depth"],
-        "seed": seed,
+        "seed": session.seed,
         "config": run_config,
         "config_hash": state["config_hash"],
         "model": vars(spec),
@@ -383,8 +434,8 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
         "selected_val_accuracy": selected_row["val_accuracy"],
         "selected_val_loss": selected_row["val_loss"],
         "stopped_early": state["stopped_early"],
-        "images_per_s": median([row["images_per_s"] for row in state["history"]]),
-        "device": describe_device(device),
+        "images_per_s": statistics.median([row["images_per_s"] for row in state["history"]]),
+        "device": describe_device(session.device),
         "threads": torch.get_num_threads(),
         "versions": versions(),
         "git_commit": git_commit(),
@@ -443,12 +494,6 @@ def write_history(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def describe_device(device: torch.device) -> str:
