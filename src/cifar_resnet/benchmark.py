@@ -1,0 +1,673 @@
+"""Training speed on one device: images/s, seconds per 45k-image epoch and peak device memory per depth.
+
+Three pipelines are measured on synthetic CIFAR-shaped data (random uint8 images, 10 classes), each
+with warm-up steps excluded and the median over several timed repeats reported:
+
+* ``ours``: the trainer's step loop, built from the trainer's own pieces (``make_optimizer``,
+  ``autocast``, ``to_device``, ``memory_format_of``, ``compiled``, ``epoch_generator``,
+  ``check_finite``, ``augment``, ``normalize``). The data lives on the device as uint8, each timed
+  chunk of steps is ordered and augmented in one batched call, every batch is normalised on its own,
+  and the loop never waits for the host until the chunk's closing finiteness check, as at the end of
+  a training epoch. Its modes (``Mode``) switch torch.compile, bf16 autocast, channels_last and CUDA
+  graphs.
+* ``classical``: the way most CIFAR reproductions train: a torchvision-style dataset of uint8 HWC
+  arrays returning PIL images, RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor and Normalize
+  in DataLoader workers, fp32, eager, and ``loss.item()`` after every step for the running loss,
+  a host sync per step as in those repositories' logging.
+* ``packed`` and ``sequential``: K independent models of one architecture, each with its own
+  initialisation, data order and augmentation, trained as one vmapped computation (``PackedModels``)
+  or one after the other; images/s is the aggregate over the K models.
+
+Modes that do not act on the current device are not run but reported as "n/a on cpu": the trainer
+enables bf16 and channels_last only on CUDA, so running them on the CPU would time fp32 NCHW under
+another name, and CUDA graphs need CUDA. torch.compile does work on the CPU but takes minutes to
+compile there, so it runs only when asked (``compile_on_cpu``).
+
+Peak memory is ``torch.cuda.max_memory_allocated`` over one measurement, the device-resident dataset
+included for ``ours`` and ``packed``; on the CPU it is not measured (NaN).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import itertools
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+from tabulate import tabulate
+from torch.func import functional_call, stack_module_state, vmap
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from cifar_resnet.augment import augment, normalize
+from cifar_resnet.io import atomic_output
+from cifar_resnet.models import CifarResNet, ModelSpec, build_model
+from cifar_resnet.train import (
+    autocast,
+    check_finite,
+    compiled,
+    configure_backends,
+    epoch_generator,
+    make_optimizer,
+    memory_format_of,
+    select_device,
+    to_device,
+)
+
+log = logging.getLogger(__name__)
+
+EPOCH_IMAGES = 45_000  # the paper's training split
+BATCH_SIZE = 128
+NUM_CLASSES = 10
+CROP_PADDING = 4
+OPTIMIZER = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4}
+# CIFAR-10's training-set channel statistics; for random images any fixed values measure the same work
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+COLUMNS = [
+    "pipeline",
+    "depth",
+    "mode",
+    "device",
+    "batch_size",
+    "images_per_s",
+    "seconds_per_epoch",
+    "peak_memory_mb",
+    "repeats",
+    "note",
+]
+OURS, CLASSICAL, PACKED, SEQUENTIAL = "ours", "classical", "packed", "sequential"
+CUDA_ONLY_FLAGS = ("bf16", "channels_last", "cuda_graphs")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How our step runs; named like ``compile+bf16+channels_last+cuda_graphs`` (``eager`` alone is fp32
+    NCHW). CUDA graphs come from torch.compile(mode="reduce-overhead"), so they need ``compile``."""
+
+    compile: bool = False
+    bf16: bool = False
+    channels_last: bool = False
+    cuda_graphs: bool = False
+
+    @classmethod
+    def parse(cls, name: str) -> Mode:
+        first, *flags = name.split("+")
+        if (
+            first not in ("eager", "compile")
+            or not set(flags) <= set(CUDA_ONLY_FLAGS)
+            or len(set(flags)) < len(flags)
+        ):
+            raise ValueError(
+                f"mode {name!r} is not eager or compile followed by +flags from {CUDA_ONLY_FLAGS}"
+            )
+        mode = cls(compile=first == "compile", **{flag: True for flag in flags})
+        if mode.cuda_graphs and not mode.compile:
+            raise ValueError(
+                f"mode {name!r}: CUDA graphs come from torch.compile, write compile+...+cuda_graphs"
+            )
+        return mode
+
+    @property
+    def name(self) -> str:
+        flags = [flag for flag in CUDA_ONLY_FLAGS if getattr(self, flag)]
+        return "+".join(["compile" if self.compile else "eager", *flags])
+
+    def runtime(self) -> dict:
+        """The trainer's ``runtime`` section for this mode."""
+        return {
+            "bf16": self.bf16,
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+            "deterministic": False,
+        }
+
+    def unavailable_on(self, device: torch.device, compile_on_cpu: bool) -> str | None:
+        """Why this mode is not run on ``device``, or None when it is."""
+        if device.type == "cuda":
+            return None
+        cuda_only = [flag for flag in CUDA_ONLY_FLAGS if getattr(self, flag)]
+        if cuda_only:
+            return f"n/a on {device.type} (CUDA only: {', '.join(cuda_only)})"
+        if self.compile and not compile_on_cpu:
+            return f"n/a on {device.type} (compile is opt-in there: --compile-on-cpu)"
+        return None
+
+
+DEFAULT_MODES = (
+    "eager",
+    "eager+bf16",
+    "eager+bf16+channels_last",
+    "compile",
+    "compile+bf16",
+    "compile+bf16+channels_last",
+    "compile+bf16+channels_last+cuda_graphs",
+)
+ALL_MODES = tuple(
+    Mode(compile, bf16, channels_last, cuda_graphs).name
+    for compile, bf16, channels_last, cuda_graphs in itertools.product((False, True), repeat=4)
+    if compile or not cuda_graphs
+)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a pipeline is timed: ``warmup_steps`` untimed steps, then ``repeats`` timed chunks of
+    ``steps`` steps of ``batch_size`` images (per model)."""
+
+    steps: int = 50
+    repeats: int = 5
+    warmup_steps: int = 10
+    batch_size: int = BATCH_SIZE
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Measurement:
+    images_per_s: float  # the median over the repeats
+    peak_memory_mb: float
+    repeats: int
+
+
+# --- shared pieces -----------------------------------------------------------------------------
+
+
+def synthetic_cifar(count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random CIFAR-shaped data on the CPU: uint8 images [count,3,32,32] and int64 labels in [0, 10)."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    return images, torch.randint(0, NUM_CLASSES, (count,), generator=generator)
+
+
+def on_device(data, protocol: Protocol, device: torch.device):
+    """``data`` (one synthetic epoch when None) on ``device``, with the channel mean and std there."""
+    images, labels = data or synthetic_cifar(EPOCH_IMAGES, protocol.seed)
+    return (
+        images.to(device),
+        labels.to(device),
+        torch.tensor(MEAN, device=device),
+        torch.tensor(STD, device=device),
+    )
+
+
+def epoch_chunk(images, labels, models: int, steps: int, batch_size: int, generator: torch.Generator):
+    """What the trainer draws at the start of an epoch, for ``steps`` steps and each of ``models``
+    models: its own random order and one batched augmentation. Returns uint8 [models, steps*batch,
+    3, 32, 32] and labels [models, steps*batch]."""
+    count = steps * batch_size
+    if count > len(labels):
+        raise ValueError(f"{steps} steps of {batch_size} need {count} images; the data set has {len(labels)}")
+    orders = [
+        torch.randperm(len(labels), generator=generator, device=labels.device)[:count] for _ in range(models)
+    ]
+    orders = torch.stack(orders)
+    chunk = augment(images[orders.flatten()], CROP_PADDING, True, generator)
+    return chunk.view(models, count, *images.shape[1:]), labels[orders]
+
+
+def train_step(forward, optimizer, images, labels, mean, std, device, runtime):
+    """The body of the trainer's step loop on one uint8 batch; returns the detached loss and the logits."""
+    images = normalize(images, mean, std).contiguous(memory_format=memory_format_of(device, runtime))
+    with autocast(device, runtime):
+        logits = forward(images)
+    loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits
+
+
+def new_model(depth: int, device: torch.device, runtime: dict) -> CifarResNet:
+    model = to_device(build_model(ModelSpec(depth, NUM_CLASSES)), device, runtime)
+    return model.train()
+
+
+def measure(
+    run_chunk: Callable[[int, int], None], images_per_step: int, protocol: Protocol, device
+) -> Measurement:
+    """Run ``run_chunk(chunk_index, steps)`` once untimed for the warm-up, then ``repeats`` times timed;
+    report the median throughput and the peak memory since ``start_memory_count``."""
+    if protocol.warmup_steps:
+        run_chunk(0, protocol.warmup_steps)
+    rates = []
+    for repeat in range(1, protocol.repeats + 1):
+        synchronize(device)
+        started = time.perf_counter()
+        run_chunk(repeat, protocol.steps)
+        synchronize(device)
+        rates.append(images_per_step * protocol.steps / (time.perf_counter() - started))
+    return Measurement(statistics.median(rates), peak_memory_mb(device), protocol.repeats)
+
+
+def measure_compiled(run_chunk, images_per_step: int, protocol: Protocol, device) -> Measurement:
+    """``measure``, failing where compilation fails: the trainer's ``compiled`` would fall back to eager
+    silently, and the benchmark would time eager under the name of a compiled mode."""
+    with torch._dynamo.config.patch(suppress_errors=False):
+        return measure(run_chunk, images_per_step, protocol, device)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def start_memory_count(device: torch.device) -> None:
+    """Free what earlier measurements left (compiled graphs keep their models and CUDA graph pools)."""
+    torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+
+
+# --- our pipeline ------------------------------------------------------------------------------
+
+
+def our_step_throughput(
+    depth: int, mode: Mode, device: torch.device, protocol: Protocol = Protocol(), data=None
+) -> Measurement:
+    """Images/s of the trainer's step loop in ``mode``; ``data`` (CPU tensors) defaults to one
+    synthetic epoch."""
+    runtime = mode.runtime()
+    configure_backends(device, runtime)
+    start_memory_count(device)
+    images, labels, mean, std = on_device(data, protocol, device)
+    torch.manual_seed(protocol.seed)
+    model = new_model(depth, device, runtime)
+    optimizer = make_optimizer(model.parameters(), OPTIMIZER, device)
+    forward = model
+    if mode.cuda_graphs:
+        forward = torch.compile(model, mode="reduce-overhead")
+    elif mode.compile:
+        forward = compiled(model)
+    batch_size = protocol.batch_size
+
+    def run_chunk(index: int, steps: int) -> None:
+        generator = epoch_generator(protocol.seed, index, device)
+        chunk_images, chunk_labels = epoch_chunk(images, labels, 1, steps, batch_size, generator)
+        step_losses = torch.empty(steps, device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)  # the trainer's accuracy bookkeeping
+        for step in range(steps):
+            batch_images = chunk_images[0, step * batch_size : (step + 1) * batch_size]
+            batch_labels = chunk_labels[0, step * batch_size : (step + 1) * batch_size]
+            if mode.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # this step may overwrite the last one's outputs
+            loss, logits = train_step(
+                forward, optimizer, batch_images, batch_labels, mean, std, device, runtime
+            )
+            step_losses[step] = loss
+            correct += (logits.argmax(1) == batch_labels).sum()
+        check_finite(step_losses, index, 0)
+
+    return measure_compiled(run_chunk, batch_size, protocol, device)
+
+
+# --- the classical pipeline --------------------------------------------------------------------
+
+
+class ClassicalCifar(Dataset):
+    """torchvision.datasets.CIFAR10's item path: a uint8 HWC array becomes a PIL image, then the
+    transform; the label is a Python int."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
+
+
+def classical_transform() -> transforms.Compose:
+    steps = [transforms.RandomCrop(32, padding=CROP_PADDING), transforms.RandomHorizontalFlip()]
+    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def classical_loader(images, labels, batch_size: int, num_workers: int, device, seed: int = 0) -> DataLoader:
+    """A shuffling DataLoader over ``images`` (uint8 [N,3,H,W], turned into the HWC arrays torchvision
+    keeps) with the classical transforms in ``num_workers`` worker processes."""
+    hwc = images.permute(0, 2, 3, 1).contiguous().numpy()
+    return DataLoader(
+        ClassicalCifar(hwc, labels.numpy(), classical_transform()),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=num_workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def endless(loader: DataLoader) -> Iterator:
+    while True:
+        yield from loader
+
+
+def classical_throughput(
+    depth: int,
+    device: torch.device,
+    protocol: Protocol = Protocol(),
+    num_workers: int | None = None,
+    data=None,
+) -> Measurement:
+    """Images/s of the classical DataLoader pipeline, fp32 and eager, with the same model and optimizer."""
+    runtime = Mode().runtime()
+    configure_backends(device, runtime)
+    start_memory_count(device)
+    images, labels = data or synthetic_cifar(EPOCH_IMAGES, protocol.seed)
+    workers = default_workers() if num_workers is None else num_workers
+    batches = endless(classical_loader(images, labels, protocol.batch_size, workers, device, protocol.seed))
+    torch.manual_seed(protocol.seed)
+    model = new_model(depth, device, runtime)
+    optimizer = make_optimizer(model.parameters(), OPTIMIZER, device)
+
+    def run_chunk(_index: int, steps: int) -> None:
+        running_loss = 0.0
+        for _ in range(steps):
+            batch_images, batch_labels = next(batches)
+            batch_images = batch_images.to(device, non_blocking=True)
+            batch_labels = batch_labels.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(batch_images), batch_labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+
+    try:
+        return measure(run_chunk, protocol.batch_size, protocol, device)
+    finally:
+        batches.close()  # stops the worker processes now rather than at garbage collection
+
+
+# --- many small models per device ------------------------------------------------------------
+
+
+class PackedModels:
+    """K models of one architecture trained as one computation: their parameters and buffers are
+    stacked along a new leading dimension (``stack_module_state``) and ``vmap`` maps
+    ``functional_call`` over the K sets, so every convolution runs as one grouped convolution and every
+    BatchNorm as one wider BatchNorm. The K losses are independent, so the gradient of their sum is
+    each model's own gradient, and SGD over the stacked tensors (momentum and weight decay act
+    elementwise) is K separate SGDs.
+
+    BatchNorm in training mode updates its running statistics in place. vmap refuses that when the
+    running statistics are shared by all K models ("Batch norm got a batched tensor as input while the
+    running_mean or running_var, which will be updated in place, were not batched"). Here they are
+    stacked buffers mapped like the parameters (in_dims 0), so each model updates its own in place
+    and keeps the eval-mode behaviour of an ordinary model. ``torch.func.replace_all_batch_norm_modules_``
+    would also remove the error, but by dropping the running statistics altogether: evaluation would
+    then normalise with each test batch's own statistics, which is not the model the trainer produces.
+
+    channels_last does not apply (the input is 5-D) and CUDA graphs are not offered.
+    """
+
+    def __init__(self, models: Sequence[CifarResNet], device: torch.device, runtime: dict):
+        self.device, self.runtime = device, runtime
+        self.template = copy.deepcopy(models[0]).to("meta").train()
+        self.params, self.buffers = stack_module_state(list(models))
+        self.optimizer = make_optimizer(list(self.params.values()), OPTIMIZER, device)
+        losses = vmap(self._loss, randomness="different")  # each model its own dropout masks
+        self.losses = compiled(losses) if runtime["compile"] else losses
+
+    def _loss(self, params, buffers, images, labels):
+        logits = functional_call(self.template, (params, buffers), (images,))
+        return F.cross_entropy(logits.float(), labels), logits
+
+    def step(self, images, labels, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of every model on its own uint8 batch [K,B,3,H,W]; returns losses [K], logits [K,B,C]."""
+        with autocast(self.device, self.runtime):
+            losses, logits = self.losses(self.params, self.buffers, normalize(images, mean, std), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        self.optimizer.step()
+        return losses.detach(), logits
+
+    def state_dict_of(self, index: int) -> dict[str, torch.Tensor]:
+        """Model ``index``'s state, as its own ``state_dict()`` would give it."""
+        return {name: tensor[index].detach() for name, tensor in {**self.params, **self.buffers}.items()}
+
+
+def packed_mode_for(device: torch.device) -> Mode:
+    return Mode(bf16=device.type == "cuda")
+
+
+def packed_throughput(
+    depth: int,
+    models: int,
+    device: torch.device,
+    protocol: Protocol = Protocol(),
+    mode: Mode | None = None,
+    packed: bool = True,
+    data=None,
+) -> Measurement:
+    """Aggregate images/s of ``models`` independent models, each with its own batches, trained by one
+    vmapped step (``packed``) or by ordinary steps one model after the other."""
+    mode = mode or packed_mode_for(device)
+    if mode.channels_last or mode.cuda_graphs:
+        raise ValueError(f"packed training runs eager or compiled, with or without bf16, not {mode.name}")
+    runtime = mode.runtime()
+    configure_backends(device, runtime)
+    start_memory_count(device)
+    images, labels, mean, std = on_device(data, protocol, device)
+    torch.manual_seed(protocol.seed)
+    members = [new_model(depth, device, runtime) for _ in range(models)]
+    step_all = (
+        packed_step(members, mean, std, device, runtime)
+        if packed
+        else sequential_step(members, mean, std, device, runtime)
+    )
+    batch_size = protocol.batch_size
+
+    def run_chunk(index: int, steps: int) -> None:
+        generator = epoch_generator(protocol.seed, index, device)
+        chunk_images, chunk_labels = epoch_chunk(images, labels, models, steps, batch_size, generator)
+        step_losses = torch.empty(steps, models, device=device)
+        for step in range(steps):
+            batch = slice(step * batch_size, (step + 1) * batch_size)
+            step_losses[step] = step_all(chunk_images[:, batch], chunk_labels[:, batch])
+        check_finite(step_losses.flatten(), index, 0)
+
+    return measure_compiled(run_chunk, models * batch_size, protocol, device)
+
+
+def packed_step(members, mean, std, device, runtime) -> Callable:
+    """One vmapped step of all models on their batches [K,B,...]; returns the K losses."""
+    packed = PackedModels(members, device, runtime)
+    return lambda images, labels: packed.step(images, labels, mean, std)[0]
+
+
+def sequential_step(members, mean, std, device, runtime) -> Callable:
+    """One ordinary step of each model in turn on its batch of [K,B,...]; returns the K losses."""
+    forwards = [compiled(member) if runtime["compile"] else member for member in members]
+    optimizers = [make_optimizer(member.parameters(), OPTIMIZER, device) for member in members]
+
+    def step_all(images, labels):
+        steps = zip(forwards, optimizers, images, labels, strict=True)
+        return torch.stack([train_step(*step, mean, std, device, runtime)[0] for step in steps])
+
+    return step_all
+
+
+# --- the whole benchmark -----------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    return device if isinstance(device, torch.device) else select_device(device)
+
+
+def run_benchmark(
+    depths: Sequence[int],
+    modes: Sequence[str] = DEFAULT_MODES,
+    steps: int = 50,
+    repeats: int = 5,
+    device: str | torch.device = "auto",
+    *,
+    warmup_steps: int = 10,
+    batch_size: int = BATCH_SIZE,
+    num_workers: int | None = None,
+    packed_models: Sequence[int] = (1, 4, 8),
+    packed_batch_size: int | None = None,
+    packed_mode: str | None = None,
+    compile_on_cpu: bool = False,
+    dataset_size: int = EPOCH_IMAGES,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per pipeline, depth and mode: ours in each of ``modes``, the classical pipeline, and
+    packed and sequential training of K models for each K in ``packed_models``, in ``packed_mode``
+    (bf16 on CUDA, fp32 elsewhere, unless given) at ``packed_batch_size`` images per model and step
+    (``batch_size`` unless given). Modes that do not apply on the device give a row with an
+    "n/a on ..." note and no figures."""
+    device = resolve_device(device)
+    ours = [Mode.parse(name) for name in modes]
+    packed = Mode.parse(packed_mode) if packed_mode else packed_mode_for(device)
+    workers = default_workers() if num_workers is None else num_workers
+    protocol = Protocol(steps, repeats, warmup_steps, batch_size, seed)
+    packed_protocol = replace(protocol, batch_size=packed_batch_size or batch_size)
+    data = synthetic_cifar(dataset_size, seed)
+    rows = []
+    for depth in depths:
+        for mode in ours:
+            result = mode.unavailable_on(device, compile_on_cpu) or our_step_throughput(
+                depth, mode, device, protocol, data
+            )
+            rows.append(row(OURS, depth, mode.name, device, protocol, result))
+        result = classical_throughput(depth, device, protocol, workers, data)
+        rows.append(row(CLASSICAL, depth, f"eager, {workers} workers", device, protocol, result))
+        for models, pipeline in itertools.product(packed_models, (PACKED, SEQUENTIAL)):
+            result = packed.unavailable_on(device, compile_on_cpu) or packed_throughput(
+                depth, models, device, packed_protocol, packed, pipeline == PACKED, data
+            )
+            rows.append(
+                row(pipeline, depth, f"{packed.name}, K={models}", device, packed_protocol, result, models)
+            )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def row(
+    pipeline: str,
+    depth: int,
+    mode: str,
+    device: torch.device,
+    protocol: Protocol,
+    result: Measurement | str,
+    models: int = 1,
+) -> dict:
+    """A result row from a measurement or the reason there is none. Seconds per epoch is the time for
+    each of the ``models`` models to see 45,000 images."""
+    keys = {"pipeline": pipeline, "depth": depth, "mode": mode, "device": device.type}
+    keys["batch_size"] = protocol.batch_size
+    if isinstance(result, str):
+        log.info("ResNet-%d %s %s: %s", depth, pipeline, mode, result)
+        missing = float("nan")
+        figures = {"images_per_s": missing, "seconds_per_epoch": missing, "peak_memory_mb": missing}
+        return {**keys, **figures, "repeats": 0, "note": result}
+    log.info("ResNet-%d %s %s: %.0f images/s", depth, pipeline, mode, result.images_per_s)
+    return {
+        **keys,
+        "images_per_s": result.images_per_s,
+        "seconds_per_epoch": models * EPOCH_IMAGES / result.images_per_s,
+        "peak_memory_mb": result.peak_memory_mb,
+        "repeats": result.repeats,
+        "note": "",
+    }
+
+
+def ratio_to_classical(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per depth: our fastest measured mode, its images/s, the classical pipeline's and their ratio."""
+    measured = frame.dropna(subset=["images_per_s"])
+    ours = measured[measured["pipeline"] == OURS]
+    best = ours.loc[ours.groupby("depth")["images_per_s"].idxmax(), ["depth", "mode", "images_per_s"]]
+    classical = measured[measured["pipeline"] == CLASSICAL][["depth", "images_per_s"]]
+    table = best.merge(classical, on="depth", suffixes=("", "_classical"))
+    table = table.rename(columns={"mode": "best_mode", "images_per_s_classical": "classical_images_per_s"})
+    table["ratio"] = table["images_per_s"] / table["classical_images_per_s"]
+    return table.reset_index(drop=True)
+
+
+def write_results(frame: pd.DataFrame, csv_path, plot_path) -> None:
+    """The rows as CSV, and images/s against depth, one line per pipeline and mode, on a log y-axis."""
+    with atomic_output(csv_path) as temporary:
+        frame.to_csv(temporary, index=False)
+    measured = frame.dropna(subset=["images_per_s"]).assign(
+        run=lambda rows: rows["pipeline"] + ": " + rows["mode"] + ", batch " + rows["batch_size"].astype(str)
+    )
+    depths = sorted(measured["depth"].unique())
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
+        figure = Figure(figsize=(10, 4.5), layout="constrained")
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        sns.lineplot(
+            measured, x="depth", y="images_per_s", hue="run", style="pipeline", markers=True, ax=axes
+        )
+        axes.set_yscale("log")
+        axes.set_xticks(depths, [f"ResNet-{depth}" for depth in depths])
+        devices = ", ".join(sorted(measured["device"].unique()))
+        axes.set(
+            xlabel="Depth", ylabel="Training images/s (log scale)", title=f"Training throughput on {devices}"
+        )
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+        with atomic_output(plot_path) as temporary:
+            figure.savefig(temporary, format="png", dpi=120)
+
+
+def describe_machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        hardware = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    else:
+        hardware = f"{cpu_model()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
+    return f"{hardware}, torch {torch.__version__}"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """The rows as a GitHub table with readable numbers; rows without figures show their note."""
+    shown = frame.drop(columns=["device"]).assign(
+        images_per_s=frame["images_per_s"].map("{:,.0f}".format),
+        seconds_per_epoch=frame["seconds_per_epoch"].map("{:,.1f}".format),
+        peak_memory_mb=frame["peak_memory_mb"].map("{:,.0f}".format),
+    )
+    shown = shown.replace("nan", "—")
+    return tabulate(shown, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+
+
+def ratio_table(frame: pd.DataFrame) -> str:
+    ratios = ratio_to_classical(frame).assign(
+        images_per_s=lambda table: table["images_per_s"].map("{:,.0f}".format),
+        classical_images_per_s=lambda table: table["classical_images_per_s"].map("{:,.0f}".format),
+        ratio=lambda table: table["ratio"].map("{:.2f}x".format),
+    )
+    return tabulate(ratios, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)

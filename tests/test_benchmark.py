@@ -1,0 +1,163 @@
+import importlib.util
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from cifar_resnet import benchmark
+from cifar_resnet.benchmark import (
+    ALL_MODES,
+    COLUMNS,
+    EPOCH_IMAGES,
+    MEAN,
+    STD,
+    ClassicalCifar,
+    Mode,
+    PackedModels,
+    classical_loader,
+    epoch_chunk,
+    ratio_to_classical,
+    synthetic_cifar,
+    train_step,
+)
+from cifar_resnet.models import ModelSpec, build_model
+from cifar_resnet.train import make_optimizer
+
+CPU = torch.device("cpu")
+SCRIPT = Path(__file__).parents[1] / "scripts" / "benchmark.py"
+
+
+def load_cli():
+    spec = importlib.util.spec_from_file_location("benchmark_cli", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_small_cli_run_writes_csv_and_plot_and_marks_cuda_modes_na(tmp_path, capsys):
+    load_cli().main(["--small", "--depths", "8", "--device", "cpu", "--out", str(tmp_path)])
+    frame = pd.read_csv(tmp_path / "benchmark.csv", keep_default_na=False, na_values=[""])
+    assert list(frame.columns) == COLUMNS
+    assert (tmp_path / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    by_mode = frame.set_index(["pipeline", "mode"])
+    for mode in benchmark.DEFAULT_MODES[1:]:
+        skipped = by_mode.loc[("ours", mode)]
+        assert skipped["note"].startswith("n/a on cpu"), mode
+        assert math.isnan(skipped["images_per_s"]) and skipped["repeats"] == 0
+    measured = frame[frame["note"].isna()]
+    assert set(measured["pipeline"]) == {"ours", "classical", "packed", "sequential"}
+    assert (measured["images_per_s"] > 0).all() and (measured["repeats"] == 2).all()
+    assert (measured["device"] == "cpu").all() and (measured["depth"] == 8).all()
+    models = measured["mode"].str.extract(r"K=(\d+)")[0].fillna("1").astype(int)
+    expected_epoch = models * EPOCH_IMAGES / measured["images_per_s"]
+    assert measured["seconds_per_epoch"].tolist() == pytest.approx(expected_epoch.tolist())
+    printed = capsys.readouterr().out
+    assert f"torch {torch.__version__}" in printed and "| ours" in printed and "n/a on cpu" in printed
+
+
+def test_mode_names_round_trip_and_bad_names_are_refused():
+    assert len(set(ALL_MODES)) == 12
+    for name in ALL_MODES:
+        assert Mode.parse(name).name == name
+    assert Mode.parse("compile+channels_last+bf16") == Mode(compile=True, bf16=True, channels_last=True)
+    for bad in ("eager+cuda_graphs", "fast", "eager+fp16", "eager+bf16+bf16"):
+        with pytest.raises(ValueError):
+            Mode.parse(bad)
+
+
+def test_only_plain_modes_run_on_the_cpu_and_compile_only_when_asked():
+    cuda = torch.device("cuda")
+    for name in ALL_MODES:
+        assert Mode.parse(name).unavailable_on(cuda, compile_on_cpu=False) is None
+    assert Mode().unavailable_on(CPU, compile_on_cpu=False) is None
+    assert Mode(compile=True).unavailable_on(CPU, compile_on_cpu=False).startswith("n/a on cpu")
+    assert Mode(compile=True).unavailable_on(CPU, compile_on_cpu=True) is None
+    assert Mode(compile=True, bf16=True).unavailable_on(CPU, compile_on_cpu=True).startswith("n/a on cpu")
+
+
+def test_classical_dataset_returns_the_pil_image_of_the_nchw_array():
+    images, labels = synthetic_cifar(4)
+    dataset = classical_loader(images, labels, 2, 0, CPU).dataset
+    assert isinstance(dataset, ClassicalCifar)
+    dataset.transform = lambda image: image
+    image, label = dataset[3]
+    assert isinstance(image, Image.Image) and image.size == (32, 32) and image.mode == "RGB"
+    assert image.getpixel((5, 2)) == tuple(images[3, :, 2, 5].tolist())  # PIL indexes (x, y)
+    assert label == int(labels[3]) and isinstance(label, int)
+
+
+def test_classical_batches_are_normalized_float_crops_of_the_padded_images():
+    images = torch.empty(64, 3, 32, 32, dtype=torch.uint8)
+    images[:, 0], images[:, 1], images[:, 2] = 255, 128, 0
+    labels = torch.arange(64) % 10
+    torch.manual_seed(0)  # the transforms draw from the global generator
+    batch, batch_labels = next(iter(classical_loader(images, labels, 32, 0, CPU)))
+    assert batch.shape == (32, 3, 32, 32) and batch.dtype == torch.float32
+    assert batch_labels.shape == (32,) and batch_labels.dtype == torch.int64
+    mean, std = torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
+    expected = (torch.tensor([255, 128, 0]).float()[:, None, None] / 255 - mean) / std
+    centre = batch[:, :, 4:28, 4:28]  # never padding: a crop shifts by at most 4 pixels
+    torch.testing.assert_close(centre, expected.expand_as(centre))
+    corners = batch[:, :, 0, 0]  # the top-left pixel comes from the image or from the zero padding
+    from_image = torch.isclose(corners, expected.flatten()).all(dim=1)
+    from_padding = torch.isclose(corners, (-mean / std).flatten()).all(dim=1)
+    assert (from_image | from_padding).all() and from_padding.any() and from_image.any()
+
+
+def test_epoch_chunk_gives_each_model_its_own_order_with_matching_labels():
+    count = 256
+    images = torch.arange(count, dtype=torch.uint8)[:, None, None, None].expand(count, 3, 32, 32).contiguous()
+    labels = torch.arange(count)
+    chunk, chunk_labels = epoch_chunk(images, labels, 3, 4, 16, torch.Generator().manual_seed(0))
+    assert chunk.shape == (3, 64, 3, 32, 32) and chunk_labels.shape == (3, 64)
+    assert torch.equal(chunk[:, :, 0, 16, 16].long(), chunk_labels)  # the centre survives crop and flip
+    assert len({tuple(order.tolist()) for order in chunk_labels}) == 3
+    assert all(len(set(order.tolist())) == 64 for order in chunk_labels)  # without replacement
+    with pytest.raises(ValueError):
+        epoch_chunk(images, labels, 1, 17, 16, torch.Generator())
+
+
+def test_packed_step_of_two_models_equals_two_ordinary_steps():
+    torch.manual_seed(0)
+    models = [build_model(ModelSpec(8)) for _ in range(2)]
+    separate = [build_model(ModelSpec(8)) for _ in range(2)]
+    for copy, model in zip(separate, models, strict=True):
+        copy.load_state_dict(model.state_dict())
+    runtime = Mode().runtime()
+    packed = PackedModels(models, CPU, runtime)
+    optimizers = [make_optimizer(model.parameters(), benchmark.OPTIMIZER, CPU) for model in separate]
+    mean, std = torch.tensor(MEAN), torch.tensor(STD)
+    images, labels = synthetic_cifar(2 * 2 * 8, seed=1)
+    images, labels = images.view(2, 2, 8, 3, 32, 32), labels.view(2, 2, 8)
+    for step in range(2):  # the second step exercises momentum
+        losses, _ = packed.step(images[step], labels[step], mean, std)
+        for k, (model, optimizer) in enumerate(zip(separate, optimizers, strict=True)):
+            loss, _ = train_step(model, optimizer, images[step, k], labels[step, k], mean, std, CPU, runtime)
+            torch.testing.assert_close(losses[k], loss)
+    for k, model in enumerate(separate):
+        state = packed.state_dict_of(k)
+        assert state.keys() == model.state_dict().keys()
+        for name, tensor in model.state_dict().items():
+            torch.testing.assert_close(state[name], tensor, rtol=1e-4, atol=1e-5, msg=f"model {k}: {name}")
+    heads = [packed.state_dict_of(k)["head.0.weight"] for k in range(2)]
+    assert not torch.allclose(*heads)
+    assert packed.state_dict_of(1)["backbone.1.num_batches_tracked"] == 2
+
+
+def test_ratio_compares_our_fastest_measured_mode_with_the_classical_pipeline():
+    rows = [
+        ("ours", 20, "eager", 300.0),
+        ("ours", 20, "compile", 900.0),
+        ("ours", 20, "eager+bf16", float("nan")),
+        ("classical", 20, "eager, 2 workers", 100.0),
+        ("packed", 20, "eager, K=4", 5000.0),
+        ("ours", 56, "eager", 50.0),
+        ("classical", 56, "eager, 2 workers", 40.0),
+    ]
+    frame = pd.DataFrame(rows, columns=["pipeline", "depth", "mode", "images_per_s"])
+    ratios = ratio_to_classical(frame).set_index("depth")
+    assert ratios.loc[20, "best_mode"] == "compile" and ratios.loc[20, "ratio"] == pytest.approx(9.0)
+    assert ratios.loc[56, "best_mode"] == "eager" and ratios.loc[56, "ratio"] == pytest.approx(1.25)
