@@ -15,6 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
+
 from cifar_resnet import benchmark
 from cifar_resnet.errors import StudyError
 
@@ -29,6 +31,7 @@ SMALL = {
     "packed": [2],
     "packed_batch_size": 8,
     "dataset_size": 1024,
+    "threads": 1,
 }
 
 
@@ -65,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--dataset-size", type=int, default=benchmark.EPOCH_IMAGES, help="synthetic images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, help="torch's CPU threads (default: its choice); 1 is steadier on shared cores"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
     parser.add_argument("--small", action="store_true", help=f"CI smoke run; sets {SMALL} unless given")
     if parser.parse_known_args(argv)[0].small:
@@ -84,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(message)s")
     logging.getLogger("cifar_resnet").setLevel(logging.INFO)
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         device = benchmark.resolve_device(args.device)
     except StudyError as error:

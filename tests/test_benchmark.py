@@ -37,7 +37,14 @@ def load_cli():
     return module
 
 
-def test_small_cli_run_writes_csv_and_plot_and_marks_cuda_modes_na(tmp_path, capsys):
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_small_cli_run_writes_csv_and_plot_and_marks_cuda_modes_na(tmp_path, capsys, restore_threads):
     load_cli().main(["--small", "--depths", "8", "--device", "cpu", "--out", str(tmp_path)])
     frame = pd.read_csv(tmp_path / "benchmark.csv", keep_default_na=False, na_values=[""])
     assert list(frame.columns) == COLUMNS
