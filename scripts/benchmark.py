@@ -78,11 +78,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.modes == ["all"]:
         args.modes = list(benchmark.ALL_MODES)
-    for name in [*args.modes, *([args.packed_mode] if args.packed_mode else [])]:
-        try:
+    try:
+        for name in args.modes:
             benchmark.Mode.parse(name)
-        except ValueError as error:
-            parser.error(str(error))
+        benchmark.packing_mode(args.packed_mode, torch.device("cpu"))
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 

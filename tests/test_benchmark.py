@@ -73,6 +73,12 @@ def test_mode_names_round_trip_and_bad_names_are_refused():
     for bad in ("eager+cuda_graphs", "fast", "eager+fp16", "eager+bf16+bf16"):
         with pytest.raises(ValueError):
             Mode.parse(bad)
+    assert benchmark.packing_mode(None, torch.device("cuda")) == Mode(bf16=True)
+    assert benchmark.packing_mode(None, CPU) == Mode()
+    assert benchmark.packing_mode("compile+bf16", CPU) == Mode(compile=True, bf16=True)
+    for unsupported in ("eager+channels_last", "compile+cuda_graphs"):
+        with pytest.raises(ValueError):
+            benchmark.packing_mode(unsupported, CPU)
 
 
 def test_only_plain_modes_run_on_the_cpu_and_compile_only_when_asked():

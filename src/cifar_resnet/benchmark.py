@@ -457,8 +457,12 @@ class PackedModels:
         return {name: tensor[index].detach() for name, tensor in {**self.params, **self.buffers}.items()}
 
 
-def packed_mode_for(device: torch.device) -> Mode:
-    return Mode(bf16=device.type == "cuda")
+def packing_mode(name: str | None, device: torch.device) -> Mode:
+    """The mode named (bf16 on CUDA and fp32 elsewhere when None), checked to be one packing supports."""
+    mode = Mode.parse(name) if name else Mode(bf16=device.type == "cuda")
+    if mode.channels_last or mode.cuda_graphs:
+        raise ValueError(f"packed training runs eager or compiled, with or without bf16, not {mode.name}")
+    return mode
 
 
 def packed_throughput(
@@ -472,9 +476,7 @@ def packed_throughput(
 ) -> Measurement:
     """Aggregate images/s of ``models`` independent models, each with its own batches, trained by one
     vmapped step (``packed``) or by ordinary steps one model after the other."""
-    mode = mode or packed_mode_for(device)
-    if mode.channels_last or mode.cuda_graphs:
-        raise ValueError(f"packed training runs eager or compiled, with or without bf16, not {mode.name}")
+    mode = packing_mode(mode.name if mode else None, device)
     runtime = mode.runtime()
     configure_backends(device, runtime)
     start_memory_count(device)
@@ -549,7 +551,7 @@ def run_benchmark(
     "n/a on ..." note and no figures."""
     device = resolve_device(device)
     ours = [Mode.parse(name) for name in modes]
-    packed = Mode.parse(packed_mode) if packed_mode else packed_mode_for(device)
+    packed = packing_mode(packed_mode, device)
     workers = default_workers() if num_workers is None else num_workers
     protocol = Protocol(steps, repeats, warmup_steps, batch_size, seed)
     packed_protocol = replace(protocol, batch_size=packed_batch_size or batch_size)
