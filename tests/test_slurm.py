@@ -263,3 +263,48 @@ def test_failing_job_is_reported(slurm_workflow: Path):
     # ...and snakemake names the failed rule and the SLURM job
     assert "Error in rule fail" in run.output, run.describe()
     assert f"SLURM-job '{jobid}' failed" in run.output, run.describe()
+
+
+def test_demo_through_slurm_matches_a_local_run(tmp_path: Path):
+    """The real workflow (demo data, paper + the frozen pretrain -> fine-tune chain) through SLURM gives
+    the same weights and metrics as the same configuration run locally."""
+    import test_workflow as workflow
+    import torch
+
+    tiny = {**workflow.TINY, "study": {"variants": ["paper", "frozen"]}}
+    threads = [
+        "--max-threads",
+        "2",
+    ]  # the CI node has 2 CPUs; the same count locally keeps the runs bit-identical
+    memory = ["--set-resources", "train:mem_mb=2000", "evaluate:mem_mb=2000", "prepare:mem_mb=1000"]
+    runs = {}
+    for name, run in (("slurm", run_through_slurm), ("local", run_locally)):
+        (tmp_path / name).mkdir()
+        workdir = workflow.copy_workflow(tmp_path / name)
+        configs = ["--configfile", "config/demo.yaml", workflow.write_config(workdir, "tiny.yaml", tiny)]
+        runs[name] = (workdir, run(workdir, extra_args=[*configs, *threads, *memory], timeout_s=600))
+    slurm_dir, slurm_run = runs["slurm"]
+    local_dir, local_run = runs["local"]
+    assert slurm_run.returncode == 0, slurm_run.describe()
+    assert local_run.returncode == 0, local_run.describe()
+    assert len(slurm_run.job_ids) >= 4 and not slurm_run.leftover_jobs  # train x2, evaluate x2 at least
+
+    summary = "results/demo/summary.csv"
+    assert (slurm_dir / summary).read_text().splitlines()[0] == (
+        local_dir / summary
+    ).read_text().splitlines()[0]
+    for variant in ("paper", "frozen"):
+        run_dir = f"results/demo/runs/{variant}/resnet20/seed0"
+        remote, local = (
+            torch.load(d / run_dir / "model.pt", weights_only=True) for d in (slurm_dir, local_dir)
+        )
+        assert all(torch.equal(remote[key], local[key]) for key in local), variant
+        metrics = [json_metrics(d / run_dir / "eval.json") for d in (slurm_dir, local_dir)]
+        assert metrics[0] == metrics[1], variant
+
+
+def json_metrics(path: Path) -> dict:
+    import json
+
+    metrics = json.loads(path.read_text())
+    return {key: metrics[key] for key in ("test_accuracy", "test_loss", "confusion_matrix", "params", "macs")}
