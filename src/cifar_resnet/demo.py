@@ -45,7 +45,10 @@ def write_demo_archive(path: Path, seed: int = 0, train_size: int = 2000, test_s
     rng = np.random.default_rng(seed)
     train_images, train_labels = draw_dataset(rng, train_size)
     test_images, test_labels = draw_dataset(rng, test_size)
-    batches = zip(np.array_split(train_images, 5), np.array_split(train_labels, 5), strict=True)
+    batch_count = len(DEMO.train_members)
+    batches = zip(
+        np.array_split(train_images, batch_count), np.array_split(train_labels, batch_count), strict=True
+    )
     members = {
         name: to_records(images, labels)
         for name, (images, labels) in zip(DEMO.train_members, batches, strict=True)
@@ -93,10 +96,9 @@ def draw_dataset(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.n
         mask[chosen, 0] = draw_mask(rng, int(chosen.sum()))
     foreground, background = contrasting_colours(rng, count)
     images = background + (foreground - background) * mask
-    images = images * shading(rng, count) + rng.normal(
-        0, rng.uniform(0.01, 0.04, (count, 1, 1, 1)), images.shape
-    )
-    return np.round(np.clip(images, 0, 1) * 255).astype(np.uint8), labels
+    shaded = images * shading(rng, count)
+    noisy = shaded + rng.normal(0, rng.uniform(0.01, 0.04, (count, 1, 1, 1)), images.shape)
+    return np.round(np.clip(noisy, 0, 1) * 255).astype(np.uint8), labels
 
 
 def contrasting_colours(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
