@@ -98,8 +98,7 @@ def autocast(device: torch.device, runtime: dict):
 
 
 def to_device(model: CifarResNet, device: torch.device, runtime: dict) -> CifarResNet:
-    memory_format = torch.channels_last if device.type == "cuda" and runtime["channels_last"] else None
-    return model.to(device=device, memory_format=memory_format or torch.contiguous_format)
+    return model.to(device=device, memory_format=memory_format_of(device, runtime))
 
 
 def make_optimizer(parameters, settings: dict, device: torch.device) -> torch.optim.Optimizer:
@@ -144,8 +143,14 @@ def memory_format_of(device, runtime) -> torch.memory_format:
     )
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Each epoch's randomness (order, augmentation, dropout) depends only on (seed, epoch): a resumed
+    run draws exactly what an uninterrupted one would have."""
+    return seed * 1_000_003 + epoch
+
+
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+    return torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch))
 
 
 def set_training_mode(model: CifarResNet, frozen_backbone: bool) -> None:
@@ -271,7 +276,7 @@ def train_epoch(session: Session, epoch: int) -> dict:
     first_iteration = (epoch - 1) * session.steps_per_epoch
     steps = min(session.steps_per_epoch, session.total_iterations - first_iteration)
     generator = epoch_generator(session.seed, epoch, device)
-    torch.manual_seed(session.seed * 1_000_003 + epoch)  # dropout
+    torch.manual_seed(epoch_seed(session.seed, epoch))  # dropout
     order = torch.randperm(len(session.train.labels), generator=generator, device=device)[
         : steps * batch_size
     ]
