@@ -310,7 +310,7 @@ def plot_error_vs_depth(
     variants = sorted(summary["variant"].unique())
     groups = len(variants) + (paper_errors is not None)
     offsets = _dodge_offsets(groups, width=0.7)
-    colors = sns.color_palette(n_colors=len(variants))
+    colors = palette(len(variants))
     with _plot(path, figsize=(max(7.0, 1.4 * len(depths) + 3), 4.5)) as axes:
         for variant, offset, color in zip(variants, offsets[: len(variants)], colors, strict=True):
             runs = summary[summary["variant"] == variant]
@@ -355,6 +355,11 @@ def _dodge_offsets(groups: int, width: float) -> list[float]:
     return [(index - (groups - 1) / 2) * step for index in range(groups)]
 
 
+def palette(count: int) -> list:
+    """Distinct colours for ``count`` series: seaborn's ten, or twenty when the study has more variants."""
+    return sns.color_palette("tab10" if count <= 10 else "tab20", n_colors=count)
+
+
 def plot_learning_curves(histories: Mapping[str, pd.DataFrame], path: str | Path) -> None:
     """Train (dashed) and validation (solid) error per epoch; one colour per labelled run."""
     if not histories:
@@ -366,6 +371,7 @@ def plot_learning_curves(histories: Mapping[str, pd.DataFrame], path: str | Path
             x="epoch",
             y="error",
             hue="Run",
+            palette=palette(len(histories)),
             style="Split",
             style_order=["validation", "train"],
             estimator=None,
@@ -392,7 +398,7 @@ def plot_error_vs_params(summary: pd.DataFrame, path: str | Path) -> None:
     """Test error against parameter count (log scale): seeds as dots, mean ± std per depth and variant."""
     dataset = _single_dataset(summary)
     variants = sorted(summary["variant"].unique())
-    colors = sns.color_palette(n_colors=len(variants))
+    colors = palette(len(variants))
     with _plot(path, figsize=(7.5, 4.5)) as axes:
         for variant, color in zip(variants, colors, strict=True):
             runs = summary[summary["variant"] == variant]
