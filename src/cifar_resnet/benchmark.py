@@ -64,9 +64,9 @@ from cifar_resnet.train import (
     configure_backends,
     epoch_generator,
     make_optimizer,
-    memory_format_of,
     select_device,
     to_device,
+    train_step,
 )
 
 log = logging.getLogger(__name__)
@@ -219,18 +219,6 @@ def epoch_chunk(images, labels, models: int, steps: int, batch_size: int, genera
     orders = torch.stack(orders)
     chunk = augment(images[orders.flatten()], CROP_PADDING, True, generator)
     return chunk.view(models, count, *images.shape[1:]), labels[orders]
-
-
-def train_step(forward, optimizer, images, labels, mean, std, device, runtime):
-    """The body of the trainer's step loop on one uint8 batch; returns the detached loss and the logits."""
-    images = normalize(images, mean, std).contiguous(memory_format=memory_format_of(device, runtime))
-    with autocast(device, runtime):
-        logits = forward(images)
-    loss = F.cross_entropy(logits.float(), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), logits
 
 
 def new_model(depth: int, device: torch.device, runtime: dict) -> CifarResNet:

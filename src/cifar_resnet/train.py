@@ -143,6 +143,19 @@ def memory_format_of(device, runtime) -> torch.memory_format:
     )
 
 
+def train_step(forward, optimizer, images, labels, mean, std, device, runtime):
+    """One optimizer step on a uint8 batch; returns the detached loss and the logits, without waiting
+    for the device."""
+    images = normalize(images, mean, std).contiguous(memory_format=memory_format_of(device, runtime))
+    with autocast(device, runtime):
+        logits = forward(images)
+    loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """Each epoch's randomness (order, augmentation, dropout) depends only on (seed, epoch): a resumed
     run draws exactly what an uninterrupted one would have."""
@@ -287,7 +300,6 @@ def train_epoch(session: Session, epoch: int) -> dict:
     epoch_labels = session.train.labels[order]
     step_losses = torch.empty(steps, device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    memory_format = memory_format_of(device, session.runtime)
     show_progress = sys.stderr.isatty()
     set_training_mode(session.model, session.frozen)
     for step in range(steps):
@@ -295,17 +307,17 @@ def train_epoch(session: Session, epoch: int) -> dict:
         for group in session.optimizer.param_groups:
             group["lr"] = lr
         batch = slice(step * batch_size, (step + 1) * batch_size)
-        images = normalize(epoch_images[batch], session.mean, session.std).contiguous(
-            memory_format=memory_format
-        )
         labels = epoch_labels[batch]
-        with autocast(device, session.runtime):
-            logits = session.forward(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        session.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        session.optimizer.step()
-        step_losses[step] = loss.detach()
+        step_losses[step], logits = train_step(
+            session.forward,
+            session.optimizer,
+            epoch_images[batch],
+            labels,
+            session.mean,
+            session.std,
+            device,
+            session.runtime,
+        )
         correct += (logits.argmax(1) == labels).sum()
         if show_progress:
             print(f"\repoch {epoch}/{session.total_epochs} step {step + 1}/{steps}", end="", file=sys.stderr)
