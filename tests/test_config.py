@@ -107,6 +107,15 @@ def test_config_errors_are_one_clear_sentence(path, value, message):
     assert "\n" not in str(error.value)
 
 
+def test_cuda_graphs_need_compile():
+    config = study_config()
+    config["runtime"].update(compile=False, cuda_graphs=True)
+    with pytest.raises(StudyError, match="runtime.cuda_graphs needs runtime.compile"):
+        load_study(config, SCHEMA)
+    config["runtime"]["compile"] = True
+    assert load_study(config, SCHEMA).config["runtime"]["cuda_graphs"] is True
+
+
 def test_merge_replaces_lists_and_values_and_merges_mappings():
     base = {"a": {"b": 1, "c": [1, 2]}, "s": {"kind": "x", "p": 1}}
     merged = merge(base, {"a": {"c": [3]}, "s": {"kind": "y", "q": 2}})

@@ -264,3 +264,44 @@ def test_evaluation_reports_every_metric(study, prepared, pretrained_paper, tmp_
     assert metrics["params"] == 269_722
     assert 40e6 < metrics["macs"] < 42e6  # ResNet-20: about 41M multiply-accumulates per image
     assert len(metrics["per_class_accuracy"]) == 10 and metrics["inference_images_per_s"] > 0
+
+
+@pytest.mark.parametrize(
+    ("device", "compile", "cuda_graphs", "graphed"),
+    [("cuda", True, True, True), ("cuda", True, False, False), ("cpu", True, True, False)],
+)
+def test_cuda_graphs_compile_reduce_overhead_and_mark_every_step(
+    monkeypatch, device, compile, cuda_graphs, graphed
+):
+    from cifar_resnet import train as trainer
+
+    runtime = {"compile": compile, "cuda_graphs": cuda_graphs}
+    compile_modes, step_marks = [], []
+    monkeypatch.setattr(torch, "compile", lambda model, mode: compile_modes.append(mode) or model)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: step_marks.append(1))
+    trainer.compiled(torch.nn.Identity(), runtime)
+    trainer.begin_step(torch.device(device), runtime)
+    assert compile_modes == ["reduce-overhead" if cuda_graphs else "default"]
+    assert step_marks == ([1] if graphed else [])
+
+
+def test_with_cuda_graphs_every_training_step_and_evaluation_batch_is_marked(monkeypatch):
+    from cifar_resnet import train as trainer
+
+    marks = []
+    monkeypatch.setattr(trainer, "compiles", lambda device, runtime: True)  # as on CUDA with compile
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    runtime = {"compile": True, "cuda_graphs": True, "bf16": False, "channels_last": False}
+    cpu = torch.device("cpu")
+    model = build_model(ModelSpec(8))
+    optimizer = trainer.make_optimizer(
+        model.parameters(), {"name": "adam", "lr": 0.01, "weight_decay": 0}, cpu
+    )
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(6) % 10
+    mean, std = torch.full((3,), 120.0), torch.full((3,), 60.0)
+    for _ in range(2):
+        trainer.train_step(model, optimizer, images, labels, mean, std, cpu, runtime)
+    assert len(marks) == 2
+    trainer.evaluate(model, trainer.Split(images, labels), mean, std, 4, cpu, runtime)
+    assert len(marks) == 4  # two evaluation batches of at most 4

@@ -134,6 +134,7 @@ class Mode:
             "bf16": self.bf16,
             "channels_last": self.channels_last,
             "compile": self.compile,
+            "cuda_graphs": self.cuda_graphs,
             "deterministic": False,
         }
 
@@ -283,11 +284,7 @@ def our_step_throughput(
     torch.manual_seed(protocol.seed)
     model = new_model(depth, device, runtime)
     optimizer = make_optimizer(model.parameters(), OPTIMIZER, device)
-    forward = model
-    if mode.cuda_graphs:
-        forward = torch.compile(model, mode="reduce-overhead")
-    elif mode.compile:
-        forward = compiled(model)
+    forward = compiled(model, runtime) if mode.compile else model
     batch_size = protocol.batch_size
 
     def run_chunk(index: int, steps: int) -> None:
@@ -298,8 +295,6 @@ def our_step_throughput(
         for step in range(steps):
             batch_images = chunk_images[0, step * batch_size : (step + 1) * batch_size]
             batch_labels = chunk_labels[0, step * batch_size : (step + 1) * batch_size]
-            if mode.cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()  # this step may overwrite the last one's outputs
             loss, logits = train_step(
                 forward, optimizer, batch_images, batch_labels, mean, std, device, runtime
             )
@@ -425,7 +420,7 @@ class PackedModels:
         self.params, self.buffers = stack_module_state(list(models))
         self.optimizer = make_optimizer(list(self.params.values()), OPTIMIZER, device)
         losses = vmap(self._loss, randomness="different")  # each model its own dropout masks
-        self.losses = compiled(losses) if runtime["compile"] else losses
+        self.losses = compiled(losses, runtime) if runtime["compile"] else losses
 
     def _loss(self, params, buffers, images, labels):
         logits = functional_call(self.template, (params, buffers), (images,))
@@ -498,7 +493,7 @@ def packed_step(members, mean, std, device, runtime) -> Callable:
 
 def sequential_step(members, mean, std, device, runtime) -> Callable:
     """One ordinary step of each model in turn on its batch of [K,B,...]; returns the K losses."""
-    forwards = [compiled(member) if runtime["compile"] else member for member in members]
+    forwards = [compiled(member, runtime) if runtime["compile"] else member for member in members]
     optimizers = [make_optimizer(member.parameters(), OPTIMIZER, device) for member in members]
 
     def step_all(images, labels):

@@ -121,6 +121,11 @@ def load_study(config: dict, schema_path: str | Path) -> Study:
         recipes[name] = recipe
     for name, recipe in recipes.items():
         check_pretraining(name, recipe, recipes)
+    if config["runtime"]["cuda_graphs"] and not config["runtime"]["compile"]:
+        raise StudyError(
+            "runtime.cuda_graphs needs runtime.compile: the CUDA graphs come from "
+            'torch.compile(mode="reduce-overhead"); set compile: true or cuda_graphs: false.'
+        )
     baseline = config["report"]["baseline_variant"]
     if baseline not in definitions:
         raise StudyError(f"report.baseline_variant {baseline!r} is not defined under `variants`.")

@@ -128,6 +128,7 @@ def evaluate(model, split: Split, mean, std, batch_size: int, device, runtime) -
     for start in range(0, len(split.labels), batch_size):
         images = normalize(split.images[start : start + batch_size], mean, std)
         labels = split.labels[start : start + batch_size]
+        begin_step(device, runtime)
         with autocast(device, runtime):
             logits = model(images.contiguous(memory_format=memory_format_of(device, runtime)))
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
@@ -135,6 +136,17 @@ def evaluate(model, split: Split, mean, std, batch_size: int, device, runtime) -
     correct = (predictions == split.labels).sum()
     count = len(split.labels)
     return Evaluation(loss=loss_sum.item() / count, accuracy=correct.item() / count, predictions=predictions)
+
+
+def compiles(device: torch.device, runtime: dict) -> bool:
+    return device.type == "cuda" and runtime["compile"]
+
+
+def begin_step(device: torch.device, runtime: dict) -> None:
+    """Tell CUDA graph replay that a new step begins: the previous step's outputs, which live in the
+    graphs' memory pool, may now be overwritten."""
+    if compiles(device, runtime) and runtime["cuda_graphs"]:
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def memory_format_of(device, runtime) -> torch.memory_format:
@@ -145,8 +157,9 @@ def memory_format_of(device, runtime) -> torch.memory_format:
 
 def train_step(forward, optimizer, images, labels, mean, std, device, runtime):
     """One optimizer step on a uint8 batch; returns the detached loss and the logits, without waiting
-    for the device."""
+    for the device. With CUDA graphs the logits live until the next step's forward."""
     images = normalize(images, mean, std).contiguous(memory_format=memory_format_of(device, runtime))
+    begin_step(device, runtime)
     with autocast(device, runtime):
         logits = forward(images)
     loss = F.cross_entropy(logits.float(), labels)
@@ -261,7 +274,7 @@ def start_session(run_config: dict, prepared: Path, pretrained: Path | None) -> 
         load_pretrained_backbone(model, pretrained, frozen)
     session = Session(
         model=model,
-        forward=compiled(model) if device.type == "cuda" and runtime["compile"] else model,
+        forward=compiled(model, runtime) if compiles(device, runtime) else model,
         optimizer=make_optimizer(
             [p for p in model.parameters() if p.requires_grad], recipe["optimizer"], device
         ),
@@ -469,11 +482,12 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
     return summary
 
 
-def compiled(model):
+def compiled(model, runtime: dict):
+    """``model`` under torch.compile (Inductor), with CUDA graphs when ``runtime`` asks for them."""
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True  # fall back to eager where compilation is unavailable
-    return torch.compile(model)
+    return torch.compile(model, mode="reduce-overhead" if runtime["cuda_graphs"] else "default")
 
 
 def check_finite(step_losses: torch.Tensor, epoch: int, first_iteration: int) -> None:
