@@ -1,6 +1,7 @@
 """Training speed of the CIFAR ResNets on this machine: our trainer's step in each mode, the classical
-DataLoader pipeline and K models packed into one step, as images/s, seconds per 45k-image epoch and
-peak device memory. Writes OUT/benchmark.csv and OUT/benchmark.png, and prints the table.
+DataLoader pipeline, and K models per device (packed into one step, one after the other, or in K
+processes at once), as images/s, seconds per 45k-image epoch and peak device memory. Writes
+OUT/benchmark.csv and OUT/benchmark.png, and prints the tables.
 
     python scripts/benchmark.py --depths 20 56 110 --steps 50 --repeats 5 --out results/benchmark
     python scripts/benchmark.py --small     # CI smoke run: under a minute on 2 CPU cores
@@ -54,13 +55,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--workers", type=int, default=benchmark.default_workers(), help="classical DataLoader workers"
     )
     parser.add_argument(
-        "--packed", type=int, nargs="*", default=[1, 4, 8], metavar="K", help="models per packed step"
+        "--packed",
+        type=int,
+        nargs="*",
+        default=[1, 4, 8],
+        metavar="K",
+        help="models per device (packed, sequential, jobs)",
     )
     parser.add_argument(
         "--packed-batch-size", type=int, help="images per model and packed step (--batch-size)"
     )
     parser.add_argument(
-        "--packed-mode", help="eager or compile, +bf16 (default: bf16 on CUDA, fp32 on the CPU)"
+        "--packed-mode",
+        help="mode of the K-model rows: eager or compile, +bf16 (default: bf16 on CUDA, fp32 on the CPU)",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
@@ -120,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     print(benchmark.markdown_table(frame))
     print("\nour fastest mode against the classical pipeline, per depth:\n")
     print(benchmark.ratio_table(frame))
+    if args.packed:
+        print("\nK models per device: packed into one step, one after the other, or K processes at once:\n")
+        print(benchmark.sharing_table(frame))
     print(f"\nwrote {csv_path} and {plot_path}")
 
 

@@ -55,7 +55,7 @@ def test_small_cli_run_writes_csv_and_plot_and_marks_cuda_modes_na(tmp_path, cap
         assert skipped["note"].startswith("n/a on cpu"), mode
         assert math.isnan(skipped["images_per_s"]) and skipped["repeats"] == 0
     measured = frame[frame["note"].isna()]
-    assert set(measured["pipeline"]) == {"ours", "classical", "packed", "sequential"}
+    assert set(measured["pipeline"]) == {"ours", "classical", "packed", "sequential", "jobs"}
     assert (measured["images_per_s"] > 0).all() and (measured["repeats"] == 2).all()
     assert (measured["device"] == "cpu").all() and (measured["depth"] == 8).all()
     models = measured["mode"].str.extract(r"K=(\d+)")[0].fillna("1").astype(int)
@@ -63,6 +63,7 @@ def test_small_cli_run_writes_csv_and_plot_and_marks_cuda_modes_na(tmp_path, cap
     assert measured["seconds_per_epoch"].tolist() == pytest.approx(expected_epoch.tolist())
     printed = capsys.readouterr().out
     assert f"torch {torch.__version__}" in printed and "| ours" in printed and "n/a on cpu" in printed
+    assert "| winner" in printed
 
 
 def test_mode_names_round_trip_and_bad_names_are_refused():
@@ -174,3 +175,36 @@ def test_ratio_compares_our_fastest_measured_mode_with_the_classical_pipeline():
     ratios = ratio_to_classical(frame).set_index("depth")
     assert ratios.loc[20, "best_mode"] == "compile" and ratios.loc[20, "ratio"] == pytest.approx(9.0)
     assert ratios.loc[56, "best_mode"] == "eager" and ratios.loc[56, "ratio"] == pytest.approx(1.25)
+
+
+def test_concurrent_jobs_run_their_timed_repeats_at_the_same_time(restore_threads):
+    torch.set_num_threads(1)
+    protocol = benchmark.Protocol(steps=3, repeats=2, warmup_steps=1, batch_size=8)
+    spans, peaks = benchmark.run_concurrent_jobs(8, 2, CPU, protocol, Mode(), synthetic_cifar(256))
+    assert [len(job) for job in spans] == [2, 2]
+    for (first_start, first_end), (second_start, second_end) in zip(*spans, strict=True):
+        assert first_start < second_end and second_start < first_end, "a repeat did not overlap"
+    assert all(math.isnan(peak) for peak in peaks)  # not measured on the CPU
+
+
+def test_a_failing_concurrent_job_is_reported_instead_of_waited_for():
+    protocol = benchmark.Protocol(steps=1, repeats=1, warmup_steps=0, batch_size=8)
+    with pytest.raises(RuntimeError, match="process .* of 2 failed: ValueError: depth 21"):
+        benchmark.run_concurrent_jobs(21, 2, CPU, protocol, Mode(), synthetic_cifar(64))
+
+
+def test_sharing_comparison_names_the_fastest_way_to_train_k_models_and_its_margin():
+    rows = [
+        ("packed", 20, "eager+bf16, K=4", 4000.0),
+        ("sequential", 20, "eager+bf16, K=4", 3000.0),
+        ("jobs", 20, "eager+bf16, K=4", 6000.0),
+        ("packed", 20, "eager+bf16, K=1", 1000.0),
+        ("sequential", 20, "eager+bf16, K=1", 1100.0),
+        ("jobs", 20, "eager+bf16, K=1", float("nan")),
+        ("ours", 20, "eager", 9000.0),
+    ]
+    frame = pd.DataFrame(rows, columns=["pipeline", "depth", "mode", "images_per_s"])
+    table = benchmark.sharing_comparison(frame).set_index("K")
+    assert table.loc[4, "winner"] == "jobs" and table.loc[4, "margin"] == pytest.approx(1.5)
+    assert table.loc[1, "winner"] == "sequential" and table.loc[1, "margin"] == pytest.approx(1.1)
+    assert math.isnan(table.loc[1, "jobs"])

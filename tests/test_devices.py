@@ -1,4 +1,5 @@
-"""claim_gpu hands concurrent jobs distinct GPUs; GPUs are simulated with CIFAR_RESNET_GPU_COUNT."""
+"""claim_gpu hands concurrent jobs distinct GPUs, or shares of one; GPUs are simulated with
+CIFAR_RESNET_GPU_COUNT."""
 
 import json
 import os
@@ -20,6 +21,7 @@ SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 GPU_VARIABLES = (
     "CUDA_VISIBLE_DEVICES",
     "CIFAR_RESNET_GPU_COUNT",
+    "CIFAR_RESNET_JOBS_PER_GPU",
     "SLURM_JOB_ID",
     "SLURM_STEP_GPUS",
     "SLURM_JOB_GPUS",
@@ -130,6 +132,43 @@ def test_a_holder_killed_with_sigkill_frees_its_gpu(monkeypatch, tmp_path, start
         assert device == "0"
 
 
+def test_jobs_per_gpu_lets_that_many_jobs_share_a_gpu_and_the_next_waits(monkeypatch, start_holder):
+    monkeypatch.setenv("CIFAR_RESNET_GPU_COUNT", "1")
+    monkeypatch.setenv("CIFAR_RESNET_JOBS_PER_GPU", "2")
+    sharing = [start_holder(f"holder{index}") for index in range(2)]
+    assert [holder.wait_for_claim() for holder in sharing] == ["0", "0"]
+
+    third = start_holder("third")
+    time.sleep(1.5)
+    assert not third.record.exists(), "a third job got the GPU while its two slots were held"
+    sharing[0].release()
+    assert third.wait_for_claim() == "0"
+
+
+def test_shared_gpus_fill_one_slot_on_every_gpu_before_a_second(monkeypatch, tmp_path, start_holder):
+    monkeypatch.setenv("CIFAR_RESNET_GPU_COUNT", "2")
+    monkeypatch.setenv("CIFAR_RESNET_JOBS_PER_GPU", "3")
+    assert [start_holder(f"holder{index}").wait_for_claim() for index in range(2)] == ["0", "1"]
+    lines = []
+    with claim_gpu(tmp_path / "locks", log=lines.append, timeout=5) as device:
+        assert device == "0"
+    assert lines == [
+        "using GPU 0 of 2, job slot 2 of 3 on it (CUDA_VISIBLE_DEVICES=0; CIFAR_RESNET_GPU_COUNT=2)"
+    ]
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", ""])
+def test_a_malformed_jobs_per_gpu_is_a_study_error(monkeypatch, tmp_path, value):
+    monkeypatch.setenv("CIFAR_RESNET_GPU_COUNT", "1")
+    monkeypatch.setenv("CIFAR_RESNET_JOBS_PER_GPU", value)
+    with (
+        pytest.raises(StudyError, match=f"JOBS_PER_GPU must be .* at least 1, such as 4, not '{value}'"),
+        claim_gpu(tmp_path),
+    ):
+        pass
+    assert not list(tmp_path.iterdir()), "a lock was taken before the setting was checked"
+
+
 def test_claim_sets_visible_devices_inside_and_restores_them_after(monkeypatch, tmp_path):
     monkeypatch.setenv("CIFAR_RESNET_GPU_COUNT", "2")
     lines = []
@@ -137,7 +176,7 @@ def test_claim_sets_visible_devices_inside_and_restores_them_after(monkeypatch, 
         assert device == "0"
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
-    assert lines == ["using GPU slot 0 of 2 (CUDA_VISIBLE_DEVICES=0; CIFAR_RESNET_GPU_COUNT=2)"]
+    assert lines == ["using GPU 0 of 2 (CUDA_VISIBLE_DEVICES=0; CIFAR_RESNET_GPU_COUNT=2)"]
 
 
 def test_an_exception_releases_the_gpu_and_restores_the_environment(monkeypatch, tmp_path):
@@ -158,7 +197,7 @@ def test_visible_devices_set_before_the_run_are_the_pool(monkeypatch, tmp_path, 
         assert device == "6"
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "6"
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,6"
-    assert lines[0].startswith("using GPU slot 1 of 2 (CUDA_VISIBLE_DEVICES=6;")
+    assert lines[0].startswith("using GPU 1 of 2 (CUDA_VISIBLE_DEVICES=6;")
 
 
 @pytest.mark.parametrize(
@@ -227,8 +266,10 @@ def test_without_override_the_count_comes_from_torch(tmp_path):
         assert (device is None) == (torch.cuda.device_count() == 0)
 
 
-def test_snakemake_jobs_running_at_once_get_distinct_gpus(tmp_path):
-    """4 jobs with gpu=1 under --resources gpu=2 on 2 simulated GPUs: never two on one GPU."""
+@pytest.mark.parametrize("gpus, jobs_per_gpu", [(2, 1), (1, 2)])
+def test_snakemake_jobs_running_at_once_get_distinct_gpu_slots(tmp_path, gpus, jobs_per_gpu):
+    """4 jobs with gpu=1 under --resources gpu=2: on 2 simulated GPUs never two on one GPU; on 1 GPU
+    shared by 2 jobs, both run on it at once."""
     (tmp_path / "record.py").write_text(RECORDER)
     (tmp_path / "Snakefile").write_text(
         textwrap.dedent(
@@ -243,14 +284,18 @@ def test_snakemake_jobs_running_at_once_get_distinct_gpus(tmp_path):
             """
         )
     )
-    environment = {**os.environ, "CIFAR_RESNET_GPU_COUNT": "2"}
+    environment = {
+        **os.environ,
+        "CIFAR_RESNET_GPU_COUNT": str(gpus),
+        "CIFAR_RESNET_JOBS_PER_GPU": str(jobs_per_gpu),
+    }
     command = [SNAKEMAKE, "--cores", "4", "--resources", "gpu=2", "--snakefile", "Snakefile"]
     completed = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
 
     runs = [json.loads(path.read_text()) for path in sorted((tmp_path / "runs").glob("*.json"))]
     assert len(runs) == 4
-    assert {run["device"] for run in runs} == {"0", "1"}
+    assert {run["device"] for run in runs} == {str(index) for index in range(gpus)}
     overlapping = [
         (first, second)
         for index, first in enumerate(runs)
@@ -258,7 +303,7 @@ def test_snakemake_jobs_running_at_once_get_distinct_gpus(tmp_path):
         if first["start"] < second["end"] and second["start"] < first["end"]
     ]
     assert overlapping, "no two jobs ran at once, so the test proves nothing"
-    assert all(first["device"] != second["device"] for first, second in overlapping)
     for run in runs:
-        running = sum(other["start"] <= run["start"] < other["end"] for other in runs)
-        assert running <= 2
+        running = [other for other in runs if other["start"] <= run["start"] < other["end"]]
+        assert len(running) <= 2
+        assert sum(other["device"] == run["device"] for other in running) <= jobs_per_gpu

@@ -14,9 +14,11 @@ with warm-up steps excluded and the median over several timed repeats reported:
   arrays returning PIL images, RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor and Normalize
   in DataLoader workers, fp32, eager, and ``loss.item()`` after every step for the running loss,
   a host sync per step as in those repositories' logging.
-* ``packed`` and ``sequential``: K independent models of one architecture, each with its own
-  initialisation, data order and augmentation, trained as one vmapped computation (``PackedModels``)
-  or one after the other; images/s is the aggregate over the K models.
+* ``packed``, ``sequential`` and ``jobs``: K independent models of one architecture, each with its
+  own initialisation, data order and augmentation, trained as one vmapped computation
+  (``PackedModels``), one after the other in one process, or by K processes at once sharing the
+  device (as Snakemake jobs under $CIFAR_RESNET_JOBS_PER_GPU); images/s is the aggregate over the K
+  models.
 
 Modes that do not act on the current device are not run but reported as "n/a on cpu": the trainer
 enables bf16 and channels_last only on CUDA, so running them on the CPU would time fp32 NCHW under
@@ -35,6 +37,7 @@ import itertools
 import logging
 import os
 import platform
+import queue
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -91,7 +94,7 @@ COLUMNS = [
     "repeats",
     "note",
 ]
-OURS, CLASSICAL, PACKED, SEQUENTIAL = "ours", "classical", "packed", "sequential"
+OURS, CLASSICAL, PACKED, SEQUENTIAL, JOBS = "ours", "classical", "packed", "sequential", "jobs"
 CUDA_ONLY_FLAGS = ("bf16", "channels_last", "cuda_graphs")
 
 
@@ -272,14 +275,11 @@ def peak_memory_mb(device: torch.device) -> float:
 # --- our pipeline ------------------------------------------------------------------------------
 
 
-def our_step_throughput(
-    depth: int, mode: Mode, device: torch.device, protocol: Protocol = Protocol(), data=None
-) -> Measurement:
-    """Images/s of the trainer's step loop in ``mode``; ``data`` (CPU tensors) defaults to one
-    synthetic epoch."""
+def our_step(depth: int, mode: Mode, device: torch.device, protocol: Protocol, data=None) -> Callable:
+    """The trainer's step loop for one fresh model in ``mode``, as ``run_chunk(chunk_index, steps)``;
+    ``data`` (CPU tensors) defaults to one synthetic epoch."""
     runtime = mode.runtime()
     configure_backends(device, runtime)
-    start_memory_count(device)
     images, labels, mean, std = on_device(data, protocol, device)
     torch.manual_seed(protocol.seed)
     model = new_model(depth, device, runtime)
@@ -302,8 +302,17 @@ def our_step_throughput(
             correct += (logits.argmax(1) == batch_labels).sum()
         check_finite(step_losses, index, 0)
 
+    return run_chunk
+
+
+def our_step_throughput(
+    depth: int, mode: Mode, device: torch.device, protocol: Protocol = Protocol(), data=None
+) -> Measurement:
+    """Images/s of the trainer's step loop in ``mode``."""
+    start_memory_count(device)
+    run_chunk = our_step(depth, mode, device, protocol, data)
     skipped_before = counters["inductor"]["cudagraph_skips"]
-    measured = measure_compiled(run_chunk, batch_size, protocol, device)
+    measured = measure_compiled(run_chunk, protocol.batch_size, protocol, device)
     if mode.cuda_graphs and counters["inductor"]["cudagraph_skips"] > skipped_before:
         return replace(measured, note="Inductor skipped CUDA graphs (see its warning): timed without them")
     return measured
@@ -503,6 +512,104 @@ def sequential_step(members, mean, std, device, runtime) -> Callable:
     return step_all
 
 
+def concurrent_jobs_throughput(
+    depth: int,
+    jobs: int,
+    device: torch.device,
+    protocol: Protocol = Protocol(),
+    mode: Mode | None = None,
+    data=None,
+) -> Measurement:
+    """Aggregate images/s of ``jobs`` training processes sharing ``device``, each running our step on
+    its own model and batches, as Snakemake jobs do under $CIFAR_RESNET_JOBS_PER_GPU. The processes
+    start every timed repeat together; a repeat's figure is all their images over the time from the
+    first start to the last end, and the median over the repeats is reported. Peak memory is the sum
+    of the processes' peaks."""
+    mode = packing_mode(mode.name if mode else None, device)
+    spans, peaks = run_concurrent_jobs(depth, jobs, device, protocol, mode, data)
+    images_per_repeat = jobs * protocol.steps * protocol.batch_size
+    rates = [
+        images_per_repeat / (max(end for _, end in repeat) - min(start for start, _ in repeat))
+        for repeat in zip(*spans, strict=True)
+    ]
+    return Measurement(statistics.median(rates), sum(peaks), protocol.repeats)
+
+
+def run_concurrent_jobs(
+    depth: int, jobs: int, device: torch.device, protocol: Protocol, mode: Mode, data=None
+) -> tuple[list[list[tuple[float, float]]], list[float]]:
+    """Run our step in ``jobs`` processes at once; returns each one's (start, end) per timed repeat, on
+    the clock all processes share, and its peak memory. Raises RuntimeError when any process fails."""
+    data = data or synthetic_cifar(EPOCH_IMAGES, protocol.seed)
+    context = torch.multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    barrier, results = context.Barrier(jobs), context.Queue()
+    processes = [
+        context.Process(
+            target=timed_job,
+            args=(
+                index,
+                depth,
+                mode.name,
+                str(device),
+                protocol,
+                data,
+                torch.get_num_threads(),
+                barrier,
+                results,
+            ),
+        )
+        for index in range(jobs)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = {}
+    try:
+        while len(outcomes) < jobs:
+            try:
+                index, spans, peak, error = results.get(timeout=1.0)
+            except queue.Empty:
+                crashed = [process.exitcode for process in processes if process.exitcode not in (None, 0)]
+                if crashed:
+                    raise RuntimeError(
+                        f"a concurrent training process died with exit code {crashed[0]}"
+                    ) from None
+                continue
+            if error:
+                raise RuntimeError(f"concurrent training process {index} of {jobs} failed: {error}")
+            outcomes[index] = spans, peak
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    return [outcomes[index][0] for index in range(jobs)], [outcomes[index][1] for index in range(jobs)]
+
+
+def timed_job(index, depth, mode_name, device_name, protocol, data, threads, barrier, results) -> None:
+    """One process of ``run_concurrent_jobs``: its own model, initialisation and data order (seed + index)."""
+    try:
+        torch.set_num_threads(threads)
+        device = torch.device(device_name)
+        own = replace(protocol, seed=protocol.seed + index)
+        run_chunk = our_step(depth, Mode.parse(mode_name), device, own, data)
+        with torch._dynamo.config.patch(suppress_errors=False):
+            if protocol.warmup_steps:
+                run_chunk(0, protocol.warmup_steps)
+            spans = []
+            for repeat in range(1, protocol.repeats + 1):
+                barrier.wait()
+                synchronize(device)
+                started = time.perf_counter()  # CLOCK_MONOTONIC: one clock for all processes
+                run_chunk(repeat, protocol.steps)
+                synchronize(device)
+                spans.append((started, time.perf_counter()))
+        results.put((index, spans, peak_memory_mb(device), None))
+    except BaseException as error:  # report it: the parent would otherwise wait for this process
+        barrier.abort()
+        results.put((index, None, None, f"{type(error).__name__}: {error}"))
+
+
 # --- the whole benchmark -----------------------------------------------------------------------
 
 
@@ -528,9 +635,9 @@ def run_benchmark(
     seed: int = 0,
 ) -> pd.DataFrame:
     """One row per pipeline, depth and mode: ours in each of ``modes``, the classical pipeline, and
-    packed and sequential training of K models for each K in ``packed_models``, in ``packed_mode``
-    (bf16 on CUDA, fp32 elsewhere, unless given) at ``packed_batch_size`` images per model and step
-    (``batch_size`` unless given). Modes that do not apply on the device give a row with an
+    packed, sequential and concurrent-process training of K models for each K in ``packed_models``, in
+    ``packed_mode`` (bf16 on CUDA, fp32 elsewhere, unless given) at ``packed_batch_size`` images per
+    model and step (``batch_size`` unless given). Modes that do not apply on the device give a row with an
     "n/a on ..." note and no figures."""
     device = resolve_device(device)
     ours = [Mode.parse(name) for name in modes]
@@ -548,9 +655,13 @@ def run_benchmark(
             rows.append(row(OURS, depth, mode.name, device, protocol, result))
         result = classical_throughput(depth, device, protocol, workers, data)
         rows.append(row(CLASSICAL, depth, f"eager, {workers} workers", device, protocol, result))
-        for models, pipeline in itertools.product(packed_models, (PACKED, SEQUENTIAL)):
-            result = packed.unavailable_on(device, compile_on_cpu) or packed_throughput(
-                depth, models, device, packed_protocol, packed, pipeline == PACKED, data
+        for models, pipeline in itertools.product(packed_models, (PACKED, SEQUENTIAL, JOBS)):
+            result = packed.unavailable_on(device, compile_on_cpu) or (
+                concurrent_jobs_throughput(depth, models, device, packed_protocol, packed, data)
+                if pipeline == JOBS
+                else packed_throughput(
+                    depth, models, device, packed_protocol, packed, pipeline == PACKED, data
+                )
             )
             rows.append(
                 row(pipeline, depth, f"{packed.name}, K={models}", device, packed_protocol, result, models)
@@ -597,6 +708,22 @@ def ratio_to_classical(frame: pd.DataFrame) -> pd.DataFrame:
     table = table.rename(columns={"mode": "best_mode", "images_per_s_classical": "classical_images_per_s"})
     table["ratio"] = table["images_per_s"] / table["classical_images_per_s"]
     return table.reset_index(drop=True)
+
+
+def sharing_comparison(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per depth and K: the aggregate images/s of K models packed into one step, trained one after the
+    other, and trained by K processes at once; which wins, and its margin over the runner-up."""
+    measured = frame[frame["pipeline"].isin([PACKED, SEQUENTIAL, JOBS])].dropna(subset=["images_per_s"])
+    measured = measured.assign(K=measured["mode"].str.extract(r"K=(\d+)", expand=False).astype(int))
+    table = measured.pivot_table(index=["depth", "K"], columns="pipeline", values="images_per_s")
+    rates = table.reindex(columns=[PACKED, SEQUENTIAL, JOBS])
+    table = rates.assign(winner=rates.idxmax(axis=1), margin=rates.apply(margin_over_runner_up, axis=1))
+    return table.reset_index().rename_axis(columns=None)
+
+
+def margin_over_runner_up(rates: pd.Series) -> float:
+    best_two = rates.dropna().nlargest(2)
+    return best_two.iloc[0] / best_two.iloc[1] if len(best_two) == 2 else float("nan")
 
 
 def write_results(frame: pd.DataFrame, csv_path, plot_path) -> None:
@@ -652,6 +779,14 @@ def markdown_table(frame: pd.DataFrame) -> str:
         peak_memory_mb=frame["peak_memory_mb"].map("{:,.0f}".format),
     )
     shown = shown.replace("nan", "—")
+    return tabulate(shown, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+
+
+def sharing_table(frame: pd.DataFrame) -> str:
+    shown = sharing_comparison(frame)
+    for column in (PACKED, SEQUENTIAL, JOBS):
+        shown[column] = shown[column].map("{:,.0f}".format).replace("nan", "—")
+    shown["margin"] = shown["margin"].map("{:.2f}x".format).replace("nanx", "—")
     return tabulate(shown, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
 
 

@@ -1,9 +1,11 @@
-"""Give each concurrently running training job a GPU of its own.
+"""Give each concurrently running training job a GPU of its own, or a share of one.
 
 Snakemake counts the ``gpu`` resource but never says which device a job should use (it does not set
 CUDA_VISIBLE_DEVICES), so on a multi-GPU machine every job would train on GPU 0. ``claim_gpu`` turns
-the GPUs into a pool of slots, one lock file per device. The locks are ``flock`` locks because the
-kernel drops them when their holder dies, even of SIGKILL, so a crashed job never keeps a slot.
+the GPUs into a pool of slots, one lock file per slot: one slot per device, or
+$CIFAR_RESNET_JOBS_PER_GPU slots per device so that several small trainings share one GPU. The locks
+are ``flock`` locks because the kernel drops them when their holder dies, even of SIGKILL, so a
+crashed job never keeps a slot.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from cifar_resnet.errors import StudyError
 
 VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 GPU_COUNT_VARIABLE = "CIFAR_RESNET_GPU_COUNT"
+JOBS_PER_GPU_VARIABLE = "CIFAR_RESNET_JOBS_PER_GPU"
 SLURM_GPU_VARIABLES = (VISIBLE_DEVICES, "SLURM_STEP_GPUS", "SLURM_JOB_GPUS")
 POLL_SECONDS = 0.2
 
@@ -34,16 +37,20 @@ def claim_gpu(
     device_count: int | None = None,
     log: Callable[[str], None] = print,
     *,
+    jobs_per_gpu: int | None = None,
     timeout: float = 120.0,
 ) -> Iterator[str | None]:
-    """Hold one GPU for the duration of the block and yield its id, or None to train on the CPU.
+    """Hold a slot of one GPU for the duration of the block and yield the GPU's id, or None to train
+    on the CPU.
 
     Under SLURM with GPUs assigned, claims nothing and yields SLURM's assignment. Otherwise the pool is
     the CUDA_VISIBLE_DEVICES list the run was started with, or else ``range(device_count)``, where
-    ``device_count`` defaults to $CIFAR_RESNET_GPU_COUNT or else the number of GPUs torch finds. The
-    claimed id is CUDA_VISIBLE_DEVICES inside the block, so the job's GPU is always ``cuda:0``; enter
-    the block before anything initialises CUDA, which reads the variable only once. Waits up to
-    ``timeout`` seconds for a free slot, then raises StudyError.
+    ``device_count`` defaults to $CIFAR_RESNET_GPU_COUNT or else the number of GPUs torch finds. Each
+    GPU has ``jobs_per_gpu`` slots (default $CIFAR_RESNET_JOBS_PER_GPU, else 1), filled one round
+    over all GPUs at a time, so jobs spread over the GPUs before they share one. The claimed id is
+    CUDA_VISIBLE_DEVICES inside the block, so the job's GPU is always ``cuda:0``; enter the block
+    before anything initialises CUDA, which reads the variable only once. Waits up to ``timeout``
+    seconds for a free slot, then raises StudyError.
     """
     slurm_gpus = _slurm_assigned_gpus()
     if slurm_gpus is not None:
@@ -55,11 +62,13 @@ def claim_gpu(
         log(f"no GPU visible ({source}): training on the CPU")
         yield None
         return
-    device, lock = _wait_for_free_slot(Path(lock_dir), pool, timeout)
+    slots = _jobs_per_gpu(jobs_per_gpu)
+    device, slot, lock = _wait_for_free_slot(Path(lock_dir), pool, slots, timeout)
     previous = os.environ.get(VISIBLE_DEVICES)
     try:
         os.environ[VISIBLE_DEVICES] = device
-        log(f"using GPU slot {pool.index(device)} of {len(pool)} ({VISIBLE_DEVICES}={device}; {source})")
+        sharing = f", job slot {slot + 1} of {slots} on it" if slots > 1 else ""
+        log(f"using GPU {pool.index(device)} of {len(pool)}{sharing} ({VISIBLE_DEVICES}={device}; {source})")
         yield device
     finally:
         _restore_visible_devices(previous)
@@ -94,6 +103,18 @@ def _device_pool(device_count: int | None) -> tuple[list[str], str]:
     return [str(index) for index in range(count)], f"{count} GPUs found by torch"
 
 
+def _jobs_per_gpu(jobs_per_gpu: int | None) -> int:
+    if jobs_per_gpu is not None:
+        return jobs_per_gpu
+    raw = os.environ.get(JOBS_PER_GPU_VARIABLE, "1")
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise StudyError(
+            f"{JOBS_PER_GPU_VARIABLE} must be a whole number of training jobs per GPU, at least 1, "
+            f"such as 4, not {raw!r}."
+        )
+    return int(raw)
+
+
 def _torch_gpu_count() -> int:
     # Counted in a child process: when torch cannot ask NVML it initialises CUDA to count, and CUDA
     # would then ignore the CUDA_VISIBLE_DEVICES this process sets afterwards.
@@ -102,19 +123,23 @@ def _torch_gpu_count() -> int:
     return int(result.stdout)
 
 
-def _wait_for_free_slot(lock_dir: Path, pool: list[str], timeout: float) -> tuple[str, IO[str]]:
+def _wait_for_free_slot(
+    lock_dir: Path, pool: list[str], slots: int, timeout: float
+) -> tuple[str, int, IO[str]]:
     lock_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
     while True:
-        for device in pool:
-            lock = _try_lock(lock_dir / f"gpu{_file_name_safe(device)}.lock")
-            if lock is not None:
-                return device, lock
+        for slot in range(slots):
+            for device in pool:
+                lock = _try_lock(lock_dir / f"gpu{_file_name_safe(device)}.slot{slot}.lock")
+                if lock is not None:
+                    return device, slot, lock
         if time.monotonic() >= deadline:
             raise StudyError(
-                f"No GPU slot became free within {timeout:.0f} s: all of {', '.join(pool)} stay claimed by "
-                f"other processes (their ids are in {lock_dir}/gpu*.lock); run snakemake with "
-                "--resources gpu=N for N no larger than the number of GPUs, or stop those processes."
+                f"No GPU slot became free within {timeout:.0f} s: all {slots} slots of each of "
+                f"{', '.join(pool)} stay claimed by other processes (their ids are in {lock_dir}/gpu*.lock); "
+                f"run snakemake with --resources gpu=N for N no larger than the number of GPUs times "
+                f"{JOBS_PER_GPU_VARIABLE} ({slots}), or stop those processes."
             )
         time.sleep(POLL_SECONDS)
 
