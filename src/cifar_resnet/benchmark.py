@@ -230,28 +230,39 @@ def new_model(depth: int, device: torch.device, runtime: dict) -> CifarResNet:
     return model.train()
 
 
+def timed_spans(
+    run_chunk: Callable[[int, int], None],
+    protocol: Protocol,
+    device,
+    before_repeat: Callable[[], object] = lambda: None,
+) -> list[tuple[float, float]]:
+    """Run ``run_chunk(chunk_index, steps)`` once untimed for the warm-up, then ``repeats`` times timed,
+    each after ``before_repeat()``; returns each timed repeat's (start, end) on the monotonic clock,
+    which all processes share. Compilation failures raise: the trainer's ``compiled`` would fall back
+    to eager silently, and the benchmark would time eager under the name of a compiled mode."""
+    spans = []
+    with torch._dynamo.config.patch(suppress_errors=False):
+        if protocol.warmup_steps:
+            run_chunk(0, protocol.warmup_steps)
+        for repeat in range(1, protocol.repeats + 1):
+            before_repeat()
+            synchronize(device)
+            started = time.perf_counter()
+            run_chunk(repeat, protocol.steps)
+            synchronize(device)
+            spans.append((started, time.perf_counter()))
+    return spans
+
+
 def measure(
     run_chunk: Callable[[int, int], None], images_per_step: int, protocol: Protocol, device
 ) -> Measurement:
-    """Run ``run_chunk(chunk_index, steps)`` once untimed for the warm-up, then ``repeats`` times timed;
-    report the median throughput and the peak memory since ``start_memory_count``."""
-    if protocol.warmup_steps:
-        run_chunk(0, protocol.warmup_steps)
-    rates = []
-    for repeat in range(1, protocol.repeats + 1):
-        synchronize(device)
-        started = time.perf_counter()
-        run_chunk(repeat, protocol.steps)
-        synchronize(device)
-        rates.append(images_per_step * protocol.steps / (time.perf_counter() - started))
+    """The median throughput over ``timed_spans`` and the peak memory since ``start_memory_count``."""
+    rates = [
+        images_per_step * protocol.steps / (end - start)
+        for start, end in timed_spans(run_chunk, protocol, device)
+    ]
     return Measurement(statistics.median(rates), peak_memory_mb(device), protocol.repeats)
-
-
-def measure_compiled(run_chunk, images_per_step: int, protocol: Protocol, device) -> Measurement:
-    """``measure``, failing where compilation fails: the trainer's ``compiled`` would fall back to eager
-    silently, and the benchmark would time eager under the name of a compiled mode."""
-    with torch._dynamo.config.patch(suppress_errors=False):
-        return measure(run_chunk, images_per_step, protocol, device)
 
 
 def synchronize(device: torch.device) -> None:
@@ -312,7 +323,7 @@ def our_step_throughput(
     start_memory_count(device)
     run_chunk = our_step(depth, mode, device, protocol, data)
     skipped_before = counters["inductor"]["cudagraph_skips"]
-    measured = measure_compiled(run_chunk, protocol.batch_size, protocol, device)
+    measured = measure(run_chunk, protocol.batch_size, protocol, device)
     if mode.cuda_graphs and counters["inductor"]["cudagraph_skips"] > skipped_before:
         return replace(measured, note="Inductor skipped CUDA graphs (see its warning): timed without them")
     return measured
@@ -491,7 +502,7 @@ def packed_throughput(
             step_losses[step] = step_all(chunk_images[:, batch], chunk_labels[:, batch])
         check_finite(step_losses.flatten(), index, 0)
 
-    return measure_compiled(run_chunk, models * batch_size, protocol, device)
+    return measure(run_chunk, models * batch_size, protocol, device)
 
 
 def packed_step(members, mean, std, device, runtime) -> Callable:
@@ -593,17 +604,7 @@ def timed_job(index, depth, mode_name, device_name, protocol, data, threads, bar
         device = torch.device(device_name)
         own = replace(protocol, seed=protocol.seed + index)
         run_chunk = our_step(depth, Mode.parse(mode_name), device, own, data)
-        with torch._dynamo.config.patch(suppress_errors=False):
-            if protocol.warmup_steps:
-                run_chunk(0, protocol.warmup_steps)
-            spans = []
-            for repeat in range(1, protocol.repeats + 1):
-                barrier.wait()
-                synchronize(device)
-                started = time.perf_counter()  # CLOCK_MONOTONIC: one clock for all processes
-                run_chunk(repeat, protocol.steps)
-                synchronize(device)
-                spans.append((started, time.perf_counter()))
+        spans = timed_spans(run_chunk, protocol, device, before_repeat=barrier.wait)
         results.put((index, spans, peak_memory_mb(device), None))
     except BaseException as error:  # report it: the parent would otherwise wait for this process
         barrier.abort()

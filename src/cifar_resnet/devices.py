@@ -37,7 +37,6 @@ def claim_gpu(
     device_count: int | None = None,
     log: Callable[[str], None] = print,
     *,
-    jobs_per_gpu: int | None = None,
     timeout: float = 120.0,
 ) -> Iterator[str | None]:
     """Hold a slot of one GPU for the duration of the block and yield the GPU's id, or None to train
@@ -46,7 +45,7 @@ def claim_gpu(
     Under SLURM with GPUs assigned, claims nothing and yields SLURM's assignment. Otherwise the pool is
     the CUDA_VISIBLE_DEVICES list the run was started with, or else ``range(device_count)``, where
     ``device_count`` defaults to $CIFAR_RESNET_GPU_COUNT or else the number of GPUs torch finds. Each
-    GPU has ``jobs_per_gpu`` slots (default $CIFAR_RESNET_JOBS_PER_GPU, else 1), filled one round
+    GPU has $CIFAR_RESNET_JOBS_PER_GPU slots (1 when unset), filled one round
     over all GPUs at a time, so jobs spread over the GPUs before they share one. The claimed id is
     CUDA_VISIBLE_DEVICES inside the block, so the job's GPU is always ``cuda:0``; enter the block
     before anything initialises CUDA, which reads the variable only once. Waits up to ``timeout``
@@ -62,7 +61,7 @@ def claim_gpu(
         log(f"no GPU visible ({source}): training on the CPU")
         yield None
         return
-    slots = _jobs_per_gpu(jobs_per_gpu)
+    slots = _count_from_environment(JOBS_PER_GPU_VARIABLE, "training jobs per GPU", "4", minimum=1) or 1
     device, slot, lock = _wait_for_free_slot(Path(lock_dir), pool, slots, timeout)
     previous = os.environ.get(VISIBLE_DEVICES)
     try:
@@ -94,24 +93,21 @@ def _device_pool(device_count: int | None) -> tuple[list[str], str]:
         return usable, f"pool {VISIBLE_DEVICES}={visible} set before the run"
     if device_count is not None:
         return [str(index) for index in range(device_count)], f"{device_count} GPUs as the caller said"
-    raw = os.environ.get(GPU_COUNT_VARIABLE)
-    if raw is not None:
-        if not raw.strip().isdigit():
-            raise StudyError(f"{GPU_COUNT_VARIABLE} must be a whole number of GPUs such as 2, not {raw!r}.")
-        return [str(index) for index in range(int(raw))], f"{GPU_COUNT_VARIABLE}={raw}"
+    count = _count_from_environment(GPU_COUNT_VARIABLE, "GPUs", "2", minimum=0)
+    if count is not None:
+        return [str(index) for index in range(count)], f"{GPU_COUNT_VARIABLE}={count}"
     count = _torch_gpu_count()
     return [str(index) for index in range(count)], f"{count} GPUs found by torch"
 
 
-def _jobs_per_gpu(jobs_per_gpu: int | None) -> int:
-    if jobs_per_gpu is not None:
-        return jobs_per_gpu
-    raw = os.environ.get(JOBS_PER_GPU_VARIABLE, "1")
-    if not raw.strip().isdigit() or int(raw) < 1:
-        raise StudyError(
-            f"{JOBS_PER_GPU_VARIABLE} must be a whole number of training jobs per GPU, at least 1, "
-            f"such as 4, not {raw!r}."
-        )
+def _count_from_environment(name: str, what: str, example: str, minimum: int) -> int | None:
+    """The whole number in $name, or None when it is unset."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
+    if not raw.strip().isdigit() or int(raw) < minimum:
+        at_least = f", at least {minimum}," if minimum else ""
+        raise StudyError(f"{name} must be a whole number of {what}{at_least} such as {example}, not {raw!r}.")
     return int(raw)
 
 
