@@ -79,6 +79,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--threads", type=int, help="torch's CPU threads (default: its choice); 1 is steadier on shared cores"
     )
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run of the same command: keep the rows OUT/benchmark.csv already has",
+    )
     parser.add_argument("--small", action="store_true", help=f"CI smoke run; sets {SMALL} unless given")
     if parser.parse_known_args(argv)[0].small:
         parser.set_defaults(**SMALL)
@@ -100,28 +105,32 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    csv_path, plot_path = args.out / "benchmark.csv", args.out / "benchmark.png"
     try:
         device = benchmark.resolve_device(args.device)
+        earlier = benchmark.read_results(csv_path) if args.resume and csv_path.exists() else None
+        frame = benchmark.run_benchmark(
+            args.depths,
+            args.modes,
+            args.steps,
+            args.repeats,
+            device,
+            warmup_steps=args.warmup,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            packed_models=args.packed,
+            packed_batch_size=args.packed_batch_size,
+            packed_mode=args.packed_mode,
+            compile_on_cpu=args.compile_on_cpu,
+            dataset_size=args.dataset_size,
+            seed=args.seed,
+            earlier=earlier,
+            earlier_source=str(csv_path),
+            progress=lambda rows: benchmark.write_csv(rows, csv_path),
+        )
     except StudyError as error:
         sys.exit(f"error: {error}")
-    frame = benchmark.run_benchmark(
-        args.depths,
-        args.modes,
-        args.steps,
-        args.repeats,
-        device,
-        warmup_steps=args.warmup,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        packed_models=args.packed,
-        packed_batch_size=args.packed_batch_size,
-        packed_mode=args.packed_mode,
-        compile_on_cpu=args.compile_on_cpu,
-        dataset_size=args.dataset_size,
-        seed=args.seed,
-    )
-    csv_path, plot_path = args.out / "benchmark.csv", args.out / "benchmark.png"
-    benchmark.write_results(frame, csv_path, plot_path)
+    drawn = benchmark.write_plot(frame, plot_path)
     print(f"\nmachine: {benchmark.describe_machine(device)}")
     print(f"median of {args.repeats} repeats of {args.steps} steps after {args.warmup} warm-up steps\n")
     print(benchmark.markdown_table(frame))
@@ -130,7 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.packed:
         print("\nK models per device: packed into one step, one after the other, or K processes at once:\n")
         print(benchmark.sharing_table(frame))
-    print(f"\nwrote {csv_path} and {plot_path}")
+    print(f"\nwrote {csv_path}" + (f" and {plot_path}" if drawn else " (no figures to plot)"))
+    failed = benchmark.failures(frame)
+    if not failed.empty:
+        sys.exit(f"error: {len(failed)} measurement(s) failed; their rows say why: {failed['note'].iloc[0]}")
 
 
 if __name__ == "__main__":

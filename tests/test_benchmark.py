@@ -208,3 +208,93 @@ def test_sharing_comparison_names_the_fastest_way_to_train_k_models_and_its_marg
     assert table.loc[4, "winner"] == "jobs" and table.loc[4, "margin"] == pytest.approx(1.5)
     assert table.loc[1, "winner"] == "sequential" and table.loc[1, "margin"] == pytest.approx(1.1)
     assert math.isnan(table.loc[1, "jobs"])
+
+
+class FakeMeasurements:
+    """Stands in for the four measuring functions: each call returns a distinct figure, and the call
+    numbered ``interrupt_at`` raises KeyboardInterrupt (a kill) or ``error`` for the classical pipeline."""
+
+    def __init__(self, monkeypatch, interrupt_at=None, classical_error=None):
+        self.calls, self.interrupt_at, self.classical_error = [], interrupt_at, classical_error
+        for name in ("our_step_throughput", "packed_throughput", "concurrent_jobs_throughput"):
+            monkeypatch.setattr(benchmark, name, self.measurement(name))
+        monkeypatch.setattr(benchmark, "classical_throughput", self.measurement("classical_throughput"))
+
+    def measurement(self, name):
+        def measure(*args, **kwargs):
+            self.calls.append(name)
+            if len(self.calls) == self.interrupt_at:
+                raise KeyboardInterrupt
+            if name == "classical_throughput" and self.classical_error:
+                raise self.classical_error
+            return benchmark.Measurement(1000.0 * len(self.calls), float("nan"), 2)
+
+        return measure
+
+
+SMALL_CPU = ["--small", "--depths", "8", "--device", "cpu"]
+
+
+def test_rows_are_written_as_measured_and_resume_measures_only_the_missing_ones(
+    tmp_path, monkeypatch, restore_threads
+):
+    complete = tmp_path / "complete"
+    FakeMeasurements(monkeypatch)
+    load_cli().main([*SMALL_CPU, "--out", str(complete)])
+    expected = benchmark.read_results(complete / "benchmark.csv")
+    assert expected["repeats"].gt(0).sum() == 5  # ours eager, classical, packed, sequential, jobs
+
+    killed = FakeMeasurements(monkeypatch, interrupt_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        load_cli().main([*SMALL_CPU, "--out", str(tmp_path)])
+    written = benchmark.read_results(tmp_path / "benchmark.csv")
+    assert len(killed.calls) == 3 and written["repeats"].gt(0).sum() == 2
+    assert written.equals(expected.iloc[: len(written)])  # every row up to the kill is on disk
+
+    resumed = FakeMeasurements(monkeypatch)
+    load_cli().main([*SMALL_CPU, "--out", str(tmp_path), "--resume"])
+    assert resumed.calls == ["packed_throughput", "packed_throughput", "concurrent_jobs_throughput"]
+    final = benchmark.read_results(tmp_path / "benchmark.csv")
+    assert final[benchmark.IDENTITY].equals(expected[benchmark.IDENTITY])
+    assert final["images_per_s"].iloc[: len(written)].equals(written["images_per_s"])  # kept, not remeasured
+    assert (tmp_path / "benchmark.png").exists()
+
+    again = FakeMeasurements(monkeypatch)
+    load_cli().main([*SMALL_CPU, "--out", str(tmp_path)])  # without --resume: a fresh run
+    assert len(again.calls) == 5
+
+
+def test_a_failed_measurement_is_recorded_the_others_still_run_and_the_command_fails(
+    tmp_path, monkeypatch, restore_threads
+):
+    FakeMeasurements(monkeypatch, classical_error=RuntimeError("CUDA out of memory"))
+    with pytest.raises(SystemExit, match="1 measurement\\(s\\) failed.*RuntimeError: CUDA out of memory"):
+        load_cli().main([*SMALL_CPU, "--out", str(tmp_path)])
+    frame = benchmark.read_results(tmp_path / "benchmark.csv").set_index("pipeline")
+    assert frame.loc["classical", "note"] == "failed: RuntimeError: CUDA out of memory"
+    assert math.isnan(frame.loc["classical", "images_per_s"]) and frame.loc["classical", "repeats"] == 0
+    assert (frame.drop(index="classical")["repeats"].max(), frame.loc["jobs", "repeats"]) == (2, 2)
+
+    retried = FakeMeasurements(monkeypatch)
+    load_cli().main([*SMALL_CPU, "--out", str(tmp_path), "--resume"])
+    assert retried.calls == ["classical_throughput"]
+
+
+def test_resume_refuses_rows_it_would_not_measure_again_and_leaves_them_on_disk(
+    tmp_path, monkeypatch, restore_threads
+):
+    FakeMeasurements(monkeypatch)
+    load_cli().main([*SMALL_CPU, "--out", str(tmp_path)])
+    csv_path = tmp_path / "benchmark.csv"
+    before = csv_path.read_bytes()
+    refused = FakeMeasurements(monkeypatch)
+    with pytest.raises(
+        SystemExit, match=f"{csv_path} holds 5 measured row.*ResNet-8 ours eager, batch 16, 2 steps"
+    ):
+        load_cli().main([*SMALL_CPU, "--out", str(tmp_path), "--resume", "--steps", "3"])
+    assert refused.calls == [] and csv_path.read_bytes() == before
+
+    pd.read_csv(csv_path).drop(columns="machine").to_csv(csv_path, index=False)
+    with pytest.raises(SystemExit, match="lacks the column\\(s\\) machine: it comes from another version"):
+        load_cli().main([*SMALL_CPU, "--out", str(tmp_path), "--resume"])
+    assert refused.calls == []

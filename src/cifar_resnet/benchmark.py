@@ -42,6 +42,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -58,6 +59,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from cifar_resnet.augment import augment, normalize
+from cifar_resnet.errors import StudyError
 from cifar_resnet.io import atomic_output
 from cifar_resnet.models import CifarResNet, ModelSpec, build_model
 from cifar_resnet.train import (
@@ -82,12 +84,9 @@ OPTIMIZER = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weig
 # CIFAR-10's training-set channel statistics; for random images any fixed values measure the same work
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
+IDENTITY = ["pipeline", "depth", "mode", "device", "machine", "batch_size", "steps", "warmup_steps"]
 COLUMNS = [
-    "pipeline",
-    "depth",
-    "mode",
-    "device",
-    "batch_size",
+    *IDENTITY,
     "images_per_s",
     "seconds_per_epoch",
     "peak_memory_mb",
@@ -634,12 +633,20 @@ def run_benchmark(
     compile_on_cpu: bool = False,
     dataset_size: int = EPOCH_IMAGES,
     seed: int = 0,
+    earlier: pd.DataFrame | None = None,
+    earlier_source: str = "the earlier run",
+    progress: Callable[[pd.DataFrame], None] = lambda frame: None,
 ) -> pd.DataFrame:
     """One row per pipeline, depth and mode: ours in each of ``modes``, the classical pipeline, and
     packed, sequential and concurrent-process training of K models for each K in ``packed_models``, in
     ``packed_mode`` (bf16 on CUDA, fp32 elsewhere, unless given) at ``packed_batch_size`` images per
     model and step (``batch_size`` unless given). Modes that do not apply on the device give a row with an
-    "n/a on ..." note and no figures."""
+    "n/a on ..." note and no figures, and a measurement that raises gives one whose note begins with
+    "failed:", so that one broken mode does not cost the others.
+
+    ``earlier`` (the rows of an interrupted run of the same command, read from ``earlier_source``)
+    resumes that run: its rows with figures are kept, not measured again. ``progress`` receives the
+    rows so far after each one."""
     device = resolve_device(device)
     ours = [Mode.parse(name) for name in modes]
     packed = packing_mode(packed_mode, device)
@@ -647,56 +654,128 @@ def run_benchmark(
     protocol = Protocol(steps, repeats, warmup_steps, batch_size, seed)
     packed_protocol = replace(protocol, batch_size=packed_batch_size or batch_size)
     data = synthetic_cifar(dataset_size, seed)
-    rows = []
+    machine = describe_machine(device)
+
+    def planned(pipeline: str, depth: int, mode: str, run_protocol: Protocol, models: int, job) -> Planned:
+        keys = {"pipeline": pipeline, "depth": depth, "mode": mode, "device": device.type, "machine": machine}
+        keys.update(batch_size=run_protocol.batch_size, steps=run_protocol.steps)
+        return Planned(keys | {"warmup_steps": run_protocol.warmup_steps}, models, job)
+
+    plan = []
     for depth in depths:
         for mode in ours:
-            result = mode.unavailable_on(device, compile_on_cpu) or our_step_throughput(
-                depth, mode, device, protocol, data
+            job = mode.unavailable_on(device, compile_on_cpu) or partial(
+                our_step_throughput, depth, mode, device, protocol, data
             )
-            rows.append(row(OURS, depth, mode.name, device, protocol, result))
-        result = classical_throughput(depth, device, protocol, workers, data)
-        rows.append(row(CLASSICAL, depth, f"eager, {workers} workers", device, protocol, result))
+            plan.append(planned(OURS, depth, mode.name, protocol, 1, job))
+        job = partial(classical_throughput, depth, device, protocol, workers, data)
+        plan.append(planned(CLASSICAL, depth, f"eager, {workers} workers", protocol, 1, job))
         for models, pipeline in itertools.product(packed_models, (PACKED, SEQUENTIAL, JOBS)):
-            result = packed.unavailable_on(device, compile_on_cpu) or (
-                concurrent_jobs_throughput(depth, models, device, packed_protocol, packed, data)
+            arguments = (depth, models, device, packed_protocol, packed)
+            job = packed.unavailable_on(device, compile_on_cpu) or (
+                partial(concurrent_jobs_throughput, *arguments, data)
                 if pipeline == JOBS
-                else packed_throughput(
-                    depth, models, device, packed_protocol, packed, pipeline == PACKED, data
-                )
+                else partial(packed_throughput, *arguments, pipeline == PACKED, data)
             )
-            rows.append(
-                row(pipeline, depth, f"{packed.name}, K={models}", device, packed_protocol, result, models)
-            )
+            plan.append(planned(pipeline, depth, f"{packed.name}, K={models}", packed_protocol, models, job))
+
+    kept = resumable_rows(earlier, plan, repeats, earlier_source)
+    rows = []
+    for step in plan:
+        if step.identity in kept:
+            log.info("%s: kept from the earlier run", step.label)
+            rows.append(kept[step.identity])
+        else:
+            rows.append(step.run())
+        progress(pd.DataFrame(rows, columns=COLUMNS))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def row(
-    pipeline: str,
-    depth: int,
-    mode: str,
-    device: torch.device,
-    protocol: Protocol,
-    result: Measurement | str,
-    models: int = 1,
-) -> dict:
-    """A result row from a measurement or the reason there is none. Seconds per epoch is the time for
-    each of the ``models`` models to see 45,000 images."""
-    keys = {"pipeline": pipeline, "depth": depth, "mode": mode, "device": device.type}
-    keys["batch_size"] = protocol.batch_size
-    if isinstance(result, str):
-        log.info("ResNet-%d %s %s: %s", depth, pipeline, mode, result)
-        missing = float("nan")
-        figures = {"images_per_s": missing, "seconds_per_epoch": missing, "peak_memory_mb": missing}
-        return {**keys, **figures, "repeats": 0, "note": result}
-    log.info("ResNet-%d %s %s: %.0f images/s", depth, pipeline, mode, result.images_per_s)
-    return {
-        **keys,
-        "images_per_s": result.images_per_s,
-        "seconds_per_epoch": models * EPOCH_IMAGES / result.images_per_s,
-        "peak_memory_mb": result.peak_memory_mb,
-        "repeats": result.repeats,
-        "note": result.note,
-    }
+@dataclass(frozen=True)
+class Planned:
+    """One row of a benchmark run: its ``IDENTITY`` columns, and what gives its figures (a measurement
+    to run, or the reason there is none)."""
+
+    keys: dict
+    models: int
+    job: Callable[[], Measurement] | str
+
+    @property
+    def identity(self) -> tuple:
+        return tuple(self.keys[column] for column in IDENTITY)
+
+    @property
+    def label(self) -> str:
+        return f"ResNet-{self.keys['depth']} {self.keys['pipeline']} {self.keys['mode']}"
+
+    def run(self) -> dict:
+        """The row: the measurement's figures, or the reason or error that left it without any. Seconds
+        per epoch is the time for each of the ``models`` models to see 45,000 images."""
+        result = self.job
+        if not isinstance(result, str):
+            try:
+                result = self.job()
+            except Exception as error:
+                log.warning("%s failed: %s: %s", self.label, type(error).__name__, error)
+                result = f"failed: {type(error).__name__}: {error}"
+        if isinstance(result, str):
+            log.info("%s: %s", self.label, result)
+            missing = float("nan")
+            figures = {"images_per_s": missing, "seconds_per_epoch": missing, "peak_memory_mb": missing}
+            return {**self.keys, **figures, "repeats": 0, "note": result}
+        log.info("%s: %.0f images/s", self.label, result.images_per_s)
+        return {
+            **self.keys,
+            "images_per_s": result.images_per_s,
+            "seconds_per_epoch": self.models * EPOCH_IMAGES / result.images_per_s,
+            "peak_memory_mb": result.peak_memory_mb,
+            "repeats": result.repeats,
+            "note": result.note,
+        }
+
+
+def resumable_rows(
+    earlier: pd.DataFrame | None, plan: Sequence[Planned], repeats: int, source: str = "the earlier run"
+) -> dict[tuple, dict]:
+    """The rows of ``earlier`` (read from ``source``) with figures, by identity, when each is a row of
+    ``plan`` measured with ``repeats`` repeats. Raises StudyError, before anything is measured, when
+    some are not: resuming would drop figures that this run does not measure again."""
+    if earlier is None:
+        return {}
+    missing = [column for column in COLUMNS if column not in earlier.columns]
+    if missing:
+        raise StudyError(
+            f"{source} lacks the column(s) {', '.join(missing)}: it comes from another version of the "
+            "benchmark; move it away or write to another folder."
+        )
+    planned = {step.identity for step in plan}
+    kept, foreign = {}, []
+    for record in earlier[earlier["images_per_s"].notna()][COLUMNS].to_dict("records"):
+        identity = tuple(record[column] for column in IDENTITY)
+        if identity in planned and record["repeats"] == repeats:
+            kept[identity] = record
+        else:
+            foreign.append(record)
+    if foreign:
+        first = foreign[0]
+        raise StudyError(
+            f"{source} holds {len(foreign)} measured row(s) that this command would not measure "
+            f"(the first: ResNet-{first['depth']} {first['pipeline']} {first['mode']}, batch "
+            f"{first['batch_size']}, {first['steps']} steps after {first['warmup_steps']} warm-up steps, "
+            f"{first['repeats']} repeats, on {first['machine']}); resume with the command and machine "
+            "that wrote them, or write to another folder."
+        )
+    return kept
+
+
+def read_results(csv_path) -> pd.DataFrame:
+    """A CSV written by ``write_csv``, with its empty notes as empty strings."""
+    frame = pd.read_csv(csv_path, keep_default_na=False, na_values=[""], dtype={"note": str})
+    return frame.fillna({"note": ""}) if "note" in frame.columns else frame
+
+
+def failures(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["note"].str.startswith("failed:")]
 
 
 def ratio_to_classical(frame: pd.DataFrame) -> pd.DataFrame:
@@ -727,13 +806,19 @@ def margin_over_runner_up(rates: pd.Series) -> float:
     return best_two.iloc[0] / best_two.iloc[1] if len(best_two) == 2 else float("nan")
 
 
-def write_results(frame: pd.DataFrame, csv_path, plot_path) -> None:
-    """The rows as CSV, and images/s against depth, one line per pipeline and mode, on a log y-axis."""
+def write_csv(frame: pd.DataFrame, csv_path) -> None:
     with atomic_output(csv_path) as temporary:
         frame.to_csv(temporary, index=False)
+
+
+def write_plot(frame: pd.DataFrame, plot_path) -> bool:
+    """Images/s against depth, one line per pipeline and mode, on a log y-axis; False when no row has
+    figures to draw."""
     measured = frame.dropna(subset=["images_per_s"]).assign(
         run=lambda rows: rows["pipeline"] + ": " + rows["mode"] + ", batch " + rows["batch_size"].astype(str)
     )
+    if measured.empty:
+        return False
     depths = sorted(measured["depth"].unique())
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
         figure = Figure(figsize=(10, 4.5), layout="constrained")
@@ -751,6 +836,7 @@ def write_results(frame: pd.DataFrame, csv_path, plot_path) -> None:
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
         with atomic_output(plot_path) as temporary:
             figure.savefig(temporary, format="png", dpi=120)
+    return True
 
 
 def describe_machine(device: torch.device) -> str:
@@ -774,7 +860,7 @@ def cpu_model() -> str:
 
 def markdown_table(frame: pd.DataFrame) -> str:
     """The rows as a GitHub table with readable numbers; rows without figures show their note."""
-    shown = frame.drop(columns=["device"]).assign(
+    shown = frame.drop(columns=["device", "machine", "steps", "warmup_steps"]).assign(
         images_per_s=frame["images_per_s"].map("{:,.0f}".format),
         seconds_per_epoch=frame["seconds_per_epoch"].map("{:,.1f}".format),
         peak_memory_mb=frame["peak_memory_mb"].map("{:,.0f}".format),
