@@ -305,3 +305,33 @@ def test_with_cuda_graphs_every_training_step_and_evaluation_batch_is_marked(mon
     assert len(marks) == 2
     trainer.evaluate(model, trainer.Split(images, labels), mean, std, 4, cpu, runtime)
     assert len(marks) == 4  # two evaluation batches of at most 4
+
+
+def test_train_json_says_where_the_jobs_time_went(study, prepared, tmp_path, caplog):
+    caplog.set_level("INFO", logger="cifar_resnet")
+    summary = train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path)
+    timings = read_json(tmp_path / "train.json")["timings"]
+    history = [line.split(",") for line in (tmp_path / "history.csv").read_text().splitlines()]
+    assert history[0][-1] == "val_seconds" and len(history) == 4
+    epochs = [dict(zip(history[0], row, strict=True)) for row in history[1:]]
+    assert timings["training_seconds"] == pytest.approx(sum(float(row["seconds"]) for row in epochs))
+    assert timings["validation_seconds"] == pytest.approx(sum(float(row["val_seconds"]) for row in epochs))
+    assert timings["training_seconds"] == pytest.approx(summary["train_seconds"])  # not resumed
+    assert 0 < timings["first_step_seconds"] < timings["training_seconds"]
+    assert timings["startup_seconds"] > 0  # this pytest process started before the run
+    assert timings["job_seconds"] == pytest.approx(timings["startup_seconds"] + summary["wall_seconds"])
+    parts = ("startup", "setup", "training", "validation", "checkpoint")
+    assert sum(timings[f"{part}_seconds"] for part in parts) <= timings["job_seconds"]
+    assert timings["checkpoint_seconds"] > 0 and timings["setup_seconds"] > 0
+    assert 0 < timings["overhead_fraction"] < 1
+    assert any(
+        "overhead" in record.getMessage() and "first step" in record.getMessage() for record in caplog.records
+    )
+
+
+def test_process_age_counts_from_the_start_of_the_process():
+    code = "import time; time.sleep(0.5); from cifar_resnet.train import process_age; print(process_age())"
+    age = float(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
+    assert 0.5 <= age < 60

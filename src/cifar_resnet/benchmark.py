@@ -70,6 +70,7 @@ from cifar_resnet.train import (
     epoch_generator,
     make_optimizer,
     select_device,
+    synchronize,
     to_device,
     train_step,
 )
@@ -262,11 +263,6 @@ def measure(
         for start, end in timed_spans(run_chunk, protocol, device)
     ]
     return Measurement(statistics.median(rates), peak_memory_mb(device), protocol.repeats)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def start_memory_count(device: torch.device) -> None:

@@ -41,6 +41,7 @@ HISTORY_COLUMNS = [
     "val_accuracy",
     "seconds",
     "images_per_s",
+    "val_seconds",
 ]
 
 
@@ -243,6 +244,7 @@ class Session:
     frozen: bool
     steps_per_epoch: int
     total_iterations: int
+    first_step_seconds: float | None = None  # this process's first step: compilation, autotuning
 
     @property
     def batch_size(self) -> int:
@@ -321,6 +323,9 @@ def train_epoch(session: Session, epoch: int) -> dict:
             group["lr"] = lr
         batch = slice(step * batch_size, (step + 1) * batch_size)
         labels = epoch_labels[batch]
+        timing_first_step = session.first_step_seconds is None
+        if timing_first_step:
+            step_started = time.perf_counter()
         step_losses[step], logits = train_step(
             session.forward,
             session.optimizer,
@@ -332,6 +337,9 @@ def train_epoch(session: Session, epoch: int) -> dict:
             session.runtime,
         )
         correct += (logits.argmax(1) == labels).sum()
+        if timing_first_step:  # one wait for the device per process, to time what the first step compiles
+            synchronize(device)
+            session.first_step_seconds = time.perf_counter() - step_started
         if show_progress:
             print(f"\repoch {epoch}/{session.total_epochs} step {step + 1}/{steps}", end="", file=sys.stderr)
     check_finite(step_losses, epoch, first_iteration)
@@ -345,6 +353,7 @@ def train_epoch(session: Session, epoch: int) -> dict:
         device,
         session.runtime,
     )
+    val_seconds = time.perf_counter() - started - seconds
     if show_progress:
         print("\r", end="", file=sys.stderr)
     return {
@@ -357,13 +366,16 @@ def train_epoch(session: Session, epoch: int) -> dict:
         "val_accuracy": validation.accuracy,
         "seconds": seconds,
         "images_per_s": steps * batch_size / seconds,
+        "val_seconds": val_seconds,
     }
 
 
 def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Path | None = None) -> dict:
     started = time.perf_counter()
+    times = ProcessTimes(startup=process_age())
     training = run_config["recipe"]["training"]
     session, spec = start_session(run_config, prepared, pretrained)
+    times.setup = time.perf_counter() - started
     state = {
         "config_hash": config_hash(run_config),
         "epoch": 0,
@@ -432,6 +444,9 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
         state["history"].append(row)
         state["epoch"] = row["epoch"]
         state["train_seconds"] += row["seconds"]
+        times.training += row["seconds"]
+        times.validation += row["val_seconds"]
+        checkpoint_started = time.perf_counter()
         save_tensors(
             outputs.resume,
             {
@@ -442,12 +457,14 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
                 "monitors": {name: (m.best, m.epochs_without_improvement) for name, m in monitors.items()},
             },
         )
+        times.checkpoints += time.perf_counter() - checkpoint_started
 
     final = {"epoch": state["epoch"], "model": cpu_state(session.model)}
     selected = state["selected"] or final
     selected_row = state["history"][selected["epoch"] - 1]
     save_tensors(outputs.model, selected["model"])
     write_history(outputs.history, state["history"])
+    wall_seconds = time.perf_counter() - started
     summary = {
         "dataset": run_config["dataset"],
         "variant": run_config["variant"],
@@ -457,7 +474,8 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
         "config_hash": state["config_hash"],
         "model": vars(spec),
         "train_seconds": state["train_seconds"],
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": wall_seconds,
+        "timings": times.summary(wall_seconds, session.first_step_seconds),
         "epochs": state["epoch"],
         "iterations": state["history"][-1]["iteration"],
         "selected_epoch": selected["epoch"],
@@ -479,7 +497,65 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
         summary["train_seconds"],
         summary["wall_seconds"],
     )
+    log.info("%s", describe_timings(summary["timings"]))
     return summary
+
+
+@dataclass
+class ProcessTimes:
+    """Where this process's time went, in seconds. A resumed run's earlier processes are not included."""
+
+    startup: float | None  # process start to train_run: interpreter, imports, Snakemake's script preamble
+    setup: float = 0.0  # device, data onto the device, model, optimizer
+    training: float = 0.0  # the epochs' step loops, this process's first step included
+    validation: float = 0.0
+    checkpoints: float = 0.0  # the resume state, after every epoch
+
+    def summary(self, wall_seconds: float, first_step: float | None) -> dict:
+        """The parts, the job's time from process start and the fraction of it spent outside steady
+        training steps: start-up, setup, the first step (compilation, autotuning), validation,
+        checkpoints and the final outputs."""
+        job = wall_seconds + (self.startup or 0.0)
+        steady = self.training - (first_step or 0.0)
+        return {
+            "startup_seconds": self.startup,
+            "setup_seconds": self.setup,
+            "first_step_seconds": first_step,
+            "training_seconds": self.training,
+            "validation_seconds": self.validation,
+            "checkpoint_seconds": self.checkpoints,
+            "job_seconds": job,
+            "overhead_fraction": 1 - steady / job,
+        }
+
+
+def describe_timings(timings: dict) -> str:
+    parts = {
+        "start-up": timings["startup_seconds"],
+        "setup": timings["setup_seconds"],
+        "first step": timings["first_step_seconds"],
+        "validation": timings["validation_seconds"],
+        "checkpoints": timings["checkpoint_seconds"],
+    }
+    listed = ", ".join(
+        f"{name} {'?' if value is None else f'{value:.2f}'} s" for name, value in parts.items()
+    )
+    return (
+        f"job {timings['job_seconds']:.1f} s, overhead {100 * timings['overhead_fraction']:.1f}% "
+        f"outside steady training steps: {listed}"
+    )
+
+
+def process_age() -> float | None:
+    """Seconds since this process started, from Linux's /proc (clock ticks, so 10 ms steps); None
+    where that is unavailable."""
+    try:
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_after_boot = int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - started_after_boot)
 
 
 def compiled(model, runtime: dict):
@@ -488,6 +564,11 @@ def compiled(model, runtime: dict):
 
     torch._dynamo.config.suppress_errors = True  # fall back to eager where compilation is unavailable
     return torch.compile(model, mode="reduce-overhead" if runtime["cuda_graphs"] else "default")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def check_finite(step_losses: torch.Tensor, epoch: int, first_iteration: int) -> None:
