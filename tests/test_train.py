@@ -10,6 +10,7 @@ import torch
 from test_config import SCHEMA, demo_config
 
 from cifar_resnet import datasets
+from cifar_resnet import train as train_module
 from cifar_resnet.config import load_study, merge
 from cifar_resnet.demo import write_demo_archive
 from cifar_resnet.errors import StudyError
@@ -66,8 +67,8 @@ def run(study, variant, depth=20, seed=0, **training):
     return small(study.run_config(Run("demo", variant, depth, seed)), **training)
 
 
-def train(config, prepared, folder, pretrained=None):
-    return train_run(config, prepared, outputs(folder), pretrained=pretrained)
+def train(config, prepared, folder, pretrained=None, **options):
+    return train_run(config, prepared, outputs(folder), pretrained=pretrained, **options)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +169,7 @@ from cifar_resnet.train import Outputs, train_run
 torch.set_num_threads(1)
 config, prepared, folder = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 train_run(config, prepared, Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json",
-          folder / "resume.pt"))
+          folder / "resume.pt"), checkpoint_interval=0)
 """
 
 
@@ -309,7 +310,7 @@ def test_with_cuda_graphs_every_training_step_and_evaluation_batch_is_marked(mon
 
 def test_train_json_says_where_the_jobs_time_went(study, prepared, tmp_path, caplog):
     caplog.set_level("INFO", logger="cifar_resnet")
-    summary = train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path)
+    summary = train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=0)
     timings = read_json(tmp_path / "train.json")["timings"]
     history = [line.split(",") for line in (tmp_path / "history.csv").read_text().splitlines()]
     assert history[0][-1] == "val_seconds" and len(history) == 4
@@ -335,3 +336,17 @@ def test_process_age_counts_from_the_start_of_the_process():
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     )
     assert 0.5 <= age < 60
+
+
+@pytest.mark.parametrize(("interval", "saves"), [(0, 2), (3600, 0)])
+def test_the_resume_state_is_saved_once_the_checkpoint_interval_has_passed(
+    study, prepared, tmp_path, monkeypatch, interval, saves
+):
+    saved = []
+    original = train_module.save_tensors
+    monkeypatch.setattr(
+        train_module, "save_tensors", lambda path, data: saved.append(path) or original(path, data)
+    )
+    train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=interval)
+    assert saved.count(tmp_path / "resume.pt") == saves  # never after the last epoch: the outputs follow
+    assert saved[-1] == tmp_path / "model.pt" and not (tmp_path / "resume.pt").exists()

@@ -31,6 +31,8 @@ from cifar_resnet.schedule import LearningRate
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_INTERVAL_SECONDS = 60.0
+
 HISTORY_COLUMNS = [
     "epoch",
     "iteration",
@@ -370,7 +372,17 @@ def train_epoch(session: Session, epoch: int) -> dict:
     }
 
 
-def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Path | None = None) -> dict:
+def train_run(
+    run_config: dict,
+    prepared: Path,
+    outputs: Outputs,
+    pretrained: Path | None = None,
+    checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS,
+) -> dict:
+    """Train one run to ``outputs``, resuming from ``outputs.resume`` where an earlier process left it.
+    The resume state is saved after an epoch once ``checkpoint_interval`` seconds have passed since the
+    last save, so a kill loses at most that much training, and short epochs on a fast GPU do not wait
+    for a checkpoint each."""
     started = time.perf_counter()
     times = ProcessTimes(startup=process_age())
     training = run_config["recipe"]["training"]
@@ -411,6 +423,7 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
         session.device,
     )
 
+    last_checkpoint = time.perf_counter()
     while state["epoch"] < session.total_epochs and not state["stopped_early"]:
         row = train_epoch(session, state["epoch"] + 1)
         log.info(
@@ -446,6 +459,9 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
         state["train_seconds"] += row["seconds"]
         times.training += row["seconds"]
         times.validation += row["val_seconds"]
+        finished = state["epoch"] == session.total_epochs or state["stopped_early"]
+        if finished or time.perf_counter() - last_checkpoint < checkpoint_interval:
+            continue
         checkpoint_started = time.perf_counter()
         save_tensors(
             outputs.resume,
@@ -457,7 +473,8 @@ def train_run(run_config: dict, prepared: Path, outputs: Outputs, pretrained: Pa
                 "monitors": {name: (m.best, m.epochs_without_improvement) for name, m in monitors.items()},
             },
         )
-        times.checkpoints += time.perf_counter() - checkpoint_started
+        last_checkpoint = time.perf_counter()
+        times.checkpoints += last_checkpoint - checkpoint_started
 
     final = {"epoch": state["epoch"], "model": cpu_state(session.model)}
     selected = state["selected"] or final
@@ -509,7 +526,7 @@ class ProcessTimes:
     setup: float = 0.0  # device, data onto the device, model, optimizer
     training: float = 0.0  # the epochs' step loops, this process's first step included
     validation: float = 0.0
-    checkpoints: float = 0.0  # the resume state, after every epoch
+    checkpoints: float = 0.0  # the resume state, at most every checkpoint interval
 
     def summary(self, wall_seconds: float, first_step: float | None) -> dict:
         """The parts, the job's time from process start and the fraction of it spent outside steady
