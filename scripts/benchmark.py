@@ -20,6 +20,7 @@ import torch
 
 from cifar_resnet import benchmark
 from cifar_resnet.errors import StudyError
+from cifar_resnet.io import write_csv
 
 # Figures from a --small run only show that everything runs; its batch sizes are not the recipe's.
 SMALL = {
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
             earlier=earlier,
             earlier_source=str(csv_path),
-            progress=lambda rows: benchmark.write_csv(rows, csv_path),
+            progress=lambda rows: write_csv(csv_path, rows),
         )
     except StudyError as error:
         sys.exit(f"error: {error}")

@@ -1,5 +1,6 @@
 import errno
 
+import pandas as pd
 import pytest
 
 from cifar_resnet import io
@@ -43,3 +44,12 @@ def test_tensor_files_load_without_pickled_objects(tmp_path):
     torch.save({"object": Payload()}, tmp_path / "bad.pt")
     with pytest.raises(Exception, match="weights_only"):
         io.load_tensors(tmp_path / "bad.pt")
+
+
+def test_write_csv_round_trips_without_the_index(tmp_path):
+    frame = pd.DataFrame({"depth": [20, 56], "error": [8.4, float("nan")], "note": ["", "n/a"]}, index=[7, 9])
+    path = tmp_path / "tables/summary.csv"
+    io.write_csv(path, frame)
+    read = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    pd.testing.assert_frame_equal(read, frame.reset_index(drop=True).replace("", float("nan")))
+    assert [entry.name for entry in path.parent.iterdir()] == ["summary.csv"]

@@ -284,15 +284,6 @@ def test_summarize_runs_refuses_the_same_run_twice(tmp_path):
         report.summarize_runs([first, second])
 
 
-def test_write_csv_round_trips(tmp_path, summary):
-    path = tmp_path / "tables/summary.csv"
-
-    report.write_csv(summary, path)
-
-    pd.testing.assert_frame_equal(pd.read_csv(path), summary, check_dtype=False)
-    assert [entry.name for entry in path.parent.iterdir()] == ["summary.csv"]
-
-
 def test_variant_table_lists_every_variant_in_order():
     variants = {
         "paper": {"description": "The original recipe", "source": "He et al. 2016"},

@@ -765,7 +765,7 @@ def resumable_rows(
 
 
 def read_results(csv_path) -> pd.DataFrame:
-    """A CSV written by ``write_csv``, with its empty notes as empty strings."""
+    """The benchmark's CSV, with its empty notes as empty strings."""
     frame = pd.read_csv(csv_path, keep_default_na=False, na_values=[""], dtype={"note": str})
     return frame.fillna({"note": ""}) if "note" in frame.columns else frame
 
@@ -800,11 +800,6 @@ def sharing_comparison(frame: pd.DataFrame) -> pd.DataFrame:
 def margin_over_runner_up(rates: pd.Series) -> float:
     best_two = rates.dropna().nlargest(2)
     return best_two.iloc[0] / best_two.iloc[1] if len(best_two) == 2 else float("nan")
-
-
-def write_csv(frame: pd.DataFrame, csv_path) -> None:
-    with atomic_output(csv_path) as temporary:
-        frame.to_csv(temporary, index=False)
 
 
 def write_plot(frame: pd.DataFrame, plot_path) -> bool:

@@ -44,6 +44,12 @@ def write_json(path: str | os.PathLike, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def write_csv(path: str | os.PathLike, frame) -> None:
+    """A pandas DataFrame as CSV, without its index."""
+    with atomic_output(path) as temporary:
+        frame.to_csv(temporary, index=False)
+
+
 def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
 

@@ -113,11 +113,6 @@ def _read_fields(path: Path, fields: Sequence[str]) -> dict:
     return {field: record[field] for field in fields}
 
 
-def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
-    with atomic_output(path) as temporary:
-        frame.to_csv(temporary, index=False)
-
-
 # --- accuracy table ----------------------------------------------------------------------------
 
 
