@@ -23,6 +23,7 @@ from cifar_resnet.benchmark import (
     synthetic_cifar,
     train_step,
 )
+from cifar_resnet.io import read_json, write_json
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.train import make_optimizer
 
@@ -30,8 +31,8 @@ CPU = torch.device("cpu")
 SCRIPT = Path(__file__).parents[1] / "scripts" / "benchmark.py"
 
 
-def load_cli():
-    spec = importlib.util.spec_from_file_location("benchmark_cli", SCRIPT)
+def load_cli(script=SCRIPT):
+    spec = importlib.util.spec_from_file_location(f"{script.stem}_cli", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -298,3 +299,57 @@ def test_resume_refuses_rows_it_would_not_measure_again_and_leaves_them_on_disk(
     with pytest.raises(SystemExit, match="lacks the column\\(s\\) machine: it comes from another version"):
         load_cli().main([*SMALL_CPU, "--out", str(tmp_path), "--resume"])
     assert refused.calls == []
+
+
+def write_train_json(folder, variant, depth, iterations, train_seconds, job_seconds, overhead, **extra):
+    path = folder / "runs" / variant / f"resnet{depth}" / "seed0" / "train.json"
+    summary = {"dataset": "demo", "variant": variant, "depth": depth, "seed": 0, "device": "cuda (H100)"}
+    summary |= {"iterations": iterations, "train_seconds": train_seconds, "images_per_s": 1000.0, **extra}
+    summary["timings"] = {"job_seconds": job_seconds, "overhead_fraction": overhead}
+    write_json(path, summary)
+    return path
+
+
+def test_job_timings_judge_the_full_paper_runs_against_the_targets(tmp_path):
+    seconds = {20: (80.0, 100.0, 0.12), 32: (110.0, 120.0, 0.1), 44: (150.0, 160.0, 0.1)}
+    seconds |= {56: (190.0, 200.0, 0.1), 110: (700.0, 320.0, 0.05)}
+    for depth, (train_seconds, job_seconds, overhead) in seconds.items():
+        write_train_json(tmp_path, "paper", depth, 64_000, train_seconds, job_seconds, overhead)
+    write_train_json(tmp_path, "wide", 20, 64_000, 900.0, 950.0, 0.5)  # not the paper recipe
+    short_run = write_train_json(tmp_path / "elsewhere", "paper", 20, 50, 9.0, 12.0, 0.3)
+
+    job_timings_cli = load_cli(SCRIPT.with_name("job_timings.py"))
+    paths = job_timings_cli.summaries([tmp_path, short_run])
+    timings = benchmark.job_timings(paths)
+    assert len(timings) == 7
+    short = timings[timings["iterations"] == 50].iloc[0]
+    assert short["seconds_per_64k"] == pytest.approx(9.0 * 64_000 / 50)
+
+    verdicts = benchmark.target_verdicts(timings).set_index("target")
+    assert verdicts["met"].to_dict() == {
+        "ResNet-20 training": "yes",
+        "ResNet-20 job overhead": "no",
+        "ResNet-110 training": "no",
+        "the five depths' jobs together": "yes",
+    }
+    assert verdicts.loc["the five depths' jobs together", "measured"] == "900.0 s"  # 100+120+160+200+320
+    assert verdicts.loc["ResNet-20 job overhead", "measured"] == "12.0 %"
+    assert (verdicts["device"] == "cuda (H100)").all()
+    assert benchmark.target_verdicts(timings[timings["depth"] != 110]).shape[0] == 2  # no 110: two checks
+
+
+def test_job_timings_refuse_a_train_json_without_timings_and_a_missing_path(tmp_path, capsys):
+    job_timings_cli = load_cli(SCRIPT.with_name("job_timings.py"))
+    path = write_train_json(tmp_path, "paper", 20, 64_000, 80.0, 90.0, 0.1)
+    job_timings_cli.main([str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "| ResNet-20 training" in printed and "| yes" in printed and "12.5%" not in printed
+    summary = read_json(path)
+    del summary["timings"]
+    write_json(path, summary)
+    with pytest.raises(SystemExit, match="train.json has no timings: it predates them; retrain that run"):
+        job_timings_cli.main([str(tmp_path)])
+    with pytest.raises(SystemExit, match="nowhere does not exist"):
+        job_timings_cli.main([str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match="no train.json to read"):
+        job_timings_cli.main([str(tmp_path / "runs")])  # a folder without runs/*/resnet*/...

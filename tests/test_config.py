@@ -33,6 +33,19 @@ def test_demo_config_validates_and_pretrains_on_the_demo():
     assert study.pretraining_run(Run("demo", "paper", 20, 0)) is None
 
 
+def test_timing_config_runs_the_papers_recipe_on_a_cifar10_sized_demo():
+    config = merge(study_config(), yaml.safe_load((ROOT / "config" / "timing.yaml").read_text()))
+    timing, study = load_study(config, SCHEMA), load_study(study_config(), SCHEMA)
+    assert timing.runs() == [Run("demo", "paper", depth, 0) for depth in (20, 32, 44, 56, 110)]
+    for depth in timing.depths:
+        timed = timing.run_config(Run("demo", "paper", depth, 0))
+        real = study.run_config(Run("cifar10", "paper", depth, 0))
+        assert timed == real | {"dataset": "demo"}  # the recipe, runtime and split of the real study
+    demo = config["data"]["demo"]
+    train_split = round(demo["train_size"] * (1 - config["data"]["validation_fraction"]))
+    assert (train_split, demo["test_size"]) == (45_000, 10_000)  # CIFAR-10's split: 351 steps per epoch
+
+
 def test_variant_overrides_merge_into_the_recipe():
     study = load_study(study_config(), SCHEMA)
     projection = study.recipes["projection"]

@@ -60,7 +60,7 @@ from torchvision import transforms
 
 from cifar_resnet.augment import augment, normalize
 from cifar_resnet.errors import StudyError
-from cifar_resnet.io import atomic_output
+from cifar_resnet.io import atomic_output, read_json
 from cifar_resnet.models import CifarResNet, ModelSpec, build_model
 from cifar_resnet.train import (
     autocast,
@@ -875,3 +875,69 @@ def ratio_table(frame: pd.DataFrame) -> str:
         ratio=lambda table: table["ratio"].map("{:.2f}x".format),
     )
     return tabulate(ratios, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+
+
+# --- real jobs against the issue's targets -----------------------------------------------------
+
+PAPER_ITERATIONS = 64_000
+FIVE_DEPTHS = (20, 32, 44, 56, 110)
+
+
+def job_timings(summaries: Sequence) -> pd.DataFrame:
+    """One row per training job from its ``train.json``: its training time, that time scaled to the
+    paper's 64k iterations, its job time from process start and its overhead fraction."""
+    rows = []
+    for path in summaries:
+        summary = read_json(path)
+        if "timings" not in summary:
+            raise StudyError(f"{path} has no timings: it predates them; retrain that run to time it.")
+        timings = summary["timings"]
+        rows.append(
+            {
+                **{
+                    key: summary[key]
+                    for key in ("dataset", "variant", "depth", "seed", "device", "iterations")
+                },
+                "train_seconds": summary["train_seconds"],
+                "seconds_per_64k": summary["train_seconds"] * PAPER_ITERATIONS / summary["iterations"],
+                "images_per_s": summary["images_per_s"],
+                "job_seconds": timings["job_seconds"],
+                "overhead_fraction": timings["overhead_fraction"],
+            }
+        )
+    if not rows:
+        raise StudyError("no train.json to read: train some runs first.")
+    return pd.DataFrame(rows).sort_values(["dataset", "variant", "seed", "depth"], ignore_index=True)
+
+
+def target_verdicts(timings: pd.DataFrame) -> pd.DataFrame:
+    """The issue's per-job targets, judged on the ``paper`` runs of ``job_timings`` that trained the
+    paper's full 64k iterations, for each dataset, seed and device: ResNet-20 in at most 90 s of
+    training with at most 10 % overhead, ResNet-110 in at most 10 minutes, and the five depths' jobs
+    in at most 15 minutes together."""
+    full = timings[(timings["variant"] == "paper") & (timings["iterations"] == PAPER_ITERATIONS)]
+    verdicts = []
+    for (dataset, seed, device), jobs in full.groupby(["dataset", "seed", "device"]):
+        by_depth = jobs.set_index("depth")
+        checks = []
+        if 20 in by_depth.index:
+            checks.append(("ResNet-20 training", by_depth.loc[20, "train_seconds"], 90.0, "s"))
+            checks.append(("ResNet-20 job overhead", 100 * by_depth.loc[20, "overhead_fraction"], 10.0, "%"))
+        if 110 in by_depth.index:
+            checks.append(("ResNet-110 training", by_depth.loc[110, "train_seconds"], 600.0, "s"))
+        if set(FIVE_DEPTHS) <= set(by_depth.index):
+            total = by_depth.loc[list(FIVE_DEPTHS), "job_seconds"].sum()
+            checks.append(("the five depths' jobs together", total, 900.0, "s"))
+        for target, measured, limit, unit in checks:
+            verdicts.append(
+                {
+                    "dataset": dataset,
+                    "seed": seed,
+                    "device": device,
+                    "target": target,
+                    "measured": f"{measured:,.1f} {unit}",
+                    "limit": f"{limit:,.0f} {unit}",
+                    "met": "yes" if measured <= limit else "no",
+                }
+            )
+    return pd.DataFrame(verdicts, columns=["dataset", "seed", "device", "target", "measured", "limit", "met"])
