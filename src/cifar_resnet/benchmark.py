@@ -653,9 +653,17 @@ def run_benchmark(
     machine = describe_machine(device)
 
     def planned(pipeline: str, depth: int, mode: str, run_protocol: Protocol, models: int, job) -> Planned:
-        keys = {"pipeline": pipeline, "depth": depth, "mode": mode, "device": device.type, "machine": machine}
-        keys.update(batch_size=run_protocol.batch_size, steps=run_protocol.steps)
-        return Planned(keys | {"warmup_steps": run_protocol.warmup_steps}, models, job)
+        keys = {
+            "pipeline": pipeline,
+            "depth": depth,
+            "mode": mode,
+            "device": device.type,
+            "machine": machine,
+            "batch_size": run_protocol.batch_size,
+            "steps": run_protocol.steps,
+            "warmup_steps": run_protocol.warmup_steps,
+        }
+        return Planned(keys, models, job)
 
     plan = []
     for depth in depths:
