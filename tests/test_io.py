@@ -1,7 +1,10 @@
 import errno
+import os
+import stat
 
 import pandas as pd
 import pytest
+import torch
 
 from cifar_resnet import io
 
@@ -53,3 +56,14 @@ def test_write_csv_round_trips_without_the_index(tmp_path):
     read = pd.read_csv(path, keep_default_na=False, na_values=[""])
     pd.testing.assert_frame_equal(read, frame.reset_index(drop=True).replace("", float("nan")))
     assert [entry.name for entry in path.parent.iterdir()] == ["summary.csv"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o007, 0o660)])
+def test_outputs_get_the_permissions_of_any_new_file(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        io.write_json(tmp_path / "train.json", {"epochs": 1})
+        io.save_tensors(tmp_path / "model.pt", {"weight": torch.zeros(2)})
+    finally:
+        os.umask(previous)
+    assert {stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()} == {mode}
