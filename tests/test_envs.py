@@ -91,3 +91,11 @@ def test_both_environments_pin_shared_packages_alike():
     train, report = pins("train.yaml"), pins("report.yaml")
     shared = set(train) & set(report)
     assert {name: train[name] for name in shared} == {name: report[name] for name in shared}
+
+
+def test_a_plain_install_brings_what_snakemake_report_needs():
+    """`pip install -e .` alone must let the README's demo command build its report: Snakemake needs
+    pygments for `--report`, and only its `reports` extra brings it (pytest brings it too, which hid
+    the gap wherever the test dependencies were installed)."""
+    requirement = next(r for r in map(Requirement, project()["dependencies"]) if r.name == "snakemake")
+    assert "reports" in requirement.extras
