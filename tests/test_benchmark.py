@@ -347,7 +347,7 @@ def test_job_timings_refuse_a_train_json_without_timings_and_a_missing_path(tmp_
     summary = read_json(path)
     del summary["timings"]
     write_json(path, summary)
-    with pytest.raises(SystemExit, match="train.json has no timings: it predates them; retrain that run"):
+    with pytest.raises(SystemExit, match="train.json lacks timings; rerun the step that writes it"):
         job_timings_cli.main([str(tmp_path)])
     with pytest.raises(SystemExit, match="nowhere does not exist"):
         job_timings_cli.main([str(tmp_path / "nowhere")])

@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -60,8 +61,9 @@ from torchvision import transforms
 
 from cifar_resnet.augment import augment, normalize
 from cifar_resnet.errors import StudyError
-from cifar_resnet.io import atomic_output, read_json
+from cifar_resnet.io import atomic_output
 from cifar_resnet.models import CifarResNet, ModelSpec, build_model
+from cifar_resnet.report import read_fields
 from cifar_resnet.train import (
     autocast,
     check_finite,
@@ -888,6 +890,17 @@ def ratio_table(frame: pd.DataFrame) -> str:
 # --- real jobs against the issue's targets -----------------------------------------------------
 
 PAPER_ITERATIONS = 64_000
+TIMED_FIELDS = (
+    "dataset",
+    "variant",
+    "depth",
+    "seed",
+    "device",
+    "iterations",
+    "train_seconds",
+    "images_per_s",
+    "timings",
+)
 FIVE_DEPTHS = (20, 32, 44, 56, 110)
 
 
@@ -896,19 +909,12 @@ def job_timings(summaries: Sequence) -> pd.DataFrame:
     paper's 64k iterations, its job time from process start and its overhead fraction."""
     rows = []
     for path in summaries:
-        summary = read_json(path)
-        if "timings" not in summary:
-            raise StudyError(f"{path} has no timings: it predates them; retrain that run to time it.")
-        timings = summary["timings"]
+        summary = read_fields(Path(path), TIMED_FIELDS)
+        timings = summary.pop("timings")
         rows.append(
             {
-                **{
-                    key: summary[key]
-                    for key in ("dataset", "variant", "depth", "seed", "device", "iterations")
-                },
-                "train_seconds": summary["train_seconds"],
+                **summary,
                 "seconds_per_64k": summary["train_seconds"] * PAPER_ITERATIONS / summary["iterations"],
-                "images_per_s": summary["images_per_s"],
                 "job_seconds": timings["job_seconds"],
                 "overhead_fraction": timings["overhead_fraction"],
             }

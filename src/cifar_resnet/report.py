@@ -85,7 +85,7 @@ def summarize_runs(run_dirs: Sequence[Path]) -> pd.DataFrame:
         raise StudyError("There are no runs to summarize; check that the config lists variants and seeds.")
     rows = []
     for run_dir in map(Path, run_dirs):
-        row = _read_fields(run_dir / "train.json", TRAIN_FIELDS) | _read_fields(
+        row = read_fields(run_dir / "train.json", TRAIN_FIELDS) | read_fields(
             run_dir / "eval.json", EVAL_FIELDS
         )
         rows.append(row)
@@ -100,7 +100,8 @@ def summarize_runs(run_dirs: Sequence[Path]) -> pd.DataFrame:
     return summary.sort_values(["dataset", "depth", "variant", "seed"], ignore_index=True)
 
 
-def _read_fields(path: Path, fields: Sequence[str]) -> dict:
+def read_fields(path: Path, fields: Sequence[str]) -> dict:
+    """``fields`` of a run's JSON file, or one sentence on what is wrong with it."""
     try:
         record = read_json(path)
     except FileNotFoundError:
