@@ -3,7 +3,7 @@
 import pandas as pd
 
 from cifar_resnet import report
-from cifar_resnet.io import write_text
+from cifar_resnet.files import write_text
 from cifar_resnet.workflow import run_job
 
 

@@ -20,7 +20,7 @@ import torch
 
 from cifar_resnet import benchmark
 from cifar_resnet.errors import StudyError
-from cifar_resnet.io import write_csv
+from cifar_resnet.files import write_csv
 
 # Figures from a --small run only show that everything runs; its batch sizes are not the recipe's.
 SMALL = {

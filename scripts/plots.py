@@ -7,7 +7,7 @@ import pandas as pd
 
 from cifar_resnet import report
 from cifar_resnet.config import Run
-from cifar_resnet.io import read_json
+from cifar_resnet.files import read_json
 from cifar_resnet.workflow import run_job
 
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from cifar_resnet import report
-from cifar_resnet.io import write_text
+from cifar_resnet.files import write_text
 from cifar_resnet.workflow import run_job
 
 

@@ -23,7 +23,7 @@ from cifar_resnet.benchmark import (
     synthetic_cifar,
     train_step,
 )
-from cifar_resnet.io import read_json, write_json
+from cifar_resnet.files import read_json, write_json
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.train import make_optimizer
 

@@ -15,7 +15,7 @@ import torch
 
 from cifar_resnet import datasets
 from cifar_resnet.errors import StudyError
-from cifar_resnet.io import load_tensors, save_tensors
+from cifar_resnet.files import load_tensors, save_tensors
 
 # The official layouts with any number of records per member, so tests can use a few.
 SMALL_CIFAR10 = replace(datasets.CIFAR10, records_per_train_member=None, test_records=None)

@@ -24,7 +24,7 @@ NEEDED = {
         "jsonschema": "jsonschema",
     },
     "report.yaml": {
-        "torch": "pytorch",  # only because cifar_resnet.io and cifar_resnet.workflow import it
+        "torch": "pytorch",  # cifar_resnet.files saves and loads tensors with it (report jobs never call those)
         "numpy": "numpy",
         "pandas": "pandas",
         "seaborn": "seaborn",

@@ -15,7 +15,7 @@ from cifar_resnet.config import load_study, merge
 from cifar_resnet.demo import write_demo_archive
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import evaluate_run
-from cifar_resnet.io import load_tensors, read_json
+from cifar_resnet.files import load_tensors, read_json
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.train import Outputs, train_run
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.io import atomic_output, load_tensors, save_tensors
+from cifar_resnet.files import atomic_output, load_tensors, save_tensors
 
 IMAGE_SHAPE = (3, 32, 32)
 IMAGE_BYTES = math.prod(IMAGE_SHAPE)

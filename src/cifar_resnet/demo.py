@@ -18,7 +18,7 @@ import numpy as np
 
 from cifar_resnet.datasets import DEMO
 from cifar_resnet.errors import StudyError
-from cifar_resnet.io import atomic_output
+from cifar_resnet.files import atomic_output
 
 SIZE = 32
 CLASS_NAMES = (

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cifar_resnet import datasets
 from cifar_resnet.config import model_spec
-from cifar_resnet.io import load_tensors, read_json, write_json
+from cifar_resnet.files import load_tensors, read_json, write_json
 from cifar_resnet.models import build_model, count_parameters
 from cifar_resnet.train import Split, configure_backends, evaluate, select_device, to_device
 

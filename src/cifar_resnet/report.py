@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from tabulate import tabulate
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.io import atomic_output, read_json
+from cifar_resnet.files import atomic_output, read_json
 
 # He et al. 2016, Table 6: CIFAR-10 test error (%). ResNet-110 is the best of 5 runs (mean 6.61 ± 0.16).
 PAPER_TABLE6_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}

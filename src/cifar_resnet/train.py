@@ -25,7 +25,7 @@ from cifar_resnet import datasets
 from cifar_resnet.augment import augment, normalize
 from cifar_resnet.config import config_hash, model_spec
 from cifar_resnet.errors import StudyError
-from cifar_resnet.io import atomic_output, load_tensors, save_tensors, write_json
+from cifar_resnet.files import atomic_output, load_tensors, save_tensors, write_json
 from cifar_resnet.models import CifarResNet, ModelSpec, build_model
 from cifar_resnet.schedule import LearningRate
 

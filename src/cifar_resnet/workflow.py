@@ -7,8 +7,6 @@ import logging
 import sys
 from collections.abc import Callable
 
-import torch
-
 from cifar_resnet.errors import StudyError
 
 
@@ -23,7 +21,8 @@ def run_job(snakemake, job: Callable[[], object]) -> None:
         handlers=[logging.FileHandler(snakemake.log[0]), terminal],
         force=True,
     )
-    torch.set_num_threads(max(1, snakemake.threads))
+    if "torch" in sys.modules:  # report jobs never import torch; importing it here would cost them seconds
+        sys.modules["torch"].set_num_threads(max(1, snakemake.threads))
     try:
         job()
     except StudyError as error:

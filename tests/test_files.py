@@ -6,13 +6,13 @@ import pandas as pd
 import pytest
 import torch
 
-from cifar_resnet import io
+from cifar_resnet import files
 
 
 def test_atomic_output_replaces_the_file_only_when_complete(tmp_path):
     target = tmp_path / "table.md"
-    io.write_text(target, "old")
-    with pytest.raises(RuntimeError), io.atomic_output(target) as temporary:
+    files.write_text(target, "old")
+    with pytest.raises(RuntimeError), files.atomic_output(target) as temporary:
         temporary.write_text("half")
         raise RuntimeError("crash in the middle of writing")
     assert target.read_text() == "old"
@@ -21,16 +21,16 @@ def test_atomic_output_replaces_the_file_only_when_complete(tmp_path):
 
 def test_a_full_disk_is_reported_and_leaves_the_previous_version(tmp_path, monkeypatch):
     target = tmp_path / "summary.json"
-    io.write_json(target, {"version": 1})
+    files.write_json(target, {"version": 1})
 
     def no_space(self, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(type(target), "write_text", no_space)
     with pytest.raises(OSError, match=f"could not write {target}: No space left on device"):
-        io.write_json(target, {"version": 2})
+        files.write_json(target, {"version": 2})
     monkeypatch.undo()
-    assert io.read_json(target) == {"version": 1}
+    assert files.read_json(target) == {"version": 1}
     assert len(list(tmp_path.iterdir())) == 1
 
 
@@ -41,18 +41,18 @@ class Payload:
 def test_tensor_files_load_without_pickled_objects(tmp_path):
     import torch
 
-    io.save_tensors(tmp_path / "ok.pt", {"w": torch.ones(2), "names": ["a", "b"]})
-    assert io.load_tensors(tmp_path / "ok.pt")["names"] == ["a", "b"]
+    files.save_tensors(tmp_path / "ok.pt", {"w": torch.ones(2), "names": ["a", "b"]})
+    assert files.load_tensors(tmp_path / "ok.pt")["names"] == ["a", "b"]
 
     torch.save({"object": Payload()}, tmp_path / "bad.pt")
     with pytest.raises(Exception, match="weights_only"):
-        io.load_tensors(tmp_path / "bad.pt")
+        files.load_tensors(tmp_path / "bad.pt")
 
 
 def test_write_csv_round_trips_without_the_index(tmp_path):
     frame = pd.DataFrame({"depth": [20, 56], "error": [8.4, float("nan")], "note": ["", "n/a"]}, index=[7, 9])
     path = tmp_path / "tables/summary.csv"
-    io.write_csv(path, frame)
+    files.write_csv(path, frame)
     read = pd.read_csv(path, keep_default_na=False, na_values=[""])
     pd.testing.assert_frame_equal(read, frame.reset_index(drop=True).replace("", float("nan")))
     assert [entry.name for entry in path.parent.iterdir()] == ["summary.csv"]
@@ -62,8 +62,8 @@ def test_write_csv_round_trips_without_the_index(tmp_path):
 def test_outputs_get_the_permissions_of_any_new_file(tmp_path, umask, mode):
     previous = os.umask(umask)
     try:
-        io.write_json(tmp_path / "train.json", {"epochs": 1})
-        io.save_tensors(tmp_path / "model.pt", {"weight": torch.zeros(2)})
+        files.write_json(tmp_path / "train.json", {"epochs": 1})
+        files.save_tensors(tmp_path / "model.pt", {"weight": torch.zeros(2)})
     finally:
         os.umask(previous)
     assert {stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()} == {mode}

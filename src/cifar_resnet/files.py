@@ -1,5 +1,5 @@
-"""Atomic file output: every file appears whole or not at all, and a failed write leaves the
-previous version intact."""
+"""Reading and writing the workflow's files. Every write is atomic: a file appears whole or not at all, and a
+failed write leaves the previous version intact."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import torch
 
 
 @contextmanager
@@ -55,11 +53,16 @@ def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
 
 
+# torch is imported by the two tensor functions only: report jobs use this module and never load torch.
 def save_tensors(path: str | os.PathLike, data) -> None:
     """``torch.save`` of tensors and plain containers only, so ``load_tensors`` can refuse anything else."""
+    import torch
+
     with atomic_output(path) as temporary:
         torch.save(data, temporary)
 
 
 def load_tensors(path: str | os.PathLike, map_location="cpu"):
+    import torch
+
     return torch.load(path, map_location=map_location, weights_only=True)
