@@ -17,8 +17,8 @@ def train():
                 model=Path(snakemake.output.model),
                 history=Path(snakemake.output.history),
                 summary=Path(snakemake.output.summary),
-                resume=Path(snakemake.params.resume),
             ),
+            resume_file=Path(snakemake.params.resume),
             pretrained=Path(snakemake.input.pretrained[0]) if snakemake.input.pretrained else None,
         )
 

@@ -25,7 +25,7 @@ from cifar_resnet.benchmark import (
 )
 from cifar_resnet.files import read_json, write_json
 from cifar_resnet.models import ModelSpec, build_model
-from cifar_resnet.train import make_optimizer
+from cifar_resnet.optimizer import make_optimizer
 
 CPU = torch.device("cpu")
 SCRIPT = Path(__file__).parents[1] / "scripts" / "benchmark.py"

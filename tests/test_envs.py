@@ -24,7 +24,7 @@ NEEDED = {
         "jsonschema": "jsonschema",
     },
     "report.yaml": {
-        "torch": "pytorch",  # cifar_resnet.files saves and loads tensors with it (report jobs never call those)
+        "torch": "pytorch",  # cifar_resnet.files holds the tensor readers too (report jobs never call them)
         "numpy": "numpy",
         "pandas": "pandas",
         "seaborn": "seaborn",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_config import SCHEMA, demo_config
 
-from cifar_resnet import datasets
+from cifar_resnet import checkpoint, datasets
 from cifar_resnet import train as train_module
 from cifar_resnet.config import load_study, merge
 from cifar_resnet.demo import write_demo_archive
@@ -58,7 +58,7 @@ def small(run_config, **training):
 
 
 def outputs(folder: Path) -> Outputs:
-    return Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json", folder / "resume.pt")
+    return Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json")
 
 
 def run(study, variant, depth=20, seed=0, **training):
@@ -68,7 +68,9 @@ def run(study, variant, depth=20, seed=0, **training):
 
 
 def train(config, prepared, folder, pretrained=None, **options):
-    return train_run(config, prepared, outputs(folder), pretrained=pretrained, **options)
+    return train_run(
+        config, prepared, outputs(folder), folder / "resume.pt", pretrained=pretrained, **options
+    )
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +170,8 @@ from pathlib import Path
 from cifar_resnet.train import Outputs, train_run
 torch.set_num_threads(1)
 config, prepared, folder = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-train_run(config, prepared, Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json",
-          folder / "resume.pt"), checkpoint_interval=0)
+train_run(config, prepared, Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json"),
+          folder / "resume.pt", checkpoint_interval=0)
 """
 
 
@@ -267,47 +269,6 @@ def test_evaluation_reports_every_metric(study, prepared, pretrained_paper, tmp_
     assert len(metrics["per_class_accuracy"]) == 10 and metrics["inference_images_per_s"] > 0
 
 
-@pytest.mark.parametrize(
-    ("device", "compile", "cuda_graphs", "graphed"),
-    [("cuda", True, True, True), ("cuda", True, False, False), ("cpu", True, True, False)],
-)
-def test_cuda_graphs_compile_reduce_overhead_and_mark_every_step(
-    monkeypatch, device, compile, cuda_graphs, graphed
-):
-    from cifar_resnet import train as trainer
-
-    runtime = {"compile": compile, "cuda_graphs": cuda_graphs}
-    compile_modes, step_marks = [], []
-    monkeypatch.setattr(torch, "compile", lambda model, mode: compile_modes.append(mode) or model)
-    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: step_marks.append(1))
-    trainer.compiled(torch.nn.Identity(), runtime)
-    trainer.begin_step(torch.device(device), runtime)
-    assert compile_modes == ["reduce-overhead" if cuda_graphs else "default"]
-    assert step_marks == ([1] if graphed else [])
-
-
-def test_with_cuda_graphs_every_training_step_and_evaluation_batch_is_marked(monkeypatch):
-    from cifar_resnet import train as trainer
-
-    marks = []
-    monkeypatch.setattr(trainer, "compiles", lambda device, runtime: True)  # as on CUDA with compile
-    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    runtime = {"compile": True, "cuda_graphs": True, "bf16": False, "channels_last": False}
-    cpu = torch.device("cpu")
-    model = build_model(ModelSpec(8))
-    optimizer = trainer.make_optimizer(
-        model.parameters(), {"name": "adam", "lr": 0.01, "weight_decay": 0}, cpu
-    )
-    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.arange(6) % 10
-    mean, std = torch.full((3,), 120.0), torch.full((3,), 60.0)
-    for _ in range(2):
-        trainer.train_step(model, optimizer, images, labels, mean, std, cpu, runtime)
-    assert len(marks) == 2
-    trainer.evaluate(model, trainer.Split(images, labels), mean, std, 4, cpu, runtime)
-    assert len(marks) == 4  # two evaluation batches of at most 4
-
-
 def test_train_json_says_where_the_jobs_time_went(study, prepared, tmp_path, caplog):
     caplog.set_level("INFO", logger="cifar_resnet")
     summary = train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=0)
@@ -331,7 +292,7 @@ def test_train_json_says_where_the_jobs_time_went(study, prepared, tmp_path, cap
 
 
 def test_process_age_counts_from_the_start_of_the_process():
-    code = "import time; time.sleep(0.5); from cifar_resnet.train import process_age; print(process_age())"
+    code = "import time; time.sleep(0.5); from cifar_resnet.timings import process_age; print(process_age())"
     age = float(
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     )
@@ -344,9 +305,10 @@ def test_the_resume_state_is_saved_once_the_checkpoint_interval_has_passed(
 ):
     saved = []
     original = train_module.save_tensors
-    monkeypatch.setattr(
-        train_module, "save_tensors", lambda path, data: saved.append(path) or original(path, data)
-    )
+    for module in (train_module, checkpoint):  # the outputs, the resume state
+        monkeypatch.setattr(
+            module, "save_tensors", lambda path, data: saved.append(path) or original(path, data)
+        )
     train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=interval)
     assert saved.count(tmp_path / "resume.pt") == saves  # never after the last epoch: the outputs follow
     assert saved[-1] == tmp_path / "model.pt" and not (tmp_path / "resume.pt").exists()

@@ -63,19 +63,17 @@ from cifar_resnet.augment import augment, normalize
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import atomic_output
 from cifar_resnet.models import CifarResNet, ModelSpec, build_model
+from cifar_resnet.optimizer import make_optimizer
 from cifar_resnet.report import read_fields
-from cifar_resnet.train import (
+from cifar_resnet.runtime import (
     autocast,
-    check_finite,
-    compiled,
+    compile_model,
     configure_backends,
-    epoch_generator,
-    make_optimizer,
     select_device,
     synchronize,
     to_device,
-    train_step,
 )
+from cifar_resnet.train import check_finite, epoch_seed, train_step
 
 log = logging.getLogger(__name__)
 
@@ -292,11 +290,11 @@ def our_step(depth: int, mode: Mode, device: torch.device, protocol: Protocol, d
     torch.manual_seed(protocol.seed)
     model = new_model(depth, device, runtime)
     optimizer = make_optimizer(model.parameters(), OPTIMIZER, device)
-    forward = compiled(model, runtime) if mode.compile else model
+    forward = compile_model(model, runtime) if mode.compile else model
     batch_size = protocol.batch_size
 
     def run_chunk(index: int, steps: int) -> None:
-        generator = epoch_generator(protocol.seed, index, device)
+        generator = torch.Generator(device=device).manual_seed(epoch_seed(protocol.seed, index))
         chunk_images, chunk_labels = epoch_chunk(images, labels, 1, steps, batch_size, generator)
         step_losses = torch.empty(steps, device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)  # the trainer's accuracy bookkeeping
@@ -437,7 +435,7 @@ class PackedModels:
         self.params, self.buffers = stack_module_state(list(models))
         self.optimizer = make_optimizer(list(self.params.values()), OPTIMIZER, device)
         losses = vmap(self._loss, randomness="different")  # each model its own dropout masks
-        self.losses = compiled(losses, runtime) if runtime["compile"] else losses
+        self.losses = compile_model(losses, runtime) if runtime["compile"] else losses
 
     def _loss(self, params, buffers, images, labels):
         logits = functional_call(self.template, (params, buffers), (images,))
@@ -491,7 +489,7 @@ def packed_throughput(
     batch_size = protocol.batch_size
 
     def run_chunk(index: int, steps: int) -> None:
-        generator = epoch_generator(protocol.seed, index, device)
+        generator = torch.Generator(device=device).manual_seed(epoch_seed(protocol.seed, index))
         chunk_images, chunk_labels = epoch_chunk(images, labels, models, steps, batch_size, generator)
         step_losses = torch.empty(steps, models, device=device)
         for step in range(steps):
@@ -510,7 +508,7 @@ def packed_step(members, mean, std, device, runtime) -> Callable:
 
 def sequential_step(members, mean, std, device, runtime) -> Callable:
     """One ordinary step of each model in turn on its batch of [K,B,...]; returns the K losses."""
-    forwards = [compiled(member, runtime) if runtime["compile"] else member for member in members]
+    forwards = [compile_model(member, runtime) if runtime["compile"] else member for member in members]
     optimizers = [make_optimizer(member.parameters(), OPTIMIZER, device) for member in members]
 
     def step_all(images, labels):

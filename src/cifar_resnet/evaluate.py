@@ -1,21 +1,63 @@
-"""The final, single use of the test set: metrics of a trained run's selected model."""
+"""Evaluation: a model's loss, accuracy and predictions over a whole split (the trainer's validation
+uses it each epoch), and the final, single use of the test set on a trained run's selected model."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from cifar_resnet import datasets
-from cifar_resnet.config import model_spec
+from cifar_resnet.augment import normalize
 from cifar_resnet.files import load_tensors, read_json, write_json
-from cifar_resnet.models import build_model, count_parameters
-from cifar_resnet.train import Split, configure_backends, evaluate, select_device, to_device
+from cifar_resnet.models import build_model, count_parameters, spec_for_run
+from cifar_resnet.runtime import (
+    autocast,
+    configure_backends,
+    mark_cuda_graph_step,
+    memory_format,
+    select_device,
+    to_device,
+)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 [N,3,32,32] on the device
+    labels: torch.Tensor  # int64 [N] on the device
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    predictions: torch.Tensor
+
+
+@torch.no_grad()
+def evaluate_split(model, split: Split, mean, std, batch_size: int, device, runtime) -> Evaluation:
+    """Loss, accuracy and predictions over a whole split, in large batches, one host sync at the end."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    predictions = torch.empty_like(split.labels)
+    for start in range(0, len(split.labels), batch_size):
+        images = normalize(split.images[start : start + batch_size], mean, std)
+        labels = split.labels[start : start + batch_size]
+        mark_cuda_graph_step(device, runtime)
+        with autocast(device, runtime):
+            logits = model(images.contiguous(memory_format=memory_format(device, runtime)))
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        predictions[start : start + batch_size] = logits.argmax(1)
+    correct = (predictions == split.labels).sum()
+    count = len(split.labels)
+    return Evaluation(loss=loss_sum.item() / count, accuracy=correct.item() / count, predictions=predictions)
 
 
 def macs_per_image(model: torch.nn.Module) -> int:
@@ -31,7 +73,7 @@ def evaluate_run(train_summary: Path, model_path: Path, prepared: Path, output: 
     run_config = read_json(train_summary)["config"]
     runtime = run_config["runtime"]
     data = datasets.load_prepared(prepared, splits=("test",))
-    spec = model_spec(run_config, data["num_classes"])
+    spec = spec_for_run(run_config, data["num_classes"])
     model = build_model(spec)
     model.load_state_dict(load_tensors(model_path))
     params = count_parameters(model, trainable_only=False)
@@ -42,9 +84,10 @@ def evaluate_run(train_summary: Path, model_path: Path, prepared: Path, output: 
     model = to_device(model, device, runtime)
     test = Split(data["test_images"].to(device), data["test_labels"].to(device))
     mean, std = data["mean"].to(device), data["std"].to(device)
-    evaluate(model, test, mean, std, runtime["eval_batch_size"], device, runtime)  # warm-up for the timing
+    batch_size = runtime["eval_batch_size"]
+    evaluate_split(model, test, mean, std, batch_size, device, runtime)  # warm-up for the timing
     started = time.perf_counter()
-    result = evaluate(model, test, mean, std, runtime["eval_batch_size"], device, runtime)
+    result = evaluate_split(model, test, mean, std, batch_size, device, runtime)
     seconds = time.perf_counter() - started
 
     classes = data["num_classes"]

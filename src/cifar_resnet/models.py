@@ -144,6 +144,11 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def spec_for_run(run_config: dict, num_classes: int) -> ModelSpec:
+    """The model a run's configuration describes: its depth and its recipe's ``model`` options."""
+    return ModelSpec(depth=run_config["depth"], num_classes=num_classes, **run_config["recipe"]["model"])
+
+
 def build_model(spec: ModelSpec) -> CifarResNet:
     return CifarResNet(spec)
 

@@ -1,0 +1,65 @@
+"""Where a training job's time went: start-up, setup, the first step, training, validation and
+checkpoints, and the fraction of the job spent outside steady training steps."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class ProcessTimes:
+    """Where this process's time went, in seconds. A resumed run's earlier processes are not included."""
+
+    startup: float | None  # process start to train_run: interpreter, imports, Snakemake's script preamble
+    setup: float = 0.0  # device, data onto the device, model, optimizer
+    training: float = 0.0  # the epochs' step loops, this process's first step included
+    validation: float = 0.0
+    checkpoints: float = 0.0  # the resume state, at most every checkpoint interval
+
+    def summary(self, wall_seconds: float, first_step: float | None) -> dict:
+        """The parts, the job's time from process start and the fraction of it spent outside steady
+        training steps: start-up, setup, the first step (compilation, autotuning), validation,
+        checkpoints and the final outputs."""
+        job = wall_seconds + (self.startup or 0.0)
+        steady = self.training - (first_step or 0.0)
+        return {
+            "startup_seconds": self.startup,
+            "setup_seconds": self.setup,
+            "first_step_seconds": first_step,
+            "training_seconds": self.training,
+            "validation_seconds": self.validation,
+            "checkpoint_seconds": self.checkpoints,
+            "job_seconds": job,
+            "overhead_fraction": 1 - steady / job,
+        }
+
+
+def describe_timings(timings: dict) -> str:
+    parts = {
+        "start-up": timings["startup_seconds"],
+        "setup": timings["setup_seconds"],
+        "first step": timings["first_step_seconds"],
+        "validation": timings["validation_seconds"],
+        "checkpoints": timings["checkpoint_seconds"],
+    }
+    listed = ", ".join(
+        f"{name} {'?' if value is None else f'{value:.2f}'} s" for name, value in parts.items()
+    )
+    return (
+        f"job {timings['job_seconds']:.1f} s, overhead {100 * timings['overhead_fraction']:.1f}% "
+        f"outside steady training steps: {listed}"
+    )
+
+
+def process_age() -> float | None:
+    """Seconds since this process started, from Linux's /proc (clock ticks, so 10 ms steps); None
+    where that is unavailable."""
+    try:
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_after_boot = int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - started_after_boot)
