@@ -5,9 +5,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cifar_resnet import report
 from cifar_resnet.config import Run
 from cifar_resnet.files import read_json
+from cifar_resnet.plots import (
+    plot_confusion_matrix,
+    plot_error_vs_depth,
+    plot_error_vs_params,
+    plot_learning_curves,
+)
+from cifar_resnet.tables import PAPER_TABLE6_ERROR
 from cifar_resnet.workflow import run_job
 
 
@@ -18,9 +24,9 @@ def run_directory(row) -> Path:
 def plots():
     summary = pd.read_csv(snakemake.input.summary)
     output, baseline = snakemake.output, snakemake.params.baseline
-    paper = report.PAPER_TABLE6_ERROR if snakemake.params.paper_reference else None
-    report.plot_error_vs_depth(summary, output.error_vs_depth, paper)
-    report.plot_error_vs_params(summary, output.error_vs_params)
+    paper = PAPER_TABLE6_ERROR if snakemake.params.paper_reference else None
+    plot_error_vs_depth(summary, output.error_vs_depth, paper)
+    plot_error_vs_params(summary, output.error_vs_params)
 
     depth = snakemake.params.options["learning_curve_depth"] or int(summary["depth"].min())
     at_depth = summary[summary["depth"] == depth]
@@ -29,12 +35,12 @@ def plots():
         f"{row.variant} / ResNet-{depth} / seed {row.seed}": pd.read_csv(run_directory(row) / "history.csv")
         for row in first_seeds.itertuples()
     }
-    report.plot_learning_curves(histories, output.learning_curves)
+    plot_learning_curves(histories, output.learning_curves)
 
     shown = at_depth[at_depth["variant"] == baseline]
     shown = shown if len(shown) else at_depth[at_depth["variant"] == at_depth["variant"].iloc[0]]
     evaluations = [read_json(run_directory(row) / "eval.json") for row in shown.itertuples()]
-    report.plot_confusion_matrix(
+    plot_confusion_matrix(
         np.sum([evaluation["confusion_matrix"] for evaluation in evaluations], axis=0),
         evaluations[0]["class_names"],
         output.confusion_matrix,

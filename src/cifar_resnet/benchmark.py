@@ -63,7 +63,7 @@ from cifar_resnet.augment import augment, normalize
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import atomic_output
 from cifar_resnet.models import CifarResNet, ModelSpec, build_model
-from cifar_resnet.report import read_fields
+from cifar_resnet.summary import read_fields
 from cifar_resnet.train import (
     autocast,
     check_finite,
