@@ -1,6 +1,11 @@
 # Aggregation, the accuracy table, plots and the README block: small jobs on the submitting host.
 
 
+def run_keys(dataset: str) -> list[list]:
+    """The dataset's runs as [dataset, variant, depth, seed], in the order of run_files."""
+    return [[r.dataset, r.variant, r.depth, r.seed] for r in STUDY.runs(dataset)]
+
+
 localrules:
     summarize,
     accuracy_table,
@@ -67,6 +72,7 @@ rule plots:
         options=config["report"]["plots"],
         baseline=config["report"]["baseline_variant"],
         paper_reference=lambda wildcards: wildcards.dataset == "cifar10",
+        runs=lambda wildcards: run_keys(wildcards.dataset),
     script:
         "../scripts/plots.py"
 
