@@ -1,5 +1,6 @@
 """Splice the variant table and the real datasets' results (tables with links to plots) into README.md."""
 
+import os
 from pathlib import Path
 
 from cifar_resnet.files import write_text
@@ -11,7 +12,11 @@ def readme():
     readme = Path(snakemake.params.readme)
     variants = variant_table(snakemake.params.variants)
     splice_readme(readme, variants, "<!-- variants:start -->", "<!-- variants:end -->")
-    block = results_block(snakemake.params.datasets, [Path(p) for p in snakemake.input.tables])
+    plots = [
+        {name: os.path.relpath(path, readme.parent) for name, path in paths.items()}
+        for paths in snakemake.params.plots
+    ]
+    block = results_block(snakemake.params.datasets, [Path(p) for p in snakemake.input.tables], plots)
     splice_readme(readme, block)
     write_text(snakemake.output[0], block)
 

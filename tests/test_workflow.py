@@ -118,7 +118,8 @@ def test_results_block_splices_into_a_copy_of_the_readme(demo_run, tmp_path):
     workdir, _ = demo_run
     readme = tmp_path / "README.md"
     shutil.copy2(ROOT / "README.md", readme)
-    block = results_block(["demo"], [workdir / "results/demo/tables/accuracy.md"])
+    plots = {name: f"results/demo/plots/{name}.png" for name in PLOT_NAMES}
+    block = results_block(["demo"], [workdir / "results/demo/tables/accuracy.md"], [plots])
     splice_readme(readme, block)
     text = readme.read_text()
     inside = text.split("<!-- results:start -->\n", 1)[1].split("<!-- results:end -->", 1)[0]

@@ -9,7 +9,6 @@ from tabulate import tabulate
 
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import atomic_output
-from cifar_resnet.plots import PLOT_NAMES
 
 DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "demo": "Demo dataset"}
 
@@ -60,13 +59,14 @@ def _marker_line(lines: Sequence[str], marker: str, readme: Path) -> int:
     return indices[0]
 
 
-def results_block(datasets: Sequence[str], tables: Sequence[Path]) -> str:
-    """The README's results: each dataset's accuracy table followed by links to its plots."""
+def results_block(datasets: Sequence[str], tables: Sequence[Path], plots: Sequence[Mapping[str, str]]) -> str:
+    """The README's results: each dataset's accuracy table followed by links to its plots.
+
+    ``plots`` holds, per dataset, its plots' paths relative to the README by plot name, in link order.
+    """
     sections = []
-    for dataset, table in zip(datasets, tables, strict=True):
-        links = " · ".join(
-            f"[{name.replace('_', ' ')}](results/{dataset}/plots/{name}.png)" for name in PLOT_NAMES
-        )
+    for dataset, table, paths in zip(datasets, tables, plots, strict=True):
+        links = " · ".join(f"[{name.replace('_', ' ')}]({path})" for name, path in paths.items())
         title = DATASET_TITLES.get(dataset, dataset)
         sections.append(f"### {title}\n\n{Path(table).read_text().strip()}\n\nPlots: {links}\n")
     return "\n".join(sections)
