@@ -54,17 +54,15 @@ def plot_error_vs_depth(
     with _plot(path, figsize=(max(7.0, 1.4 * len(depths) + 3), 4.5)) as axes:
         for variant, offset, color in zip(variants, offsets[: len(variants)], colors, strict=True):
             runs = summary[summary["variant"] == variant]
-            seed_positions = runs["depth"].map(depths.index) + offset
-            axes.scatter(seed_positions, runs["test_error"], color=color, alpha=0.45, s=18)
             means = runs.groupby("depth")["test_error"].agg(["mean", "std"])
-            axes.errorbar(
+            _seeds_and_means(
+                axes,
+                runs["depth"].map(depths.index) + offset,
+                runs["test_error"],
                 [depths.index(depth) + offset for depth in means.index],
-                means["mean"],
-                yerr=means["std"].fillna(0),
-                color=color,
-                marker="o",
-                capsize=3,
-                label=variant,
+                means,
+                color,
+                variant,
             )
         if paper_errors is not None:
             paper_depths = [depth for depth in depths if depth in paper_errors]
@@ -85,6 +83,23 @@ def plot_error_vs_depth(
             title=f"{dataset}: test error vs depth (dots: seeds, bars: mean ± std)",
         )
         axes.legend(title="Variant", loc="upper left", bbox_to_anchor=(1.01, 1))
+
+
+def _seeds_and_means(
+    axes: Axes, seeds_x, errors: pd.Series, means_x, means: pd.DataFrame, color, label: str
+) -> None:
+    """One variant in one colour: each seed's test error (``errors`` at ``seeds_x``) as a faint dot, and
+    the ``mean`` ± ``std`` columns of ``means`` at ``means_x`` as bars (a single seed's NaN std: none)."""
+    axes.scatter(seeds_x, errors, color=color, alpha=0.45, s=18)
+    axes.errorbar(
+        means_x,
+        means["mean"],
+        yerr=means["std"].fillna(0),
+        color=color,
+        marker="o",
+        capsize=3,
+        label=label,
+    )
 
 
 def _dodge_offsets(groups: int, width: float) -> list[float]:
@@ -142,19 +157,10 @@ def plot_error_vs_params(summary: pd.DataFrame, path: str | Path) -> None:
     with _plot(path, figsize=(7.5, 4.5)) as axes:
         for variant, color in zip(variants, colors, strict=True):
             runs = summary[summary["variant"] == variant]
-            axes.scatter(runs["params"], runs["test_error"], color=color, alpha=0.45, s=18)
             means = runs.groupby("depth").agg(
                 params=("params", "first"), mean=("test_error", "mean"), std=("test_error", "std")
             )
-            axes.errorbar(
-                means["params"],
-                means["mean"],
-                yerr=means["std"].fillna(0),
-                color=color,
-                marker="o",
-                capsize=3,
-                label=variant,
-            )
+            _seeds_and_means(axes, runs["params"], runs["test_error"], means["params"], means, color, variant)
             for depth, row in means.iterrows():
                 axes.annotate(
                     f"{depth}", (row["params"], row["mean"]), textcoords="offset points", xytext=(4, 4)

@@ -11,38 +11,13 @@ import pandas as pd
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import read_json
 
-TRAIN_FIELDS = (
-    "dataset",
-    "variant",
-    "depth",
-    "seed",
-    "train_seconds",
-    "epochs",
-    "iterations",
-    "selected_epoch",
-    "selected_val_accuracy",
-    "device",
-)
-EVAL_FIELDS = ("test_accuracy", "test_error", "test_loss", "params", "macs", "inference_images_per_s")
-SUMMARY_COLUMNS = (
-    "dataset",
-    "variant",
-    "depth",
-    "seed",
-    "test_accuracy",
-    "test_error",
-    "test_loss",
-    "params",
-    "macs",
-    "train_seconds",
-    "epochs",
-    "iterations",
-    "selected_epoch",
-    "selected_val_accuracy",
-    "device",
-    "inference_images_per_s",
-)
 RUN_KEY = ["dataset", "variant", "depth", "seed"]
+_TEST_RESULTS = ("test_accuracy", "test_error", "test_loss", "params", "macs")
+_TRAINING = ("train_seconds", "epochs", "iterations", "selected_epoch", "selected_val_accuracy", "device")
+TRAIN_FIELDS = (*RUN_KEY, *_TRAINING)
+EVAL_FIELDS = (*_TEST_RESULTS, "inference_images_per_s")
+# The run, its test results, its training, and the inference speed last.
+SUMMARY_COLUMNS = (*RUN_KEY, *_TEST_RESULTS, *_TRAINING, "inference_images_per_s")
 
 
 def summarize_runs(run_dirs: Sequence[Path]) -> pd.DataFrame:
