@@ -5,7 +5,7 @@ from snakemake.utils import min_version
 
 from cifar_resnet.config import Run, load_study
 from cifar_resnet.datasets import get_source
-from cifar_resnet.report import PLOT_NAMES as PLOTS
+from cifar_resnet.plots import PLOT_NAMES as PLOTS
 
 min_version("9.0")
 

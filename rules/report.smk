@@ -1,6 +1,18 @@
 # Aggregation, the accuracy table, plots and the README block: small jobs on the submitting host.
 
 
+README_DATASETS = [d for d in STUDY.datasets if d in REAL_DATASETS]
+
+
+def plot_file(dataset: str, name: str) -> str:
+    return f"results/{dataset}/plots/{name}.png"
+
+
+def run_keys(dataset: str) -> list[list]:
+    """The dataset's runs as [dataset, variant, depth, seed], in the order of run_files."""
+    return [[r.dataset, r.variant, r.depth, r.seed] for r in STUDY.runs(dataset)]
+
+
 localrules:
     summarize,
     accuracy_table,
@@ -52,7 +64,7 @@ rule plots:
     output:
         **{
             name: report(
-                f"results/{{dataset}}/plots/{name}.png",
+                plot_file("{dataset}", name),
                 caption=f"../report/{name}.rst",
                 category="Plots",
                 labels={"dataset": "{dataset}", "figure": name.replace("_", " ")},
@@ -67,16 +79,14 @@ rule plots:
         options=config["report"]["plots"],
         baseline=config["report"]["baseline_variant"],
         paper_reference=lambda wildcards: wildcards.dataset == "cifar10",
+        runs=lambda wildcards: run_keys(wildcards.dataset),
     script:
         "../scripts/plots.py"
 
 
 rule readme:
     input:
-        tables=expand(
-            "results/{dataset}/tables/accuracy.md",
-            dataset=[d for d in STUDY.datasets if d in REAL_DATASETS],
-        ),
+        tables=expand("results/{dataset}/tables/accuracy.md", dataset=README_DATASETS),
     output:
         "results/readme_block.md",
     log:
@@ -86,6 +96,8 @@ rule readme:
     params:
         readme="README.md",
         variants={name: config["variants"][name] for name in STUDY.variants},
-        datasets=[d for d in STUDY.datasets if d in REAL_DATASETS],
+        datasets=README_DATASETS,
+        # Links from the README to each dataset's plots, as the plots rule writes them.
+        plots=[{name: plot_file(d, name) for name in PLOTS} for d in README_DATASETS],
     script:
         "../scripts/readme.py"

@@ -1,40 +1,61 @@
-"""The dataset's figures: error vs depth, learning curves, error vs parameters, confusion matrix."""
+"""The dataset's figures: error vs depth, learning curves, error vs parameters, confusion matrix.
 
-from pathlib import Path
+Only the files the rule declares are read: each run's history.csv and eval.json, found through
+``params.runs``, the runs' (dataset, variant, depth, seed) in the order of those inputs."""
 
 import numpy as np
 import pandas as pd
 
-from cifar_resnet import report
-from cifar_resnet.config import Run
+from cifar_resnet.errors import StudyError
 from cifar_resnet.files import read_json
+from cifar_resnet.plots import (
+    plot_confusion_matrix,
+    plot_error_vs_depth,
+    plot_error_vs_params,
+    plot_learning_curves,
+)
+from cifar_resnet.tables import PAPER_TABLE6_ERROR
 from cifar_resnet.workflow import run_job
 
 
-def run_directory(row) -> Path:
-    return Path(Run(row.dataset, row.variant, int(row.depth), int(row.seed)).directory)
+def by_run(paths) -> dict[tuple, str]:
+    """The declared ``paths``, one per run, by the run's (dataset, variant, depth, seed)."""
+    return dict(zip(map(tuple, snakemake.params.runs), paths, strict=True))
+
+
+def declared(paths: dict[tuple, str], row) -> str:
+    """The path in ``paths`` of the run of a summary row."""
+    run = (str(row.dataset), str(row.variant), int(row.depth), int(row.seed))
+    if run not in paths:
+        raise StudyError(
+            f"{snakemake.input.summary} lists the run {row.dataset}/{row.variant}/ResNet-{row.depth}"
+            f"/seed {row.seed}, which the plots rule does not declare; rerun summarize."
+        )
+    return paths[run]
 
 
 def plots():
     summary = pd.read_csv(snakemake.input.summary)
     output, baseline = snakemake.output, snakemake.params.baseline
-    paper = report.PAPER_TABLE6_ERROR if snakemake.params.paper_reference else None
-    report.plot_error_vs_depth(summary, output.error_vs_depth, paper)
-    report.plot_error_vs_params(summary, output.error_vs_params)
+    paper = PAPER_TABLE6_ERROR if snakemake.params.paper_reference else None
+    plot_error_vs_depth(summary, output.error_vs_depth, paper)
+    plot_error_vs_params(summary, output.error_vs_params)
 
     depth = snakemake.params.options["learning_curve_depth"] or int(summary["depth"].min())
     at_depth = summary[summary["depth"] == depth]
     first_seeds = at_depth[at_depth["seed"] == at_depth["seed"].min()]
+    history_files = by_run(snakemake.input.histories)
     histories = {
-        f"{row.variant} / ResNet-{depth} / seed {row.seed}": pd.read_csv(run_directory(row) / "history.csv")
+        f"{row.variant} / ResNet-{depth} / seed {row.seed}": pd.read_csv(declared(history_files, row))
         for row in first_seeds.itertuples()
     }
-    report.plot_learning_curves(histories, output.learning_curves)
+    plot_learning_curves(histories, output.learning_curves)
 
     shown = at_depth[at_depth["variant"] == baseline]
     shown = shown if len(shown) else at_depth[at_depth["variant"] == at_depth["variant"].iloc[0]]
-    evaluations = [read_json(run_directory(row) / "eval.json") for row in shown.itertuples()]
-    report.plot_confusion_matrix(
+    evaluation_files = by_run(snakemake.input.evaluation)
+    evaluations = [read_json(declared(evaluation_files, row)) for row in shown.itertuples()]
+    plot_confusion_matrix(
         np.sum([evaluation["confusion_matrix"] for evaluation in evaluations], axis=0),
         evaluations[0]["class_names"],
         output.confusion_matrix,

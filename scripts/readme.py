@@ -1,18 +1,23 @@
 """Splice the variant table and the real datasets' results (tables with links to plots) into README.md."""
 
+import os
 from pathlib import Path
 
-from cifar_resnet import report
 from cifar_resnet.files import write_text
+from cifar_resnet.readme import results_block, splice_readme, variant_table
 from cifar_resnet.workflow import run_job
 
 
 def readme():
     readme = Path(snakemake.params.readme)
-    variants = report.variant_table(snakemake.params.variants)
-    report.splice_readme(readme, variants, "<!-- variants:start -->", "<!-- variants:end -->")
-    block = report.results_block(snakemake.params.datasets, [Path(p) for p in snakemake.input.tables])
-    report.splice_readme(readme, block)
+    variants = variant_table(snakemake.params.variants)
+    splice_readme(readme, variants, "<!-- variants:start -->", "<!-- variants:end -->")
+    plots = [
+        {name: os.path.relpath(path, readme.parent) for name, path in paths.items()}
+        for paths in snakemake.params.plots
+    ]
+    block = results_block(snakemake.params.datasets, [Path(p) for p in snakemake.input.tables], plots)
+    splice_readme(readme, block)
     write_text(snakemake.output[0], block)
 
 

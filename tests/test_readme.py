@@ -1,11 +1,14 @@
-"""The README stays true: its generated variant table matches the config, and CI runs its test command."""
+"""The README stays true (its generated variant table matches the config, CI runs its test command), and
+the readme module that generates its parts: the variant table and the splice between marker lines."""
 
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
-from cifar_resnet import report
+from cifar_resnet.errors import StudyError
+from cifar_resnet.readme import splice_readme, variant_table
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -18,7 +21,7 @@ def between(text: str, start: str, end: str) -> str:
 def test_variant_table_is_generated_from_the_config():
     variants = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["variants"]
     table = between(README, "<!-- variants:start -->", "<!-- variants:end -->")
-    assert table == report.variant_table(variants) + "\n", (
+    assert table == variant_table(variants) + "\n", (
         "README's variant table is out of date: the `readme` rule regenerates it from config/config.yaml"
     )
 
@@ -37,3 +40,76 @@ def test_results_markers_appear_exactly_once():
     for marker in ("results", "variants"):
         assert README.count(f"<!-- {marker}:start -->") == 1
         assert README.count(f"<!-- {marker}:end -->") == 1
+
+
+START = "<!-- results:start -->"
+END = "<!-- results:end -->"
+
+
+def test_variant_table_lists_every_variant_in_order():
+    variants = {
+        "paper": {"description": "The original recipe", "source": "He et al. 2016"},
+        "resnet-d": {"description": "Average-pool\nshortcut | no stride-2 1×1", "source": "He et al. 2019"},
+    }
+
+    lines = variant_table(variants).splitlines()
+
+    assert [header.strip() for header in lines[0].strip("|").split("|")] == [
+        "Variant",
+        "What it changes",
+        "From",
+    ]
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| `paper`   ", "| `resnet-d`"]
+    assert "Average-pool shortcut \\| no stride-2 1×1" in lines[3]
+    assert "He et al. 2019" in lines[3]
+
+
+def test_variant_table_names_a_variant_without_a_source():
+    with pytest.raises(StudyError, match="'paper' lacks source"):
+        variant_table({"paper": {"description": "The original recipe"}})
+
+
+MARKED_README = f"# Study\n\nIntro stays.\r\n{START}\nold table\nold note\n{END}\n\n## After\nkept ✓\n"
+
+
+def test_splice_readme_replaces_only_between_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_bytes(MARKED_README.encode())
+
+    splice_readme(readme, "| new |\n|-----|")
+
+    expected = f"# Study\n\nIntro stays.\r\n{START}\n| new |\n|-----|\n{END}\n\n## After\nkept ✓\n"
+    assert readme.read_bytes() == expected.encode()
+
+
+def test_splice_readme_can_be_repeated(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_bytes(MARKED_README.encode())
+
+    splice_readme(readme, "first\n")
+    splice_readme(readme, "second\n")
+
+    assert readme.read_text().count("first") == 0
+    assert f"{START}\nsecond\n{END}" in readme.read_text()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (f"intro\n{START}\nold\n", "lacks the marker '<!-- results:end -->'"),
+        (f"intro\nold\n{END}\n", "lacks the marker '<!-- results:start -->'"),
+        (f"{START}\nold\n{END}\n{START}\n", "has 2 lines of the marker '<!-- results:start -->'"),
+        (f"{END}\nold\n{START}\n", "before"),
+    ],
+    ids=["no end", "no start", "duplicated start", "reversed"],
+)
+def test_splice_readme_refuses_bad_markers_and_leaves_the_file(tmp_path, text, message):
+    readme = tmp_path / "README.md"
+    readme.write_text(text)
+
+    with pytest.raises(StudyError, match=message) as raised:
+        splice_readme(readme, "new\n")
+
+    assert str(readme) in str(raised.value)
+    assert readme.read_text() == text
+    assert [entry.name for entry in tmp_path.iterdir()] == ["README.md"]

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from cifar_resnet import report
+from cifar_resnet.plots import PLOT_NAMES
+from cifar_resnet.readme import results_block, splice_readme
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -100,7 +101,7 @@ def test_demo_produces_every_output(demo_run):
     assert summary["test_accuracy"].between(0, 1).all()
     table = (results / "tables" / "accuracy.md").read_text()
     assert table.startswith("| Depth") and "ResNet-20" in table and "Paper %" not in table
-    for name in report.PLOT_NAMES:
+    for name in PLOT_NAMES:
         assert (results / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((workdir / "results").glob("demo/resume/**/*.pt"))
     assert (workdir / "README.md").read_text() == (ROOT / "README.md").read_text()  # demo never splices
@@ -117,8 +118,9 @@ def test_results_block_splices_into_a_copy_of_the_readme(demo_run, tmp_path):
     workdir, _ = demo_run
     readme = tmp_path / "README.md"
     shutil.copy2(ROOT / "README.md", readme)
-    block = report.results_block(["demo"], [workdir / "results/demo/tables/accuracy.md"])
-    report.splice_readme(readme, block)
+    plots = {name: f"results/demo/plots/{name}.png" for name in PLOT_NAMES}
+    block = results_block(["demo"], [workdir / "results/demo/tables/accuracy.md"], [plots])
+    splice_readme(readme, block)
     text = readme.read_text()
     inside = text.split("<!-- results:start -->\n", 1)[1].split("<!-- results:end -->", 1)[0]
     assert inside == block and "results/demo/plots/error_vs_depth.png" in inside

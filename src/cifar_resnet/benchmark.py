@@ -64,7 +64,6 @@ from cifar_resnet.errors import StudyError
 from cifar_resnet.files import atomic_output
 from cifar_resnet.models import CifarResNet, ModelSpec, build_model
 from cifar_resnet.optimizer import make_optimizer
-from cifar_resnet.report import read_fields
 from cifar_resnet.runtime import (
     autocast,
     compile_model,
@@ -73,6 +72,7 @@ from cifar_resnet.runtime import (
     synchronize,
     to_device,
 )
+from cifar_resnet.summary import read_fields
 from cifar_resnet.train import check_finite, epoch_seed, train_step
 
 log = logging.getLogger(__name__)

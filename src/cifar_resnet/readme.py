@@ -1,0 +1,72 @@
+"""The README's generated parts: the variant table and the results block, spliced between marker lines."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from tabulate import tabulate
+
+from cifar_resnet.errors import StudyError
+from cifar_resnet.files import atomic_output
+
+DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "demo": "Demo dataset"}
+
+
+def variant_table(variants: Mapping[str, Mapping]) -> str:
+    """Markdown table of the variants in the given order: Variant | What it changes | From."""
+    rows = []
+    for name, variant in variants.items():
+        missing = [key for key in ("description", "source") if key not in variant]
+        if missing:
+            raise StudyError(f"The variant '{name}' lacks {' and '.join(missing)}; add it to its config.")
+        rows.append([f"`{name}`", _table_cell(variant["description"]), _table_cell(variant["source"])])
+    return tabulate(
+        rows, headers=["Variant", "What it changes", "From"], tablefmt="github", disable_numparse=True
+    )
+
+
+def _table_cell(text: str) -> str:
+    # Config descriptions may span lines (YAML block scalars) or hold "|", which would split the cell.
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def splice_readme(
+    readme: Path, block: str, start: str = "<!-- results:start -->", end: str = "<!-- results:end -->"
+) -> None:
+    """Replace the lines between the ``start`` and ``end`` marker lines (markers kept) with ``block``."""
+    readme = Path(readme)
+    try:
+        lines = readme.read_bytes().decode("utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        raise StudyError(f"{readme} does not exist; create it with the results markers first.") from None
+    start_index = _marker_line(lines, start, readme)
+    end_index = _marker_line(lines, end, readme)
+    if end_index < start_index:
+        raise StudyError(f"{readme} has the marker '{end}' before '{start}'; put the end marker last.")
+    if block and not block.endswith("\n"):
+        block += "\n"
+    spliced = "".join(lines[: start_index + 1]) + block + "".join(lines[end_index:])
+    with atomic_output(readme) as temporary:
+        temporary.write_bytes(spliced.encode("utf-8"))
+
+
+def _marker_line(lines: Sequence[str], marker: str, readme: Path) -> int:
+    indices = [index for index, line in enumerate(lines) if line.strip() == marker]
+    if len(indices) != 1:
+        found = "lacks" if not indices else f"has {len(indices)} lines of"
+        raise StudyError(f"{readme} {found} the marker '{marker}'; it needs exactly one such line.")
+    return indices[0]
+
+
+def results_block(datasets: Sequence[str], tables: Sequence[Path], plots: Sequence[Mapping[str, str]]) -> str:
+    """The README's results: each dataset's accuracy table followed by links to its plots.
+
+    ``plots`` holds, per dataset, its plots' paths relative to the README by plot name, in link order.
+    """
+    sections = []
+    for dataset, table, paths in zip(datasets, tables, plots, strict=True):
+        links = " · ".join(f"[{name.replace('_', ' ')}]({path})" for name, path in paths.items())
+        title = DATASET_TITLES.get(dataset, dataset)
+        sections.append(f"### {title}\n\n{Path(table).read_text().strip()}\n\nPlots: {links}\n")
+    return "\n".join(sections)

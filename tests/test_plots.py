@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+
+from cifar_resnet import plots
+from cifar_resnet.errors import StudyError
+from cifar_resnet.tables import PAPER_TABLE6_ERROR
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert path.stat().st_size > 1000
+    assert plt.get_fignums() == []
+
+
+def history(epochs, final_accuracy):
+    return pd.DataFrame(
+        {
+            "epoch": range(1, epochs + 1),
+            "iteration": [100 * epoch for epoch in range(1, epochs + 1)],
+            "lr": 0.1,
+            "train_loss": 1.0,
+            "train_accuracy": [final_accuracy * epoch / epochs for epoch in range(1, epochs + 1)],
+            "val_accuracy": [0.9 * final_accuracy * epoch / epochs for epoch in range(1, epochs + 1)],
+            "val_loss": 1.2,
+            "seconds": 10.0,
+            "images_per_s": 4000.0,
+        }
+    )
+
+
+@pytest.fixture
+def single_run(summary):
+    return summary[(summary["variant"] == "single")]
+
+
+fails_on_warnings = pytest.mark.filterwarnings("error")
+
+
+@fails_on_warnings
+@pytest.mark.parametrize("paper_errors", [PAPER_TABLE6_ERROR, None], ids=["with paper", "without"])
+def test_plot_error_vs_depth_writes_a_png(tmp_path, summary, paper_errors):
+    path = tmp_path / "plots/error_vs_depth.png"
+
+    plots.plot_error_vs_depth(summary, path, paper_errors=paper_errors)
+
+    assert_png(path)
+
+
+@fails_on_warnings
+def test_plots_of_a_single_depth_and_seed_write_pngs(tmp_path, single_run):
+    plots.plot_error_vs_depth(single_run, tmp_path / "depth.png")
+    plots.plot_error_vs_params(single_run, tmp_path / "params.png")
+    plots.plot_learning_curves({"single / ResNet-20 / seed 0": history(1, 0.9)}, tmp_path / "curves.png")
+
+    for name in ("depth.png", "params.png", "curves.png"):
+        assert_png(tmp_path / name)
+
+
+@fails_on_warnings
+def test_plot_learning_curves_writes_a_png(tmp_path):
+    path = tmp_path / "curves.png"
+    histories = {
+        "paper / ResNet-20 / seed 0": history(5, 0.9),
+        "better / ResNet-20 / seed 0": history(5, 0.95),
+    }
+
+    plots.plot_learning_curves(histories, path)
+
+    assert_png(path)
+
+
+def test_plot_learning_curves_names_a_history_without_accuracy(tmp_path):
+    broken = history(3, 0.9).drop(columns="val_accuracy")
+
+    with pytest.raises(StudyError, match="paper / ResNet-20 / seed 0 lacks val_accuracy"):
+        plots.plot_learning_curves({"paper / ResNet-20 / seed 0": broken}, tmp_path / "curves.png")
+    assert not (tmp_path / "curves.png").exists()
+
+
+@fails_on_warnings
+def test_plot_error_vs_params_writes_a_png(tmp_path, summary):
+    path = tmp_path / "params.png"
+
+    plots.plot_error_vs_params(summary, path)
+
+    assert_png(path)
+
+
+@fails_on_warnings
+@pytest.mark.parametrize("classes", [10, 100])
+def test_plot_confusion_matrix_writes_a_png(tmp_path, classes):
+    matrix = [[90 if true == predicted else 1 for predicted in range(classes)] for true in range(classes)]
+    path = tmp_path / "confusion.png"
+
+    plots.plot_confusion_matrix(matrix, [f"class {index}" for index in range(classes)], path, "ResNet-20")
+
+    assert_png(path)
+
+
+def test_plot_confusion_matrix_refuses_mismatched_class_names(tmp_path):
+    with pytest.raises(StudyError, match="2×2 but there are 3 class names"):
+        plots.plot_confusion_matrix([[1, 0], [0, 1]], ["a", "b", "c"], tmp_path / "c.png", "t")

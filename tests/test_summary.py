@@ -1,0 +1,115 @@
+import json
+
+import pytest
+
+from cifar_resnet.errors import StudyError
+from cifar_resnet.summary import SUMMARY_COLUMNS, summarize_runs
+
+PARAMS = {8: 78_042, 20: 272_474, 32: 466_906}
+MACS = {8: 12_430_000, 20: 40_810_000, 32: 69_120_000}
+
+
+def summary_row(variant, depth, seed, error, dataset="cifar10"):
+    return {
+        "dataset": dataset,
+        "variant": variant,
+        "depth": depth,
+        "seed": seed,
+        "test_accuracy": 1 - error / 100,
+        "test_error": error,
+        "test_loss": 0.3,
+        "params": PARAMS[depth],
+        "macs": MACS[depth],
+        "train_seconds": 90.0,
+        "epochs": 10,
+        "iterations": 3910,
+        "selected_epoch": 9,
+        "selected_val_accuracy": 0.9,
+        "device": "cpu",
+        "inference_images_per_s": 1000.0,
+    }
+
+
+def write_run(run_dir, variant, depth, seed, error, **train_overrides):
+    run_dir.mkdir(parents=True)
+    train = {
+        "dataset": "cifar10",
+        "variant": variant,
+        "depth": depth,
+        "seed": seed,
+        "train_seconds": 42.0,
+        "epochs": 3,
+        "iterations": 1170,
+        "selected_epoch": 2,
+        "selected_val_accuracy": 0.81,
+        "stopped_early": False,
+        "device": "cpu",
+        "config_hash": "abc",
+        "torch_version": "ignored",
+    } | train_overrides
+    evaluation = {
+        "test_accuracy": 1 - error / 100,
+        "test_loss": 0.5,
+        "test_error": error,
+        "params": PARAMS[depth],
+        "macs": MACS[depth],
+        "per_class_accuracy": [0.8] * 10,
+        "confusion_matrix": [[0] * 10] * 10,
+        "class_names": [str(index) for index in range(10)],
+        "inference_images_per_s": 2500.0,
+        "num_test_images": 10000,
+    }
+    (run_dir / "train.json").write_text(json.dumps(train))
+    (run_dir / "eval.json").write_text(json.dumps(evaluation))
+    return run_dir
+
+
+def test_summarize_runs_reads_one_sorted_row_per_run(tmp_path):
+    runs = tmp_path / "results/cifar10/runs"
+    run_dirs = [
+        write_run(runs / "paper/resnet32/seed0", "paper", 32, 0, 7.5),
+        write_run(runs / "paper/resnet20/seed1", "paper", 20, 1, 8.5),
+        write_run(runs / "better/resnet20/seed0", "better", 20, 0, 6.5),
+        write_run(runs / "paper/resnet20/seed0", "paper", 20, 0, 8.0),
+    ]
+
+    summary = summarize_runs(run_dirs)
+
+    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    assert list(zip(summary["depth"], summary["variant"], summary["seed"], strict=True)) == [
+        (20, "better", 0),
+        (20, "paper", 0),
+        (20, "paper", 1),
+        (32, "paper", 0),
+    ]
+    first = summary.iloc[0]
+    assert first["test_error"] == 6.5
+    assert first["params"] == PARAMS[20]
+    assert first["train_seconds"] == 42.0
+    assert first["inference_images_per_s"] == 2500.0
+
+
+def test_summarize_runs_names_a_missing_file(tmp_path):
+    run_dir = write_run(tmp_path / "run", "paper", 20, 0, 8.0)
+    (run_dir / "eval.json").unlink()
+
+    with pytest.raises(StudyError, match="eval.json is missing"):
+        summarize_runs([run_dir])
+
+
+def test_summarize_runs_names_missing_keys(tmp_path):
+    run_dir = write_run(tmp_path / "run", "paper", 20, 0, 8.0)
+    train = json.loads((run_dir / "train.json").read_text())
+    del train["train_seconds"]
+    (run_dir / "train.json").write_text(json.dumps(train))
+
+    with pytest.raises(StudyError, match="train.json lacks train_seconds"):
+        summarize_runs([run_dir])
+
+
+def test_summarize_runs_refuses_the_same_run_twice(tmp_path):
+    first = write_run(tmp_path / "a", "paper", 20, 0, 8.0)
+    second = write_run(tmp_path / "b", "paper", 20, 0, 8.1)
+
+    with pytest.raises(StudyError, match="cifar10/paper/ResNet-20/seed 0"):
+        summarize_runs([first, second])

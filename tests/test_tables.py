@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pandas as pd
+import pytest
+from test_summary import summary_row
+
+from cifar_resnet import tables
+from cifar_resnet.errors import StudyError
+
+needs_scipy = pytest.mark.skipif(
+    importlib.util.find_spec("scipy") is None, reason="scipy (the significance test) is not installed"
+)
+
+
+def cell(table, depth, variant, column):
+    row = table[(table["Depth"] == f"ResNet-{depth}") & (table["Variant"] == variant)]
+    assert len(row) == 1
+    return row[column].iloc[0]
+
+
+@needs_scipy
+def test_accuracy_table_shows_mean_std_and_significance_marks(summary):
+    table = tables.accuracy_table(summary)
+
+    assert cell(table, 20, "paper", "Test error %") == "8.20 ± 0.20"
+    assert cell(table, 20, "better", "Test error %") == "6.10 ± 0.10"
+    assert cell(table, 20, "noise", "Test error %") == "8.50 ± 0.20 (ns)"
+    assert cell(table, 20, "single", "Test error %") == "7.50 ± — (n<2)"
+    assert cell(table, 32, "paper", "Test error %") == "7.20 ± 0.28"
+    assert [cell(table, 20, variant, "n") for variant in ("paper", "better", "single")] == ["3", "3", "1"]
+
+
+@needs_scipy
+def test_accuracy_table_rows_are_sorted_by_depth_then_rank(summary):
+    table = tables.accuracy_table(summary)
+
+    assert list(zip(table["Depth"], table["Variant"], table["Rank"], strict=True)) == [
+        ("ResNet-8", "paper", "1"),
+        ("ResNet-20", "better", "1"),
+        ("ResNet-20", "single", "2"),
+        ("ResNet-20", "paper", "3"),
+        ("ResNet-20", "noise", "4"),
+        ("ResNet-32", "paper", "1"),
+    ]
+
+
+@needs_scipy
+def test_accuracy_table_ranks_equal_shown_means_equally():
+    errors = {"paper": [8.0, 8.2, 8.4], "tie": [8.1, 8.3, 8.2], "worse": [9.0, 9.1]}  # means 8.2 (±1 ulp)
+    summary = pd.DataFrame(
+        [
+            summary_row(variant, 20, seed, error)
+            for variant, runs in errors.items()
+            for seed, error in enumerate(runs)
+        ]
+    )
+
+    table = tables.accuracy_table(summary)
+
+    assert [cell(table, 20, variant, "Rank") for variant in ("paper", "tie", "worse")] == ["1", "1", "3"]
+
+
+@needs_scipy
+def test_accuracy_table_compares_with_the_paper(summary):
+    table = tables.accuracy_table(summary)
+
+    assert cell(table, 20, "paper", "Paper %") == "8.75"
+    assert cell(table, 20, "better", "Δ vs paper") == "-2.65"  # 6.10 - 8.75
+    assert cell(table, 20, "noise", "Δ vs paper") == "-0.25"  # 8.50 - 8.75
+    assert cell(table, 32, "paper", "Δ vs paper") == "-0.31"  # 7.20 - 7.51
+    assert cell(table, 8, "paper", "Paper %") == "—"
+    assert cell(table, 8, "paper", "Δ vs paper") == "—"
+
+
+@needs_scipy
+def test_accuracy_table_shows_a_positive_delta_with_its_sign():
+    worse = pd.DataFrame([summary_row("paper", 20, seed, 9.0) for seed in range(2)])
+
+    assert cell(tables.accuracy_table(worse), 20, "paper", "Δ vs paper") == "+0.25"
+
+
+@needs_scipy
+def test_accuracy_table_has_no_paper_columns_without_paper_errors(summary):
+    table = tables.accuracy_table(summary, paper_errors=None)
+
+    assert list(table.columns) == [
+        "Depth",
+        "Variant",
+        "n",
+        "Test error %",
+        "Rank",
+        "Params",
+        "MACs",
+        "Train time",
+    ]
+
+
+@needs_scipy
+def test_accuracy_table_formats_size_and_time(summary):
+    table = tables.accuracy_table(summary)
+
+    assert cell(table, 20, "paper", "Params") == "0.27M"
+    assert cell(table, 20, "paper", "MACs") == "40.8M"
+    assert cell(table, 20, "paper", "Train time") == "1.5 min"
+
+
+@needs_scipy
+def test_accuracy_table_compares_with_the_chosen_baseline(summary):
+    table = tables.accuracy_table(summary, baseline="better")
+
+    assert cell(table, 20, "better", "Test error %") == "6.10 ± 0.10"
+    assert cell(table, 20, "paper", "Test error %") == "8.20 ± 0.20"
+    assert cell(table, 32, "paper", "Test error %") == "7.20 ± 0.28 (n<2)"  # no baseline at depth 32
+
+
+@needs_scipy
+def test_error_statistics_keeps_the_numbers(summary):
+    statistics = tables.error_statistics(summary).set_index(["depth", "variant"])
+
+    assert statistics.loc[(20, "noise"), "mean_error"] == pytest.approx(8.5)
+    assert statistics.loc[(20, "noise"), "std_error"] == pytest.approx(0.2)
+    assert statistics.loc[(32, "paper"), "std_error"] == pytest.approx(math.sqrt(0.08))
+    assert math.isnan(statistics.loc[(20, "single"), "std_error"])
+    assert statistics.loc[(20, "better"), "p_value"] < 0.05 <= statistics.loc[(20, "noise"), "p_value"]
+    assert statistics.loc[(20, "better"), "delta_vs_paper"] == pytest.approx(-2.65)
+
+
+def test_accuracy_table_refuses_an_absent_baseline(summary):
+    with pytest.raises(StudyError, match="'resnet-d' has no runs"):
+        tables.accuracy_table(summary, baseline="resnet-d")
+
+
+def test_accuracy_table_refuses_several_datasets(summary):
+    other = pd.DataFrame([summary_row("paper", 20, 0, 30.0, dataset="cifar100")])
+
+    with pytest.raises(StudyError, match="cifar10, cifar100"):
+        tables.accuracy_table(pd.concat([summary, other]))
+
+
+@needs_scipy
+def test_render_markdown_keeps_cells_as_written(summary):
+    markdown = tables.render_markdown(tables.accuracy_table(summary))
+    lines = markdown.splitlines()
+
+    assert lines[0].startswith("| Depth ")
+    assert set(lines[1]) <= {"|", "-", ":", " "}
+    assert len(lines) == 2 + len(summary.groupby(["depth", "variant"]))
+    assert "| 8.75 " in markdown and "| 7.51 " in markdown and "| 8.50 ± 0.20 (ns) " in markdown
