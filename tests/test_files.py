@@ -1,12 +1,17 @@
+import csv
 import errno
 import os
 import stat
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from matplotlib.figure import Figure
 
 from cifar_resnet import files
+from cifar_resnet.plots import plot_confusion_matrix
+from cifar_resnet.train import HISTORY_COLUMNS, write_history
 
 
 def test_atomic_output_replaces_the_file_only_when_complete(tmp_path):
@@ -19,19 +24,77 @@ def test_atomic_output_replaces_the_file_only_when_complete(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["table.md"]  # no temporary left behind
 
 
-def test_a_full_disk_is_reported_and_leaves_the_previous_version(tmp_path, monkeypatch):
-    target = tmp_path / "summary.json"
-    files.write_json(target, {"version": 1})
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
 
-    def no_space(self, data):
+
+def write_history_rows(path, version):
+    write_history(path, [dict.fromkeys(HISTORY_COLUMNS, version)])
+
+
+def plot_matrix(path, version):
+    plot_confusion_matrix([[version, 0], [0, 1]], ["a", "b"], path, "confusion")
+
+
+# name: (file name, writer(path, version), the call that fails part-way as (owner, attribute))
+WRITERS = {
+    "text": ("block.md", lambda path, v: files.write_text(path, f"v{v}"), (Path, "write_text")),
+    "json": ("train.json", lambda path, v: files.write_json(path, {"v": v}), (Path, "write_text")),
+    "tensors": (
+        "model.pt",
+        lambda path, v: files.save_tensors(path, {"w": torch.full((2,), v)}),
+        (torch, "save"),
+    ),
+    "csv": (
+        "summary.csv",
+        lambda path, v: files.write_csv(path, pd.DataFrame({"v": [v]})),
+        (pd.DataFrame, "to_csv"),
+    ),
+    "history": ("history.csv", write_history_rows, (csv.DictWriter, "writerows")),
+    "plot": ("matrix.png", plot_matrix, (Figure, "savefig")),
+}
+
+
+def partial_writer(owner, name):
+    if owner is csv.DictWriter:  # writes rows into the open temporary file, then fails
+
+        def partial(self, rows):
+            self.writerow(rows[0])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        return partial
+    if owner is torch or owner is Path:
+
+        def partial(first, *args, **kwargs):
+            path = args[0] if owner is torch else first
+            Path(path).write_bytes(b"half a file")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        return partial
+
+    def partial(self, path, *args, **kwargs):  # DataFrame.to_csv, Figure.savefig
+        Path(path).write_bytes(b"half a file")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(type(target), "write_text", no_space)
+    return partial
+
+
+@pytest.mark.parametrize("fault", ["part-way", "fsync", "replace"])
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_a_full_disk_is_reported_and_leaves_the_previous_version(tmp_path, monkeypatch, writer, fault):
+    name, write, (owner, attribute) = WRITERS[writer]
+    target = tmp_path / name
+    write(target, 1)
+    previous = target.read_bytes()
+    if fault == "part-way":
+        monkeypatch.setattr(owner, attribute, partial_writer(owner, attribute))
+    else:
+        monkeypatch.setattr(os, "fsync" if fault == "fsync" else "replace", no_space)
     with pytest.raises(OSError, match=f"could not write {target}: No space left on device"):
-        files.write_json(target, {"version": 2})
+        write(target, 2)
     monkeypatch.undo()
-    assert files.read_json(target) == {"version": 1}
-    assert len(list(tmp_path.iterdir())) == 1
+    assert target.read_bytes() == previous
+    assert [entry.name for entry in tmp_path.iterdir()] == [name]  # no temporary left behind
 
 
 class Payload:

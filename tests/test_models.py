@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cifar_resnet.models import ModelSpec, build_model, count_parameters
 
@@ -78,3 +79,46 @@ def test_preact_forward_and_state_dict_loads_strictly():
     copy.load_state_dict(model.state_dict())
     assert model(torch.randn(3, 3, 32, 32)).shape == (3, 100)
     assert not any(key.startswith("module.") for key in model.state_dict())
+
+
+def randomised_batch_norms(module: torch.nn.Module) -> None:
+    """Give every BatchNorm random affine parameters and running statistics, so that skipping or
+    misplacing one changes the output."""
+    generator = torch.Generator().manual_seed(0)
+    for bn in module.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            channels = bn.num_features
+            bn.weight.data = torch.rand(channels, generator=generator) + 0.5
+            bn.bias.data = torch.randn(channels, generator=generator)
+            bn.running_mean = torch.randn(channels, generator=generator)
+            bn.running_var = torch.rand(channels, generator=generator) + 0.5
+
+
+def batch_norm(bn, x):
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, eps=bn.eps)
+
+
+def test_preact_block_is_bn_relu_conv_twice_plus_the_raw_input():
+    """He et al. 2016b, Fig. 4(e): x + conv2(relu(bn2(conv1(relu(bn1(x)))))), the shortcut taking the
+    block's input before its activation (option A: subsampled, zero-padded)."""
+    block = build_model(ModelSpec(20, preact=True)).backbone[4]  # stage 2's first block (stem is 1 conv)
+    randomised_batch_norms(block)
+    block.eval()
+    x = torch.randn(2, 16, 32, 32)
+    inner = F.conv2d(F.relu(batch_norm(block.bn1, x)), block.conv1.weight, stride=2, padding=1)
+    residual = F.conv2d(F.relu(batch_norm(block.bn2, inner)), block.conv2.weight, padding=1)
+    shortcut = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 0, 16))
+    with torch.no_grad():
+        assert torch.allclose(block(x), residual + shortcut, atol=1e-5)
+
+
+def test_post_activation_block_is_the_papers():
+    """He et al. 2016a: relu(bn2(conv2(relu(bn1(conv1(x))))) + x)."""
+    block = build_model(ModelSpec(20)).backbone[4]  # stage 1's second block (stem: conv, BN, ReLU)
+    randomised_batch_norms(block)
+    block.eval()
+    x = torch.randn(2, 16, 32, 32)
+    inner = F.relu(batch_norm(block.bn1, F.conv2d(x, block.conv1.weight, padding=1)))
+    residual = batch_norm(block.bn2, F.conv2d(inner, block.conv2.weight, padding=1))
+    with torch.no_grad():
+        assert torch.allclose(block(x), F.relu(residual + x), atol=1e-5)

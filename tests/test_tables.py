@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pandas as pd
@@ -10,10 +9,6 @@ from test_summary import summary_row
 from cifar_resnet import tables
 from cifar_resnet.errors import StudyError
 
-needs_scipy = pytest.mark.skipif(
-    importlib.util.find_spec("scipy") is None, reason="scipy (the significance test) is not installed"
-)
-
 
 def cell(table, depth, variant, column):
     row = table[(table["Depth"] == f"ResNet-{depth}") & (table["Variant"] == variant)]
@@ -21,7 +16,6 @@ def cell(table, depth, variant, column):
     return row[column].iloc[0]
 
 
-@needs_scipy
 def test_accuracy_table_shows_mean_std_and_significance_marks(summary):
     table = tables.accuracy_table(summary)
 
@@ -33,7 +27,6 @@ def test_accuracy_table_shows_mean_std_and_significance_marks(summary):
     assert [cell(table, 20, variant, "n") for variant in ("paper", "better", "single")] == ["3", "3", "1"]
 
 
-@needs_scipy
 def test_accuracy_table_rows_are_sorted_by_depth_then_rank(summary):
     table = tables.accuracy_table(summary)
 
@@ -47,7 +40,6 @@ def test_accuracy_table_rows_are_sorted_by_depth_then_rank(summary):
     ]
 
 
-@needs_scipy
 def test_accuracy_table_ranks_equal_shown_means_equally():
     errors = {"paper": [8.0, 8.2, 8.4], "tie": [8.1, 8.3, 8.2], "worse": [9.0, 9.1]}  # means 8.2 (±1 ulp)
     summary = pd.DataFrame(
@@ -63,7 +55,6 @@ def test_accuracy_table_ranks_equal_shown_means_equally():
     assert [cell(table, 20, variant, "Rank") for variant in ("paper", "tie", "worse")] == ["1", "1", "3"]
 
 
-@needs_scipy
 def test_accuracy_table_compares_with_the_paper(summary):
     table = tables.accuracy_table(summary)
 
@@ -75,14 +66,12 @@ def test_accuracy_table_compares_with_the_paper(summary):
     assert cell(table, 8, "paper", "Δ vs paper") == "—"
 
 
-@needs_scipy
 def test_accuracy_table_shows_a_positive_delta_with_its_sign():
     worse = pd.DataFrame([summary_row("paper", 20, seed, 9.0) for seed in range(2)])
 
     assert cell(tables.accuracy_table(worse), 20, "paper", "Δ vs paper") == "+0.25"
 
 
-@needs_scipy
 def test_accuracy_table_has_no_paper_columns_without_paper_errors(summary):
     table = tables.accuracy_table(summary, paper_errors=None)
 
@@ -98,7 +87,6 @@ def test_accuracy_table_has_no_paper_columns_without_paper_errors(summary):
     ]
 
 
-@needs_scipy
 def test_accuracy_table_formats_size_and_time(summary):
     table = tables.accuracy_table(summary)
 
@@ -107,7 +95,6 @@ def test_accuracy_table_formats_size_and_time(summary):
     assert cell(table, 20, "paper", "Train time") == "1.5 min"
 
 
-@needs_scipy
 def test_accuracy_table_compares_with_the_chosen_baseline(summary):
     table = tables.accuracy_table(summary, baseline="better")
 
@@ -116,7 +103,6 @@ def test_accuracy_table_compares_with_the_chosen_baseline(summary):
     assert cell(table, 32, "paper", "Test error %") == "7.20 ± 0.28 (n<2)"  # no baseline at depth 32
 
 
-@needs_scipy
 def test_error_statistics_keeps_the_numbers(summary):
     statistics = tables.error_statistics(summary).set_index(["depth", "variant"])
 
@@ -140,7 +126,6 @@ def test_accuracy_table_refuses_several_datasets(summary):
         tables.accuracy_table(pd.concat([summary, other]))
 
 
-@needs_scipy
 def test_render_markdown_keeps_cells_as_written(summary):
     markdown = tables.render_markdown(tables.accuracy_table(summary))
     lines = markdown.splitlines()
@@ -149,3 +134,38 @@ def test_render_markdown_keeps_cells_as_written(summary):
     assert set(lines[1]) <= {"|", "-", ":", " "}
     assert len(lines) == 2 + len(summary.groupby(["depth", "variant"]))
     assert "| 8.75 " in markdown and "| 7.51 " in markdown and "| 8.50 ± 0.20 (ns) " in markdown
+
+
+def frame_of(errors: dict[str, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            summary_row(variant, 20, seed, error)
+            for variant, values in errors.items()
+            for seed, error in enumerate(values)
+        ]
+    )
+
+
+# Unequal n and variance: Welch's test gives p ≈ 0.20, Student's pooled-variance test p ≈ 0.008.
+UNEQUAL = {"paper": [7.0, 8.0, 7.3], "tight": [8.0, 8.1, 7.9, 8.05, 7.95, 8.02, 7.98, 8.0]}
+
+
+def test_significance_is_welchs_test_not_students():
+    statistics = tables.error_statistics(frame_of(UNEQUAL), paper_errors=None)
+    tight = statistics[statistics["variant"] == "tight"].iloc[0]
+    assert tight["p_value"] == pytest.approx(0.1953, abs=1e-4)
+    assert tight["significance"] == tables.NOT_SIGNIFICANT  # Student's test would call it significant
+
+
+@pytest.mark.parametrize(("alpha", "marked"), [(0.05, True), (0.25, False)])
+def test_the_significance_level_decides_the_mark(alpha, marked):
+    table = tables.accuracy_table(frame_of(UNEQUAL), paper_errors=None, alpha=alpha)
+    assert cell(table, 20, "tight", "Test error %").endswith(" (ns)") == marked
+
+
+def test_identical_seeds_on_both_sides_are_not_significant():
+    statistics = tables.error_statistics(
+        frame_of({"paper": [7.0, 7.0], "same": [7.0, 7.0]}), paper_errors=None
+    )
+    same = statistics[statistics["variant"] == "same"].iloc[0]
+    assert math.isnan(same["p_value"]) and same["significance"] == tables.NOT_SIGNIFICANT

@@ -14,7 +14,7 @@ from cifar_resnet import train as train_module
 from cifar_resnet.config import load_study, merge
 from cifar_resnet.demo import write_demo_archive
 from cifar_resnet.errors import StudyError
-from cifar_resnet.evaluate import evaluate_run
+from cifar_resnet.evaluate import Evaluation, evaluate_run
 from cifar_resnet.files import load_tensors, read_json
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.train import Outputs, train_run
@@ -130,12 +130,20 @@ def test_frozen_backbone_and_bn_statistics_stay_bit_identical(study, prepared, p
     assert not torch.equal(before["head.0.weight"], after["head.0.weight"])
 
 
-def test_finetune_starts_from_the_pretrained_backbone(study, prepared, pretrained_paper, tmp_path):
-    train(run(study, "finetune", duration=1), prepared, tmp_path, pretrained_paper)
-    before, after = load_tensors(pretrained_paper), load_tensors(tmp_path / "model.pt")
+def test_finetune_starts_from_the_pretrained_backbone(study, prepared, tmp_path):
+    """Pretrained on another seed than the fine-tuning run: the fine-tuned backbone must sit near the
+    pretrained weights, not near this seed's own initialisation."""
+    pretrained = tmp_path / "pretrained"
+    train(run(study, "paper", seed=1, duration=4), prepared, pretrained)
+    train(
+        run(study, "finetune", seed=0, duration=1), prepared, tmp_path / "finetuned", pretrained / "model.pt"
+    )
+    source, after = load_tensors(pretrained / "model.pt"), load_tensors(tmp_path / "finetuned" / "model.pt")
+    torch.manual_seed(0)  # what the fine-tuning run's model starts from before loading the backbone
+    own_start = build_model(ModelSpec(20)).state_dict()
     stem = "backbone.0.weight"
-    assert not torch.equal(before[stem], after[stem])
-    assert (after[stem] - before[stem]).abs().max() < 0.1 * before[stem].abs().max()
+    assert not torch.equal(source[stem], after[stem])  # it was trained further
+    assert (after[stem] - source[stem]).abs().max() < 0.1 * (after[stem] - own_start[stem]).abs().max()
 
 
 def test_same_seed_gives_identical_results_and_another_seed_does_not(study, prepared, tmp_path):
@@ -148,20 +156,57 @@ def test_same_seed_gives_identical_results_and_another_seed_does_not(study, prep
     assert not torch.equal(first["head.1.weight"], other["head.1.weight"])
 
 
-def test_selection_and_early_stopping_use_the_validation_split(study, prepared, tmp_path):
-    summary = train(run(study, "plateau", unit="epochs", duration=4), prepared, tmp_path)
-    history = [line.split(",") for line in (tmp_path / "history.csv").read_text().splitlines()[1:]]
-    val_accuracy = [float(row[6]) for row in history]
-    assert summary["selected_val_accuracy"] == max(val_accuracy)
-    assert summary["selected_epoch"] == val_accuracy.index(max(val_accuracy)) + 1
+class ScriptedValidation:
+    """Stands in for the trainer's validation: returns the scripted loss and accuracy of each epoch,
+    records which split it was given and keeps the model's weights at every epoch."""
+
+    def __init__(self, losses, accuracies):
+        self.losses, self.accuracies = list(losses), list(accuracies)
+        self.splits, self.weights = [], []
+
+    def __call__(self, model, split, *args):
+        self.splits.append(split)
+        self.weights.append({k: v.clone() for k, v in model.state_dict().items()})
+        epoch = len(self.splits) - 1
+        return Evaluation(self.losses[epoch], self.accuracies[epoch], torch.zeros_like(split.labels))
 
 
-def test_early_stopping_stops_when_the_monitored_loss_stalls(study, prepared, tmp_path):
-    config = run(study, "dense-dropout", unit="epochs", duration=30)
-    config["recipe"]["optimizer"]["lr"] = 1e-7  # nothing improves, so patience runs out
-    config["recipe"]["training"]["early_stopping"] = {"monitor": "val_accuracy", "patience": 2}
+def scripted(monkeypatch, losses, accuracies) -> ScriptedValidation:
+    validation = ScriptedValidation(losses, accuracies)
+    monkeypatch.setattr(train_module, "evaluate_split", validation)
+    return validation
+
+
+@pytest.mark.parametrize(
+    ("selection", "best_epoch"),
+    [("best_val_accuracy", 2), ("best_val_loss", 3), ("final", 4)],
+)
+def test_selection_keeps_the_best_validation_epochs_model(
+    study, prepared, tmp_path, monkeypatch, selection, best_epoch
+):
+    # accuracy peaks at epoch 2, loss bottoms at epoch 3: neither is the last epoch
+    validation = scripted(monkeypatch, losses=[2.0, 1.5, 1.2, 1.4], accuracies=[0.3, 0.8, 0.6, 0.5])
+    summary = train(run(study, "paper", unit="epochs", duration=4, selection=selection), prepared, tmp_path)
+    assert summary["selected_epoch"] == best_epoch and summary["epochs"] == 4
+    assert summary["selected_val_accuracy"] == validation.accuracies[best_epoch - 1]
+    model = load_tensors(tmp_path / "model.pt")
+    assert all(torch.equal(model[k], validation.weights[best_epoch - 1][k]) for k in model)
+    val_labels = datasets.load_prepared(prepared, splits=("val",))["val_labels"]
+    assert all(torch.equal(split.labels, val_labels) for split in validation.splits)  # never train or test
+
+
+@pytest.mark.parametrize(
+    ("monitor", "stopped_after"),
+    [("val_loss", 5), ("val_accuracy", 4)],  # the loss is best at epoch 3, the accuracy at epoch 2
+)
+def test_early_stopping_stops_patience_epochs_after_the_best(
+    study, prepared, tmp_path, monkeypatch, monitor, stopped_after
+):
+    scripted(monkeypatch, losses=[2.0, 1.5, 1.2, 1.9, 1.3, 1.0], accuracies=[0.3, 0.8, 0.6, 0.5, 0.7, 0.9])
+    config = run(study, "paper", unit="epochs", duration=6)
+    config["recipe"]["training"]["early_stopping"] = {"monitor": monitor, "patience": 2}
     summary = train(config, prepared, tmp_path)
-    assert summary["stopped_early"] and summary["epochs"] < 30
+    assert summary["stopped_early"] and summary["epochs"] == stopped_after
 
 
 TRAIN_IN_SUBPROCESS = """
