@@ -1,3 +1,4 @@
+import ast
 import json
 import signal
 import subprocess
@@ -11,13 +12,13 @@ from test_config import SCHEMA, demo_config
 
 from cifar_resnet import checkpoint, datasets
 from cifar_resnet import train as train_module
-from cifar_resnet.config import load_study, merge
+from cifar_resnet.config import Run, load_study, merge
 from cifar_resnet.demo import write_demo_archive
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Evaluation, evaluate_run
 from cifar_resnet.files import load_tensors, read_json
 from cifar_resnet.models import ModelSpec, build_model
-from cifar_resnet.train import Outputs, train_run
+from cifar_resnet.train import Outputs, build_trainer, train_run
 
 DEPTHS = (20, 32, 44, 56, 110)
 
@@ -357,3 +358,39 @@ def test_the_resume_state_is_saved_once_the_checkpoint_interval_has_passed(
     train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=interval)
     assert saved.count(tmp_path / "resume.pt") == saves  # never after the last epoch: the outputs follow
     assert saved[-1] == tmp_path / "model.pt" and not (tmp_path / "resume.pt").exists()
+
+
+def test_the_recipe_reaches_the_optimizer_and_the_initialisation(study, prepared):
+    data = datasets.load_prepared(prepared)
+    paper, _ = build_trainer(study.run_config(Run("demo", "paper", 20, 0)), data, None)
+    (group,) = paper.optimizer.param_groups
+    assert type(paper.optimizer) is torch.optim.SGD
+    assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (0.9, 1e-4, False)
+    assert paper.schedule.at(0) == 0.1 and paper.batch_size == 128
+    nadam, _ = build_trainer(study.run_config(Run("demo", "nadam", 20, 0)), data, None)
+    assert type(nadam.optimizer) is torch.optim.NAdam
+    # He initialisation: std sqrt(2 / fan_in) for the last stage's 3x3 convolutions (fan_in 576)
+    weights = torch.cat(
+        [m.weight.flatten() for m in paper.model.modules() if getattr(m, "in_channels", 0) == 64]
+    )
+    assert weights.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.05)
+
+
+def test_training_never_reads_the_test_split(study, prepared, tmp_path):
+    data = load_tensors(prepared)
+    without_test = {key: value for key, value in data.items() if not key.startswith("test_")}
+    train_module.save_tensors(tmp_path / "prepared.pt", without_test)
+    summary = train(run(study, "paper"), tmp_path / "prepared.pt", tmp_path / "run")
+    assert summary["iterations"] == 3
+
+
+def test_every_checkpoint_is_loaded_weights_only():
+    """torch.load is called in one place, files.load_tensors, and there with weights_only=True: no
+    loader of the package can unpickle arbitrary objects."""
+    calls = []
+    for module in sorted(Path(train_module.__file__).parent.glob("**/*.py")):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                keywords = {keyword.arg: ast.unparse(keyword.value) for keyword in node.keywords}
+                calls.append((module.name, keywords.get("weights_only")))
+    assert calls == [("files.py", "True")]

@@ -165,6 +165,14 @@ def test_adding_a_seed_adds_only_its_jobs(demo_run):
     assert "prepare" not in counts and "demo_archive" not in counts
 
 
+def test_adding_a_depth_adds_only_its_jobs(demo_run):
+    workdir, configs = demo_run
+    depths = write_config(workdir, "depths.yaml", {"study": {"depths": [20, 8]}})
+    counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs, depths).stdout)
+    assert counts["train"] == 3 and counts["evaluate"] == 3  # ResNet-8 of each variant, nothing at 20
+    assert "prepare" not in counts and "demo_archive" not in counts
+
+
 def test_a_plot_option_reruns_only_the_plots(demo_run):
     workdir, configs = demo_run
     plots = write_config(workdir, "plots.yaml", {"report": {"plots": {"learning_curve_depth": 20}}})
