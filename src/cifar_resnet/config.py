@@ -13,7 +13,6 @@ import jsonschema
 import yaml
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.models import ModelSpec
 
 
 @dataclass(frozen=True, order=True)
@@ -85,10 +84,6 @@ class Study:
 
 def config_hash(run_config: dict) -> str:
     return hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def model_spec(run_config: dict, num_classes: int) -> ModelSpec:
-    return ModelSpec(depth=run_config["depth"], num_classes=num_classes, **run_config["recipe"]["model"])
 
 
 def load_schema(schema_path: str | Path) -> dict:

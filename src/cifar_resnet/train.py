@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from cifar_resnet import datasets
 from cifar_resnet.augment import augment, normalize
-from cifar_resnet.config import config_hash, model_spec
+from cifar_resnet.config import config_hash
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import atomic_output, load_tensors, save_tensors, write_json
 from cifar_resnet.models import CifarResNet, ModelSpec, build_model
@@ -271,7 +271,7 @@ def start_session(run_config: dict, prepared: Path, pretrained: Path | None) -> 
             f"fewer than one batch of {training['batch_size']}."
         )
     torch.manual_seed(run_config["seed"])
-    spec = model_spec(run_config, data["num_classes"])
+    spec = ModelSpec.for_run(run_config, data["num_classes"])
     model = to_device(build_model(spec), device, runtime)
     frozen = bool(recipe.get("pretrained") and recipe["pretrained"]["freeze_backbone"])
     if pretrained is not None:
