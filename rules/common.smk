@@ -4,19 +4,19 @@ from pathlib import Path
 from snakemake.utils import min_version
 
 from cifar_resnet.config import Run, load_study
-from cifar_resnet.datasets import get_source
+from cifar_resnet.sources import DATASETS, downloaded_datasets, get_source
 from cifar_resnet.report import PLOT_NAMES as PLOTS
 
 min_version("9.0")
 
 STUDY = load_study(config, Path(workflow.basedir) / "config" / "schema.yaml")
 DATA_ROOT = config["data"]["root"]
-REAL_DATASETS = ("cifar10", "cifar100")
+REAL_DATASETS = downloaded_datasets()
 RUN_DIR = "results/{dataset}/runs/{variant}/resnet{depth}/seed{seed}"
 
 
 wildcard_constraints:
-    dataset="|".join(("cifar10", "cifar100", "demo")),
+    dataset="|".join(map(re.escape, DATASETS)),
     variant="|".join(map(re.escape, config["variants"])),
     depth=r"\d+",
     seed=r"\d+",
@@ -43,6 +43,11 @@ def pretrained_model(wildcards) -> list[str]:
 
 def run_files(dataset: str, name: str) -> list[str]:
     return [f"{run.directory}/{name}" for run in STUDY.runs(dataset)]
+
+
+def paper_reference(wildcards) -> bool:
+    """Whether the dataset's figures and table show the paper's Table 6 column."""
+    return get_source(wildcards.dataset).paper_reference
 
 
 def final_outputs() -> list[str]:

@@ -8,8 +8,10 @@ rule download:
     log:
         "results/{dataset}/logs/download/{archive}.log",
     wildcard_constraints:
-        dataset="cifar10|cifar100",
-        archive=r"cifar-100?-binary\.tar\.gz",
+        dataset="|".join(map(re.escape, REAL_DATASETS)),
+        archive="|".join(
+            re.escape(get_source(name).archive_name) for name in REAL_DATASETS
+        ),
     localrule: True
     conda:
         "../envs/train.yaml"

@@ -39,7 +39,7 @@ rule accuracy_table:
     params:
         baseline=config["report"]["baseline_variant"],
         alpha=config["report"]["significance_level"],
-        paper_reference=lambda wildcards: wildcards.dataset == "cifar10",
+        paper_reference=paper_reference,
     script:
         "../scripts/accuracy_table.py"
 
@@ -66,7 +66,7 @@ rule plots:
     params:
         options=config["report"]["plots"],
         baseline=config["report"]["baseline_variant"],
-        paper_reference=lambda wildcards: wildcards.dataset == "cifar10",
+        paper_reference=paper_reference,
     script:
         "../scripts/plots.py"
 
