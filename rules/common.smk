@@ -1,4 +1,5 @@
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 from snakemake.utils import min_version
@@ -12,7 +13,15 @@ min_version("9.0")
 STUDY = load_study(config, Path(workflow.basedir) / "config" / "schema.yaml")
 DATA_ROOT = config["data"]["root"]
 REAL_DATASETS = downloaded_datasets()
-RUN_DIR = "results/{dataset}/runs/{variant}/resnet{depth}/seed{seed}"
+
+# Run paths are spelled here only: rules and helpers build them from RUN_DIR and RESUME_FILE. The
+# resume file lies outside the run directory because Snakemake deletes a failed job's outputs.
+RESULTS = "results"
+LOGS = f"{RESULTS}/{{dataset}}/logs"
+RUN_NAME = "{variant}/resnet{depth}/seed{seed}"
+RUN_DIR = f"{RESULTS}/{{dataset}}/runs/{RUN_NAME}"
+RESUME_FILE = f"{RESULTS}/{{dataset}}/resume/{RUN_NAME}.pt"
+PREPARED = f"{DATA_ROOT}/{{dataset}}/prepared.pt"
 
 
 wildcard_constraints:
@@ -32,17 +41,18 @@ def archive_path(dataset: str) -> str:
     return f"{DATA_ROOT}/{dataset}/{get_source(dataset).archive_name}"
 
 
-def prepared_path(wildcards) -> str:
-    return f"{DATA_ROOT}/{wildcards.dataset}/prepared.pt"
+def run_path(pattern: str, run: Run) -> str:
+    """``pattern`` (RUN_DIR or RESUME_FILE and what follows) for one run."""
+    return pattern.format(**asdict(run))
 
 
 def pretrained_model(wildcards) -> list[str]:
     source = STUDY.pretraining_run(run_of(wildcards))
-    return [f"{source.directory}/model.pt"] if source else []
+    return [run_path(f"{RUN_DIR}/model.pt", source)] if source else []
 
 
 def run_files(dataset: str, name: str) -> list[str]:
-    return [f"{run.directory}/{name}" for run in STUDY.runs(dataset)]
+    return [run_path(f"{RUN_DIR}/{name}", run) for run in STUDY.runs(dataset)]
 
 
 def paper_reference(wildcards) -> bool:
@@ -54,12 +64,12 @@ def final_outputs() -> list[str]:
     outputs = []
     for dataset in STUDY.datasets:
         outputs += [
-            f"results/{dataset}/summary.csv",
-            f"results/{dataset}/tables/accuracy.md",
+            f"{RESULTS}/{dataset}/summary.csv",
+            f"{RESULTS}/{dataset}/tables/accuracy.md",
         ]
-        outputs += [f"results/{dataset}/plots/{name}.png" for name in PLOTS]
+        outputs += [f"{RESULTS}/{dataset}/plots/{name}.png" for name in PLOTS]
     if config["report"]["update_readme"] and set(STUDY.datasets) & set(REAL_DATASETS):
-        outputs.append("results/readme_block.md")
+        outputs.append(f"{RESULTS}/readme_block.md")
     return outputs
 
 

@@ -24,15 +24,6 @@ class Run:
     depth: int
     seed: int
 
-    @property
-    def directory(self) -> str:
-        return f"results/{self.dataset}/runs/{self.variant}/resnet{self.depth}/seed{self.seed}"
-
-    @property
-    def resume_file(self) -> str:
-        """Outside the run directory: Snakemake deletes a failed job's outputs, not this."""
-        return f"results/{self.dataset}/resume/{self.variant}/resnet{self.depth}/seed{self.seed}.pt"
-
 
 @dataclass(frozen=True)
 class Study:
