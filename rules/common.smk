@@ -2,13 +2,9 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from snakemake.utils import min_version
-
 from cifar_resnet.config import Run, load_study
 from cifar_resnet.sources import DATASETS, downloaded_datasets, get_source
 from cifar_resnet.report import PLOT_NAMES as PLOTS
-
-min_version("9.0")
 
 STUDY = load_study(config, Path(workflow.basedir) / "config" / "schema.yaml")
 DATA_ROOT = config["data"]["root"]
