@@ -1,6 +1,10 @@
 # The CIFAR ResNet study: data -> one training job per (dataset, variant, depth, seed) -> evaluation
 # -> summary, accuracy table, plots, README block and `snakemake --report report.html`.
 
+from snakemake.utils import min_version
+
+min_version("9.0")
+
 
 configfile: "config/config.yaml"
 

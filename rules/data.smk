@@ -6,10 +6,12 @@ rule download:
     output:
         f"{DATA_ROOT}/{{dataset}}/{{archive}}",
     log:
-        "results/{dataset}/logs/download/{archive}.log",
+        f"{LOGS}/download/{{archive}}.log",
     wildcard_constraints:
-        dataset="cifar10|cifar100",
-        archive=r"cifar-100?-binary\.tar\.gz",
+        dataset="|".join(map(re.escape, REAL_DATASETS)),
+        archive="|".join(
+            re.escape(get_source(name).archive_name) for name in REAL_DATASETS
+        ),
     localrule: True
     conda:
         "../envs/train.yaml"
@@ -23,7 +25,7 @@ rule demo_archive:
     output:
         archive_path("demo"),
     log:
-        "results/demo/logs/demo_archive.log",
+        f"{RESULTS}/demo/logs/demo_archive.log",
     conda:
         "../envs/train.yaml"
     params:
@@ -36,9 +38,9 @@ rule prepare:
     input:
         lambda wildcards: archive_path(wildcards.dataset),
     output:
-        f"{DATA_ROOT}/{{dataset}}/prepared.pt",
+        PREPARED,
     log:
-        "results/{dataset}/logs/prepare.log",
+        f"{LOGS}/prepare.log",
     conda:
         "../envs/train.yaml"
     resources:

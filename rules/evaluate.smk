@@ -5,11 +5,11 @@ rule evaluate:
     input:
         model=f"{RUN_DIR}/model.pt",
         summary=f"{RUN_DIR}/train.json",
-        prepared=prepared_path,
+        prepared=PREPARED,
     output:
         f"{RUN_DIR}/eval.json",
     log:
-        "results/{dataset}/logs/evaluate/{variant}/resnet{depth}/seed{seed}.log",
+        f"{LOGS}/evaluate/{RUN_NAME}.log",
     conda:
         "../envs/train.yaml"
     threads: 4

@@ -4,15 +4,6 @@
 README_DATASETS = [d for d in STUDY.datasets if d in REAL_DATASETS]
 
 
-def plot_file(dataset: str, name: str) -> str:
-    return f"results/{dataset}/plots/{name}.png"
-
-
-def run_keys(dataset: str) -> list[list]:
-    """The dataset's runs as [dataset, variant, depth, seed], in the order of run_files."""
-    return [[r.dataset, r.variant, r.depth, r.seed] for r in STUDY.runs(dataset)]
-
-
 localrules:
     summarize,
     accuracy_table,
@@ -25,9 +16,9 @@ rule summarize:
         train=lambda wildcards: run_files(wildcards.dataset, "train.json"),
         evaluation=lambda wildcards: run_files(wildcards.dataset, "eval.json"),
     output:
-        "results/{dataset}/summary.csv",
+        SUMMARY,
     log:
-        "results/{dataset}/logs/summarize.log",
+        f"{LOGS}/summarize.log",
     conda:
         "../envs/report.yaml"
     script:
@@ -36,29 +27,29 @@ rule summarize:
 
 rule accuracy_table:
     input:
-        "results/{dataset}/summary.csv",
+        SUMMARY,
     output:
         report(
-            "results/{dataset}/tables/accuracy.md",
+            ACCURACY_TABLE,
             caption="../report/accuracy_table.rst",
             category="Accuracy",
             labels={"dataset": "{dataset}", "figure": "accuracy table"},
         ),
     log:
-        "results/{dataset}/logs/accuracy_table.log",
+        f"{LOGS}/accuracy_table.log",
     conda:
         "../envs/report.yaml"
     params:
         baseline=config["report"]["baseline_variant"],
         alpha=config["report"]["significance_level"],
-        paper_reference=lambda wildcards: wildcards.dataset == "cifar10",
+        paper_reference=paper_reference,
     script:
         "../scripts/accuracy_table.py"
 
 
 rule plots:
     input:
-        summary="results/{dataset}/summary.csv",
+        summary=SUMMARY,
         histories=lambda wildcards: run_files(wildcards.dataset, "history.csv"),
         evaluation=lambda wildcards: run_files(wildcards.dataset, "eval.json"),
     output:
@@ -72,13 +63,13 @@ rule plots:
             for name in PLOTS
         },
     log:
-        "results/{dataset}/logs/plots.log",
+        f"{LOGS}/plots.log",
     conda:
         "../envs/report.yaml"
     params:
         options=config["report"]["plots"],
         baseline=config["report"]["baseline_variant"],
-        paper_reference=lambda wildcards: wildcards.dataset == "cifar10",
+        paper_reference=paper_reference,
         runs=lambda wildcards: run_keys(wildcards.dataset),
     script:
         "../scripts/plots.py"
@@ -86,11 +77,11 @@ rule plots:
 
 rule readme:
     input:
-        tables=expand("results/{dataset}/tables/accuracy.md", dataset=README_DATASETS),
+        tables=expand(ACCURACY_TABLE, dataset=README_DATASETS),
     output:
-        "results/readme_block.md",
+        README_BLOCK,
     log:
-        "results/logs/readme.log",
+        f"{RESULTS}/logs/readme.log",
     conda:
         "../envs/report.yaml"
     params:

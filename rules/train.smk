@@ -4,14 +4,14 @@
 
 rule train:
     input:
-        prepared=prepared_path,
+        prepared=PREPARED,
         pretrained=pretrained_model,
     output:
         model=f"{RUN_DIR}/model.pt",
         history=f"{RUN_DIR}/history.csv",
         summary=f"{RUN_DIR}/train.json",
     log:
-        "results/{dataset}/logs/train/{variant}/resnet{depth}/seed{seed}.log",
+        f"{LOGS}/train/{RUN_NAME}.log",
     conda:
         "../envs/train.yaml"
     threads: 4
@@ -21,7 +21,7 @@ rule train:
         runtime=train_minutes,
     params:
         run_config=lambda wildcards: STUDY.run_config(run_of(wildcards)),
-        resume=lambda wildcards: run_of(wildcards).resume_file,
+        resume=RESUME_FILE,
         gpu_slots=".snakemake/gpu-slots",
     script:
         "../scripts/train.py"

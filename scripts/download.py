@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
-from cifar_resnet import datasets
+from cifar_resnet import datasets, sources
 from cifar_resnet.workflow import run_job
 
 
 def fetch():
-    source = datasets.get_source(snakemake.wildcards.dataset)
+    source = sources.get_source(snakemake.wildcards.dataset)
     destination = Path(snakemake.output[0])
     if snakemake.params.local_copy:
         datasets.copy_verified(Path(snakemake.params.local_copy), destination, source.md5)

@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
-from cifar_resnet import datasets
+from cifar_resnet import datasets, sources
 from cifar_resnet.workflow import run_job
 
 
 def prepare():
-    source = datasets.get_source(snakemake.wildcards.dataset)
+    source = sources.get_source(snakemake.wildcards.dataset)
     archive = Path(snakemake.input[0])
     if source.md5:
         datasets.verify_md5(archive, source.md5)

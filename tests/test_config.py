@@ -112,6 +112,22 @@ def mutate(path, value):
         ),
         (("variants", "frozen", "overrides", "model"), {"width": 2}, "changes the backbone \\(width\\)"),
         (("report", "baseline_variant"), "nope", "baseline_variant 'nope' is not defined"),
+        (
+            ("study", "datasets"),
+            ["cifar10", "imagenet"],
+            "study.datasets has 'imagenet', which is not a dataset it accepts; choose one of cifar10, "
+            "cifar100, demo\\.",
+        ),
+        (
+            ("data", "archives"),
+            {"demo": "demo.tar.gz"},
+            "data.archives has 'demo', which is not a dataset it accepts; choose one of cifar10, cifar100\\.",
+        ),
+        (
+            ("variants", "frozen", "overrides", "pretrained", "dataset"),
+            "cifar1000",
+            "pretrained.dataset of variant 'frozen' has 'cifar1000', which is not a dataset it accepts",
+        ),
     ],
 )
 def test_config_errors_are_one_clear_sentence(path, value, message):

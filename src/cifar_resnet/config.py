@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import jsonschema
 import yaml
 
 from cifar_resnet.errors import StudyError
+from cifar_resnet.sources import DATASETS, downloaded_datasets
 
 
 @dataclass(frozen=True, order=True)
@@ -21,15 +23,6 @@ class Run:
     variant: str
     depth: int
     seed: int
-
-    @property
-    def directory(self) -> str:
-        return f"results/{self.dataset}/runs/{self.variant}/resnet{self.depth}/seed{self.seed}"
-
-    @property
-    def resume_file(self) -> str:
-        """Outside the run directory: Snakemake deletes a failed job's outputs, not this."""
-        return f"results/{self.dataset}/resume/{self.variant}/resnet{self.depth}/seed{self.seed}.pt"
 
 
 @dataclass(frozen=True)
@@ -100,6 +93,10 @@ def load_study(config: dict, schema_path: str | Path) -> Study:
     validate(config, str(schema_path), set_default=True)
     for depth in config["study"]["depths"]:
         check_depth(depth)
+    for name in config["study"]["datasets"]:
+        check_dataset("study.datasets", name, DATASETS)
+    for name in config["data"]["archives"]:
+        check_dataset("data.archives", name, downloaded_datasets())
     recipe_schema = {"$defs": schema["$defs"], **schema["$defs"]["recipe"]}
     definitions = config["variants"]
     unknown = [name for name in config["study"]["variants"] if name not in definitions]
@@ -138,6 +135,14 @@ def check_depth(depth: int) -> None:
     if depth < 8 or (depth - 2) % 6:
         raise StudyError(
             f"depth {depth} is not a CIFAR ResNet depth: it must be 6n+2 (20, 32, 44, 56, 110, 1202, ...)."
+        )
+
+
+def check_dataset(key: str, name: str, valid: Iterable[str]) -> None:
+    """Dataset names are checked here, not by the schema: src/cifar_resnet/sources.py declares them."""
+    if name not in valid:
+        raise StudyError(
+            f"{key} has {name!r}, which is not a dataset it accepts; choose one of {', '.join(valid)}."
         )
 
 
@@ -186,6 +191,7 @@ def check_pretraining(name: str, recipe: dict, recipes: dict[str, dict]) -> None
     pretrained = recipe.get("pretrained")
     if not pretrained:
         return
+    check_dataset(f"pretrained.dataset of variant {name!r}", pretrained["dataset"], DATASETS)
     source = pretrained["variant"]
     if source not in recipes:
         raise StudyError(f"variant {name!r} is pretrained from variant {source!r}, which is not defined.")

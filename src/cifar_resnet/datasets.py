@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import NoReturn
 
@@ -29,80 +29,15 @@ import torch
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import atomic_output, load_tensors, save_tensors
 
-IMAGE_SHAPE = (3, 32, 32)
-IMAGE_BYTES = math.prod(IMAGE_SHAPE)
+# The datasets are declared in the torch-free sources module; their names stay importable from here.
+from cifar_resnet.sources import CIFAR10 as CIFAR10
+from cifar_resnet.sources import CIFAR100 as CIFAR100
+from cifar_resnet.sources import DATASETS, IMAGE_SHAPE, DatasetSource
+from cifar_resnet.sources import DEMO as DEMO
+from cifar_resnet.sources import get_source as get_source
+
 SPLITS = ("train", "val", "test")
 CHUNK_BYTES = 1 << 20
-
-
-@dataclass(frozen=True)
-class DatasetSource:
-    """Where a dataset comes from and how its archive is laid out.
-
-    ``None`` as a record count accepts any number of records, which the locally generated demo set
-    and tests use.
-    """
-
-    name: str
-    url: str | None
-    md5: str | None
-    archive_name: str
-    num_classes: int
-    train_members: tuple[str, ...]
-    test_member: str
-    class_names_member: str
-    label_bytes: int
-    label_offset: int
-    records_per_train_member: int | None
-    test_records: int | None
-
-    @property
-    def record_bytes(self) -> int:
-        return self.label_bytes + IMAGE_BYTES
-
-
-CIFAR10 = DatasetSource(
-    name="cifar10",
-    url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-    md5="c32a1d4ab5d03f1284b67883e8d87530",
-    archive_name="cifar-10-binary.tar.gz",
-    num_classes=10,
-    train_members=tuple(f"cifar-10-batches-bin/data_batch_{i}.bin" for i in range(1, 6)),
-    test_member="cifar-10-batches-bin/test_batch.bin",
-    class_names_member="cifar-10-batches-bin/batches.meta.txt",
-    label_bytes=1,
-    label_offset=0,
-    records_per_train_member=10_000,
-    test_records=10_000,
-)
-
-CIFAR100 = DatasetSource(
-    name="cifar100",
-    url="https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
-    md5="03b5dce01913d631647c71ecec9e9cb8",
-    archive_name="cifar-100-binary.tar.gz",
-    num_classes=100,
-    train_members=("cifar-100-binary/train.bin",),
-    test_member="cifar-100-binary/test.bin",
-    class_names_member="cifar-100-binary/fine_label_names.txt",
-    label_bytes=2,
-    label_offset=1,  # the fine label follows the coarse one
-    records_per_train_member=50_000,
-    test_records=10_000,
-)
-
-# Generated locally by cifar_resnet.demo in the CIFAR-10 layout, with any number of records.
-DEMO = replace(
-    CIFAR10,
-    name="demo",
-    url=None,
-    md5=None,
-    archive_name="demo.tar.gz",
-    records_per_train_member=None,
-    test_records=None,
-)
-
-DATASETS: dict[str, DatasetSource] = {source.name: source for source in (CIFAR10, CIFAR100, DEMO)}
 
 
 @dataclass
@@ -112,12 +47,6 @@ class RawDataset:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     class_names: list[str]
-
-
-def get_source(name: str) -> DatasetSource:
-    if name not in DATASETS:
-        raise StudyError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}.")
-    return DATASETS[name]
 
 
 # --- download ---------------------------------------------------------------------------------------

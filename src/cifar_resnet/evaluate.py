@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cifar_resnet import datasets
 from cifar_resnet.augment import normalize
 from cifar_resnet.files import load_tensors, read_json, write_json
-from cifar_resnet.models import build_model, count_parameters, spec_for_run
+from cifar_resnet.models import ModelSpec, build_model, count_parameters
 from cifar_resnet.runtime import (
     autocast,
     configure_backends,
@@ -73,7 +73,7 @@ def evaluate_run(train_summary: Path, model_path: Path, prepared: Path, output: 
     run_config = read_json(train_summary)["config"]
     runtime = run_config["runtime"]
     data = datasets.load_prepared(prepared, splits=("test",))
-    spec = spec_for_run(run_config, data["num_classes"])
+    spec = ModelSpec.for_run(run_config, data["num_classes"])
     model = build_model(spec)
     model.load_state_dict(load_tensors(model_path))
     params = count_parameters(model, trainable_only=False)

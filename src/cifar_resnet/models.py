@@ -38,6 +38,11 @@ class ModelSpec:
         if self.width < 1:
             raise ValueError(f"width multiplier must be at least 1, got {self.width}")
 
+    @classmethod
+    def for_run(cls, run_config: dict, num_classes: int) -> ModelSpec:
+        """The model of a run (``Study.run_config``): its depth and its recipe's model options."""
+        return cls(depth=run_config["depth"], num_classes=num_classes, **run_config["recipe"]["model"])
+
     @property
     def blocks_per_stage(self) -> int:
         return (self.depth - 2) // 6
@@ -142,11 +147,6 @@ def init_weights(module: nn.Module) -> None:
         nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-
-
-def spec_for_run(run_config: dict, num_classes: int) -> ModelSpec:
-    """The model a run's configuration describes: its depth and its recipe's ``model`` options."""
-    return ModelSpec(depth=run_config["depth"], num_classes=num_classes, **run_config["recipe"]["model"])
 
 
 def build_model(spec: ModelSpec) -> CifarResNet:

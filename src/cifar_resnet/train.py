@@ -24,7 +24,7 @@ from cifar_resnet.config import config_hash
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Split, evaluate_split
 from cifar_resnet.files import atomic_output, save_tensors, write_json
-from cifar_resnet.models import CifarResNet, ModelSpec, build_model, spec_for_run
+from cifar_resnet.models import CifarResNet, ModelSpec, build_model
 from cifar_resnet.optimizer import make_optimizer
 from cifar_resnet.provenance import describe_device, git_commit, versions
 from cifar_resnet.runtime import (
@@ -112,7 +112,7 @@ def build_trainer(run_config: dict, data: dict, pretrained: Path | None) -> tupl
             f"fewer than one batch of {training['batch_size']}."
         )
     torch.manual_seed(run_config["seed"])
-    spec = spec_for_run(run_config, data["num_classes"])
+    spec = ModelSpec.for_run(run_config, data["num_classes"])
     model = to_device(build_model(spec), device, runtime)
     frozen = bool(recipe.get("pretrained") and recipe["pretrained"]["freeze_backbone"])
     if pretrained is not None:

@@ -1,0 +1,114 @@
+"""What each process of the workflow imports, each checked in a fresh interpreter.
+
+The Snakemake main process (the Snakefile and rules/*.smk, read by every command, dry runs included)
+must not import torch. A job runs in its rule's conda environment: a report job must not import torch,
+and a data, training or evaluation job must not import the report libraries. The imports come from
+the sources themselves (the workflow files' import lines, each script's import statements), and the
+scripts and their environments from the rules' ``script:`` and ``conda:`` directives, so the test
+follows the workflow as it changes.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))]
+
+# What a process must not import, by the conda environment its rule runs in.
+FORBIDDEN = {
+    "envs/report.yaml": ("torch",),
+    "envs/train.yaml": ("pandas", "seaborn", "matplotlib", "scipy"),
+}
+MAIN_PROCESS_FORBIDDEN = ("torch",)
+
+
+def rule_scripts() -> dict[str, tuple[Path, str]]:
+    """{rule: (script, conda environment relative to the repository)} for every ``script:`` rule."""
+    rules = {}
+    for path in WORKFLOW_FILES:
+        blocks = re.split(r"^rule (\w+):\n", path.read_text(), flags=re.M)
+        for name, body in zip(blocks[1::2], blocks[2::2], strict=True):
+            script = re.search(r'^\s+script:\s+"([^"]+)"', body, re.M)
+            conda = re.search(r'^\s+conda:\s+"([^"]+)"', body, re.M)
+            if script:
+                assert conda, f"rule {name} in {path.name} runs a script without a conda environment"
+                environment = (path.parent / conda[1]).resolve().relative_to(ROOT).as_posix()
+                rules[name] = ((path.parent / script[1]).resolve(), environment)
+    return rules
+
+
+def script_imports(script: Path) -> str:
+    """The script's import statements (wherever they stand in it), as code to run."""
+    tree = ast.parse(script.read_text(), filename=str(script))
+    return "\n".join(
+        ast.unparse(node) for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+    )
+
+
+def workflow_imports() -> str:
+    """The import lines of the Snakefile and the rules, which the Snakemake main process runs."""
+    lines = [
+        line
+        for path in WORKFLOW_FILES
+        for line in path.read_text().splitlines()
+        if re.match(r"(import|from) \S", line)
+    ]
+    return "\n".join(lines)
+
+
+def imported_modules(code: str) -> set[str]:
+    """The top-level packages in sys.modules after running ``code`` in a fresh interpreter that imports
+    this checkout's package."""
+    report = "import sys\nprint(' '.join(sorted({name.split('.')[0] for name in sys.modules})))"
+    environment = os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", f"{code}\n{report}"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"the imports failed:\n{code}\n{result.stderr[-3000:]}"
+    return set(result.stdout.split())
+
+
+RULES = rule_scripts()
+
+
+@pytest.mark.parametrize(
+    ("script", "environment"),
+    [pytest.param(script, environment, id=rule) for rule, (script, environment) in sorted(RULES.items())],
+)
+def test_a_job_imports_nothing_its_environment_should_not_need(script, environment):
+    found = sorted(imported_modules(script_imports(script)) & set(FORBIDDEN[environment]))
+    assert not found, f"{script.name} (run in {environment}) imports {', '.join(found)}"
+
+
+def test_the_snakemake_main_process_does_not_import_torch():
+    code = workflow_imports()
+    assert "cifar_resnet" in code  # the rules read the package (the study, the datasets)
+    found = sorted(imported_modules(code) & set(MAIN_PROCESS_FORBIDDEN))
+    assert not found, f"the Snakefile and rules import {', '.join(found)}"
+
+
+def test_every_snakemake_script_is_run_by_a_rule():
+    """A script that uses the `snakemake` object is checked above only if a rule runs it."""
+    run = {script for script, _ in RULES.values()}
+    assert len(run) >= 2
+    for script in sorted((ROOT / "scripts").glob("*.py")):
+        tree = ast.parse(script.read_text())
+        uses_snakemake = any(isinstance(node, ast.Name) and node.id == "snakemake" for node in ast.walk(tree))
+        assert uses_snakemake == (script in run), (
+            f"{script.name}: uses the snakemake object: {uses_snakemake}, run by a rule: {script in run}"
+        )
