@@ -29,7 +29,7 @@ def test_cuda_graphs_compile_reduce_overhead_and_mark_every_step(
 
 def test_with_cuda_graphs_every_training_step_and_evaluation_batch_is_marked(monkeypatch):
     marks = []
-    monkeypatch.setattr(runtime_module, "uses_compile", lambda device, runtime: True)  # as on CUDA
+    monkeypatch.setattr(runtime_module, "applies", lambda switch, device, runtime: runtime[switch])  # CUDA
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     runtime = {"compile": True, "cuda_graphs": True, "bf16": False, "channels_last": False}
     cpu = torch.device("cpu")

@@ -14,6 +14,8 @@ from cifar_resnet.errors import StudyError
 
 log = logging.getLogger(__name__)
 
+SWITCHES = ("compile", "bf16", "channels_last", "cuda_graphs")
+
 
 def select_device(requested: str) -> torch.device:
     if requested == "cpu":
@@ -49,16 +51,26 @@ def configure_backends(device: torch.device, runtime: dict) -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
+def applies(switch: str, device: torch.device, runtime: dict) -> bool:
+    """Whether ``runtime``'s ``switch`` (one of ``SWITCHES``) changes what runs on ``device``: each acts
+    on CUDA only, and CUDA graphs only under compile."""
+    if switch == "cuda_graphs":
+        return applies("compile", device, runtime) and runtime["cuda_graphs"]
+    return device.type == "cuda" and runtime[switch]
+
+
+def inactive_switches(device: torch.device, runtime: dict) -> list[str]:
+    """The switches ``runtime`` turns on that do not act on ``device``: with them, a run there is the
+    same run as without them."""
+    return [switch for switch in SWITCHES if runtime[switch] and not applies(switch, device, runtime)]
+
+
 def autocast(device: torch.device, runtime: dict):
-    return torch.autocast(
-        device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and runtime["bf16"]
-    )
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=applies("bf16", device, runtime))
 
 
 def memory_format(device: torch.device, runtime: dict) -> torch.memory_format:
-    return (
-        torch.channels_last if device.type == "cuda" and runtime["channels_last"] else torch.contiguous_format
-    )
+    return torch.channels_last if applies("channels_last", device, runtime) else torch.contiguous_format
 
 
 def to_device(model: torch.nn.Module, device: torch.device, runtime: dict) -> torch.nn.Module:
@@ -66,7 +78,7 @@ def to_device(model: torch.nn.Module, device: torch.device, runtime: dict) -> to
 
 
 def uses_compile(device: torch.device, runtime: dict) -> bool:
-    return device.type == "cuda" and runtime["compile"]
+    return applies("compile", device, runtime)
 
 
 def compile_model(model, runtime: dict):
@@ -85,7 +97,7 @@ def forward_of(model: torch.nn.Module, device: torch.device, runtime: dict):
 def mark_cuda_graph_step(device: torch.device, runtime: dict) -> None:
     """Tell CUDA graph replay that a new step begins: the previous step's outputs, which live in the
     graphs' memory pool, may now be overwritten."""
-    if uses_compile(device, runtime) and runtime["cuda_graphs"]:
+    if applies("cuda_graphs", device, runtime):
         torch.compiler.cudagraph_mark_step_begin()
 
 

@@ -1,0 +1,139 @@
+"""K independent models of one architecture on one device, each with its own initialisation, data order
+and augmentation: packed into one vmapped computation (``PackedModels``), or trained one after the
+other by K trainers in one process. images/s is the aggregate over the K models."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+
+from cifar_resnet.augment import augment, normalize
+from cifar_resnet.benchmark import timing
+from cifar_resnet.benchmark.data import on_device
+from cifar_resnet.benchmark.modes import Mode, packing_mode
+from cifar_resnet.benchmark.pipelines import our_trainer, trainer_chunks
+from cifar_resnet.benchmark.settings import Settings
+from cifar_resnet.models import CifarResNet
+from cifar_resnet.optimizer import make_optimizer
+from cifar_resnet.runtime import autocast, compile_model, uses_compile
+from cifar_resnet.train import Trainer, check_finite, epoch_seed
+
+
+class PackedModels:
+    """K models of one architecture trained as one computation: their parameters and buffers are
+    stacked along a new leading dimension (``stack_module_state``) and ``vmap`` maps
+    ``functional_call`` over the K sets, so every convolution runs as one grouped convolution and every
+    BatchNorm as one wider BatchNorm. The K losses are independent, so the gradient of their sum is
+    each model's own gradient, and SGD over the stacked tensors (momentum and weight decay act
+    elementwise) is K separate SGDs. This vmapped step is the one thing here that the trainer does not
+    offer: it trains one model per process.
+
+    BatchNorm in training mode updates its running statistics in place. vmap refuses that when the
+    running statistics are shared by all K models ("Batch norm got a batched tensor as input while the
+    running_mean or running_var, which will be updated in place, were not batched"). Here they are
+    stacked buffers mapped like the parameters (in_dims 0), so each model updates its own in place
+    and keeps the eval-mode behaviour of an ordinary model. ``torch.func.replace_all_batch_norm_modules_``
+    would also remove the error, but by dropping the running statistics altogether: evaluation would
+    then normalise with each test batch's own statistics, which is not the model the trainer produces.
+
+    channels_last does not apply (the input is 5-D) and CUDA graphs are not offered.
+    """
+
+    def __init__(
+        self, models: Sequence[CifarResNet], device: torch.device, runtime: dict, optimizer_settings: dict
+    ):
+        self.device, self.runtime = device, runtime
+        self.template = copy.deepcopy(models[0]).to("meta").train()
+        self.params, self.buffers = stack_module_state(list(models))
+        self.optimizer = make_optimizer(list(self.params.values()), optimizer_settings, device)
+        losses = vmap(self._loss, randomness="different")  # each model its own dropout masks
+        self.losses = compile_model(losses, runtime) if uses_compile(device, runtime) else losses
+
+    def _loss(self, params, buffers, images, labels):
+        logits = functional_call(self.template, (params, buffers), (images,))
+        return F.cross_entropy(logits.float(), labels), logits
+
+    def step(self, images, labels, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of every model on its own uint8 batch [K,B,3,H,W]; returns losses [K], logits [K,B,C]."""
+        with autocast(self.device, self.runtime):
+            losses, logits = self.losses(self.params, self.buffers, normalize(images, mean, std), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        self.optimizer.step()
+        return losses.detach(), logits
+
+    def state_dict_of(self, index: int) -> dict[str, torch.Tensor]:
+        """Model ``index``'s state, as its own ``state_dict()`` would give it."""
+        return {name: tensor[index].detach() for name, tensor in {**self.params, **self.buffers}.items()}
+
+
+def epoch_chunk(
+    images, labels, models: int, steps: int, batch_size: int, augmentation: dict, generator: torch.Generator
+):
+    """What the trainer draws at the start of an epoch, for ``steps`` steps and each of ``models``
+    models: its own random order and one batched augmentation (the recipe's ``augmentation``). Returns
+    uint8 [models, steps*batch, 3, 32, 32] and labels [models, steps*batch]."""
+    count = steps * batch_size
+    if count > len(labels):
+        raise ValueError(f"{steps} steps of {batch_size} need {count} images; the data set has {len(labels)}")
+    orders = [
+        torch.randperm(len(labels), generator=generator, device=labels.device)[:count] for _ in range(models)
+    ]
+    orders = torch.stack(orders)
+    chunk = augment(images[orders.flatten()], augmentation["crop_padding"], augmentation["flip"], generator)
+    return chunk.view(models, count, *images.shape[1:]), labels[orders]
+
+
+def packed_chunks(trainers: Sequence[Trainer], seed: int) -> timing.RunChunk:
+    """``run_chunk(index, steps)`` for the trainers' models packed into one vmapped step, on the first
+    trainer's data, with the recipe's optimizer at its base learning rate."""
+    first = trainers[0]
+    device, batch_size, models = first.device, first.batch_size, len(trainers)
+    optimizer_settings = first.recipe["optimizer"]
+    packed = PackedModels([trainer.model for trainer in trainers], device, first.runtime, optimizer_settings)
+    images, labels, mean, std = first.train.images, first.train.labels, first.mean, first.std
+    augmentation = first.recipe["augmentation"]
+
+    def run_chunk(index: int, steps: int) -> None:
+        generator = torch.Generator(device=device).manual_seed(epoch_seed(seed, index + 1))
+        chunk_images, chunk_labels = epoch_chunk(
+            images, labels, models, steps, batch_size, augmentation, generator
+        )
+        step_losses = torch.empty(steps, models, device=device)
+        for step in range(steps):
+            batch = slice(step * batch_size, (step + 1) * batch_size)
+            step_losses[step] = packed.step(chunk_images[:, batch], chunk_labels[:, batch], mean, std)[0]
+        check_finite(step_losses.flatten(), index + 1, 0)
+
+    return run_chunk
+
+
+def packed_throughput(
+    depth: int,
+    models: int,
+    device: torch.device,
+    protocol: timing.Protocol,
+    mode: Mode | None,
+    packed: bool,
+    data: dict,
+    settings: Settings,
+) -> timing.Measurement:
+    """Aggregate images/s of ``models`` independent models, each with its own batches: K trainers (seed
+    + k) sharing one copy of the data on the device, trained by one vmapped step (``packed``) or each by
+    its own ``train.train_steps``, one after the other."""
+    mode = packing_mode(mode.name if mode else None, device)
+    timing.check_chunk_size(protocol, len(data["train_labels"]))
+    timing.start_memory_count(device)
+    resident = on_device(data, device)
+    trainers = [
+        our_trainer(depth, mode, device, replace(protocol, seed=protocol.seed + k), resident, settings)
+        for k in range(models)
+    ]
+    run_chunk = packed_chunks(trainers, protocol.seed) if packed else trainer_chunks(trainers, protocol)
+    del trainers  # packed keeps its stacked copy of the models only
+    return timing.measure(run_chunk, models * protocol.batch_size, protocol, device)

@@ -1,0 +1,200 @@
+"""The project's commands beside the Snakemake workflow, as ``cifar-resnet COMMAND`` (or ``python -m
+cifar_resnet.cli COMMAND``):
+
+    cifar-resnet benchmark --depths 20 56 110 --steps 50 --repeats 5 --out results/benchmark
+    cifar-resnet benchmark --small          # CI smoke run: under a minute on 2 CPU cores
+    cifar-resnet timings results/demo       # every run under results/demo/runs against the targets
+
+See docs/benchmark.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+from cifar_resnet.benchmark import runner, tables, targets
+from cifar_resnet.benchmark.data import EPOCH_IMAGES
+from cifar_resnet.benchmark.modes import ALL_MODES, DEFAULT_MODES, Mode, packing_mode
+from cifar_resnet.benchmark.pipelines import default_workers
+from cifar_resnet.benchmark.settings import DEFAULT_CONFIG, load_settings
+from cifar_resnet.errors import StudyError
+from cifar_resnet.files import write_csv
+
+BENCHMARK = """Training speed of the CIFAR ResNets on this machine: a training job's step loop in each
+mode, the classical DataLoader pipeline, and K models per device (packed into one step, one after the
+other, or in K processes at once), as images/s, seconds per 45k-image epoch and peak device memory.
+Every pipeline trains the paper recipe of the study config. Writes OUT/benchmark.csv and
+OUT/benchmark.png, and prints the tables."""
+TIMINGS = """Real training jobs against the speed targets of docs/benchmark.md, read from their
+train.json: training time, that time scaled to the paper's 64k iterations, images/s, the job's time
+from process start and its overhead, then a verdict per target."""
+# Figures from a --small run only show that everything runs; its batch sizes are not the recipe's.
+SMALL = {
+    "depths": [20],
+    "steps": 2,
+    "warmup": 1,
+    "repeats": 2,
+    "workers": 2,
+    "batch_size": 16,
+    "packed": [2],
+    "packed_batch_size": 8,
+    "dataset_size": 1024,
+    "threads": 1,
+}
+
+
+def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--depths", type=int, nargs="+", default=[20, 32, 44, 56, 110])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=list(DEFAULT_MODES),
+        help="our step's modes: eager or compile, +bf16, +channels_last, +cuda_graphs; 'all' for all",
+    )
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per repeat")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps before the repeats")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported")
+    parser.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="classical DataLoader workers")
+    parser.add_argument(
+        "--packed",
+        type=int,
+        nargs="*",
+        default=[1, 4, 8],
+        metavar="K",
+        help="models per device (packed, sequential, jobs)",
+    )
+    parser.add_argument(
+        "--packed-batch-size", type=int, help="images per model and packed step (--batch-size)"
+    )
+    parser.add_argument(
+        "--packed-mode",
+        help="mode of the K-model rows: eager or compile, +bf16 (default: bf16 on CUDA, fp32 on the CPU)",
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--dataset-size", type=int, default=EPOCH_IMAGES, help="synthetic images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, help="torch's CPU threads (default: its choice); 1 is steadier on shared cores"
+    )
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="the study config whose paper recipe is trained"
+    )
+    parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run of the same command: keep the rows OUT/benchmark.csv already has",
+    )
+    parser.add_argument("--small", action="store_true", help=f"CI smoke run; sets {SMALL} unless given")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The command's parser and its ``benchmark`` subcommand's (which ``--small`` gives defaults)."""
+    parser = argparse.ArgumentParser(
+        prog="cifar-resnet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    benchmark = commands.add_parser(
+        "benchmark", help="training throughput per depth and mode", description=BENCHMARK
+    )
+    add_benchmark_options(benchmark)
+    benchmark.set_defaults(run=run_benchmark)
+    timings = commands.add_parser("timings", help="real jobs against the speed targets", description=TIMINGS)
+    timings.add_argument("paths", nargs="+", type=Path, help="results/{dataset} folders or train.json files")
+    timings.set_defaults(run=run_timings)
+    return parser, benchmark
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser, benchmark = build_parser()
+    args = parser.parse_known_args(argv)[0]
+    if args.command == "benchmark" and args.small:
+        benchmark.set_defaults(**SMALL)
+    args = parser.parse_args(argv)
+    if args.command != "benchmark":
+        return args
+    if args.modes == ["all"]:
+        args.modes = list(ALL_MODES)
+    try:
+        for name in args.modes:
+            Mode.parse(name)
+        packing_mode(args.packed_mode, torch.device("cpu"))
+    except ValueError as error:
+        benchmark.error(str(error))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        args.run(args)
+    except StudyError as error:
+        sys.exit(f"error: {error}")
+
+
+def run_benchmark(args: argparse.Namespace) -> None:
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("cifar_resnet").setLevel(logging.INFO)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    csv_path, plot_path = args.out / "benchmark.csv", args.out / "benchmark.png"
+    device = runner.resolve_device(args.device)
+    logging.getLogger("cifar_resnet.runtime").setLevel(logging.WARNING)  # not again for every trainer
+    frame = runner.run_benchmark(
+        args.depths,
+        args.modes,
+        args.steps,
+        args.repeats,
+        device,
+        warmup_steps=args.warmup,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        packed_models=args.packed,
+        packed_batch_size=args.packed_batch_size,
+        packed_mode=args.packed_mode,
+        dataset_size=args.dataset_size,
+        seed=args.seed,
+        settings=load_settings(args.config),
+        earlier=runner.read_results(csv_path) if args.resume and csv_path.exists() else None,
+        earlier_source=str(csv_path),
+        progress=lambda rows: write_csv(csv_path, rows),
+    )
+    drawn = tables.write_plot(frame, plot_path)
+    print(f"\nmachine: {runner.describe_machine(device)}")
+    print(f"median of {args.repeats} repeats of {args.steps} steps after {args.warmup} warm-up steps\n")
+    print(tables.markdown_table(frame))
+    print("\nour fastest mode against the classical pipeline, per depth:\n")
+    print(tables.ratio_table(frame))
+    if args.packed:
+        print("\nK models per device: packed into one step, one after the other, or K processes at once:\n")
+        print(tables.sharing_table(frame))
+    print(f"\nwrote {csv_path}" + (f" and {plot_path}" if drawn else " (no figures to plot)"))
+    failed = runner.failures(frame)
+    if not failed.empty:
+        sys.exit(f"error: {len(failed)} measurement(s) failed; their rows say why: {failed['note'].iloc[0]}")
+
+
+def run_timings(args: argparse.Namespace) -> None:
+    timings = targets.job_timings(targets.summaries(args.paths))
+    shown = timings.assign(overhead_fraction=timings["overhead_fraction"].map("{:.1%}".format))
+    print(tabulate(shown, headers="keys", tablefmt="github", showindex=False, floatfmt=",.1f"))
+    verdicts = targets.target_verdicts(timings)
+    if verdicts.empty:
+        print(
+            "\nno target applies: they concern the paper variant's runs of the full 64k iterations "
+            "(config/timing.yaml trains them on a CIFAR-sized demo dataset)"
+        )
+    else:
+        print()
+        print(tables.github_table(verdicts))
+
+
+if __name__ == "__main__":
+    main()

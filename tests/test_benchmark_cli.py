@@ -1,0 +1,191 @@
+"""``cifar-resnet benchmark``: the console entry point, a small real run, and rows written as measured,
+resumed and failed."""
+
+import importlib
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from cifar_resnet import cli
+from cifar_resnet.benchmark import runner
+from cifar_resnet.benchmark.data import EPOCH_IMAGES
+from cifar_resnet.benchmark.modes import DEFAULT_MODES
+from cifar_resnet.benchmark.runner import COLUMNS, IDENTITY, read_results
+from cifar_resnet.benchmark.timing import Measurement
+
+ROOT = Path(__file__).parents[1]
+SMALL_CPU = ["benchmark", "--small", "--depths", "8", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def at_the_root(monkeypatch):
+    """The command runs from the repository's root, where config/config.yaml is."""
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_console_script_is_an_importable_callable():
+    tomllib = pytest.importorskip("tomllib")
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, name = scripts["cifar-resnet"].partition(":")
+    assert (module, name) == ("cifar_resnet.cli", "main")
+    assert callable(getattr(importlib.import_module(module), name))
+
+
+def test_python_m_runs_the_command_line(tmp_path):
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "cifar_resnet.cli", "timings", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
+    assert done.returncode == 1 and "error: " in done.stderr and "nowhere does not exist" in done.stderr
+
+
+def test_small_run_writes_csv_and_plot_and_marks_the_modes_the_cpu_does_not_apply_na(
+    tmp_path, capsys, restore_threads
+):
+    cli.main([*SMALL_CPU, "--out", str(tmp_path)])
+    frame = pd.read_csv(tmp_path / "benchmark.csv", keep_default_na=False, na_values=[""])
+    assert list(frame.columns) == COLUMNS
+    assert (tmp_path / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    by_mode = frame.set_index(["pipeline", "mode"])
+    for mode in DEFAULT_MODES[1:]:
+        skipped = by_mode.loc[("ours", mode)]
+        assert skipped["note"].startswith("n/a on cpu"), mode
+        assert math.isnan(skipped["images_per_s"]) and skipped["repeats"] == 0
+    measured = frame[frame["note"].isna()]
+    assert set(measured["pipeline"]) == {"ours", "classical", "packed", "sequential", "jobs"}
+    assert (measured["images_per_s"] > 0).all() and (measured["repeats"] == 2).all()
+    assert (measured["device"] == "cpu").all() and (measured["depth"] == 8).all()
+    models = measured["mode"].str.extract(r"K=(\d+)")[0].fillna("1").astype(int)
+    expected_epoch = models * EPOCH_IMAGES / measured["images_per_s"]
+    assert measured["seconds_per_epoch"].tolist() == pytest.approx(expected_epoch.tolist())
+    printed = capsys.readouterr().out
+    assert f"torch {torch.__version__}" in printed and "| ours" in printed and "n/a on cpu" in printed
+    assert "| winner" in printed and "machine: cpu (" in printed
+
+
+def test_the_batch_size_is_the_recipes_unless_given(monkeypatch, tmp_path):
+    fake = FakeMeasurements(monkeypatch)
+    cli.main(
+        [
+            "benchmark",
+            "--depths",
+            "8",
+            "--device",
+            "cpu",
+            "--packed",
+            "--modes",
+            "eager",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert fake.calls == ["our_step_throughput", "classical_throughput"]
+    assert set(read_results(tmp_path / "benchmark.csv")["batch_size"]) == {128}
+    with pytest.raises(SystemExit, match="study config nowhere.yaml does not exist"):
+        cli.main([*SMALL_CPU, "--config", "nowhere.yaml", "--out", str(tmp_path)])
+
+
+class FakeMeasurements:
+    """Stands in for the four measuring functions: each call returns a distinct figure, and the call
+    numbered ``interrupt_at`` raises KeyboardInterrupt (a kill) or ``error`` for the classical pipeline."""
+
+    def __init__(self, monkeypatch, interrupt_at=None, classical_error=None):
+        self.calls, self.interrupt_at, self.classical_error = [], interrupt_at, classical_error
+        for name in ("our_step_throughput", "packed_throughput", "concurrent_jobs_throughput"):
+            monkeypatch.setattr(runner, name, self.measurement(name))
+        monkeypatch.setattr(runner, "classical_throughput", self.measurement("classical_throughput"))
+
+    def measurement(self, name):
+        def measure(*args, **kwargs):
+            self.calls.append(name)
+            if len(self.calls) == self.interrupt_at:
+                raise KeyboardInterrupt
+            if name == "classical_throughput" and self.classical_error:
+                raise self.classical_error
+            return Measurement(1000.0 * len(self.calls), float("nan"), 2)
+
+        return measure
+
+
+def test_rows_are_written_as_measured_and_resume_measures_only_the_missing_ones(
+    tmp_path, monkeypatch, restore_threads
+):
+    complete = tmp_path / "complete"
+    FakeMeasurements(monkeypatch)
+    cli.main([*SMALL_CPU, "--out", str(complete)])
+    expected = read_results(complete / "benchmark.csv")
+    assert expected["repeats"].gt(0).sum() == 5  # ours eager, classical, packed, sequential, jobs
+
+    killed = FakeMeasurements(monkeypatch, interrupt_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main([*SMALL_CPU, "--out", str(tmp_path)])
+    written = read_results(tmp_path / "benchmark.csv")
+    assert len(killed.calls) == 3 and written["repeats"].gt(0).sum() == 2
+    assert written.equals(expected.iloc[: len(written)])  # every row up to the kill is on disk
+
+    resumed = FakeMeasurements(monkeypatch)
+    cli.main([*SMALL_CPU, "--out", str(tmp_path), "--resume"])
+    assert resumed.calls == ["packed_throughput", "packed_throughput", "concurrent_jobs_throughput"]
+    final = read_results(tmp_path / "benchmark.csv")
+    assert final[IDENTITY].equals(expected[IDENTITY])
+    assert final["images_per_s"].iloc[: len(written)].equals(written["images_per_s"])  # kept, not remeasured
+    assert (tmp_path / "benchmark.png").exists()
+
+    again = FakeMeasurements(monkeypatch)
+    cli.main([*SMALL_CPU, "--out", str(tmp_path)])  # without --resume: a fresh run
+    assert len(again.calls) == 5
+
+
+def test_a_failed_measurement_is_recorded_the_others_still_run_and_the_command_fails(
+    tmp_path, monkeypatch, restore_threads
+):
+    FakeMeasurements(monkeypatch, classical_error=RuntimeError("CUDA out of memory"))
+    with pytest.raises(SystemExit, match="1 measurement\\(s\\) failed.*RuntimeError: CUDA out of memory"):
+        cli.main([*SMALL_CPU, "--out", str(tmp_path)])
+    frame = read_results(tmp_path / "benchmark.csv").set_index("pipeline")
+    assert frame.loc["classical", "note"] == "failed: RuntimeError: CUDA out of memory"
+    assert math.isnan(frame.loc["classical", "images_per_s"]) and frame.loc["classical", "repeats"] == 0
+    assert (frame.drop(index="classical")["repeats"].max(), frame.loc["jobs", "repeats"]) == (2, 2)
+
+    retried = FakeMeasurements(monkeypatch)
+    cli.main([*SMALL_CPU, "--out", str(tmp_path), "--resume"])
+    assert retried.calls == ["classical_throughput"]
+
+
+def test_resume_refuses_rows_it_would_not_measure_again_and_leaves_them_on_disk(
+    tmp_path, monkeypatch, restore_threads
+):
+    FakeMeasurements(monkeypatch)
+    cli.main([*SMALL_CPU, "--out", str(tmp_path)])
+    csv_path = tmp_path / "benchmark.csv"
+    before = csv_path.read_bytes()
+    refused = FakeMeasurements(monkeypatch)
+    with pytest.raises(
+        SystemExit, match=f"{csv_path} holds 5 measured row.*ResNet-8 ours eager, batch 16, 2 steps"
+    ):
+        cli.main([*SMALL_CPU, "--out", str(tmp_path), "--resume", "--steps", "3"])
+    assert refused.calls == [] and csv_path.read_bytes() == before
+
+    pd.read_csv(csv_path).drop(columns="machine").to_csv(csv_path, index=False)
+    with pytest.raises(SystemExit, match="lacks the column\\(s\\) machine: it comes from another version"):
+        cli.main([*SMALL_CPU, "--out", str(tmp_path), "--resume"])
+    assert refused.calls == []

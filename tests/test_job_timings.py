@@ -1,0 +1,64 @@
+"""``cifar-resnet timings``: real jobs' train.json against the speed targets."""
+
+import pytest
+
+from cifar_resnet import cli
+from cifar_resnet.benchmark.targets import job_timings, summaries, target_verdicts
+from cifar_resnet.files import read_json, write_json
+
+
+def write_train_json(folder, variant, depth, iterations, train_seconds, job_seconds, overhead, **extra):
+    path = folder / "runs" / variant / f"resnet{depth}" / "seed0" / "train.json"
+    summary = {"dataset": "demo", "variant": variant, "depth": depth, "seed": 0, "device": "cuda (H100)"}
+    summary |= {"iterations": iterations, "train_seconds": train_seconds, "images_per_s": 1000.0, **extra}
+    summary["timings"] = {"job_seconds": job_seconds, "overhead_fraction": overhead}
+    write_json(path, summary)
+    return path
+
+
+def test_job_timings_judge_the_full_paper_runs_against_the_targets(tmp_path):
+    seconds = {20: (80.0, 100.0, 0.12), 32: (110.0, 120.0, 0.1), 44: (150.0, 160.0, 0.1)}
+    seconds |= {56: (190.0, 200.0, 0.1), 110: (700.0, 320.0, 0.05)}
+    for depth, (train_seconds, job_seconds, overhead) in seconds.items():
+        write_train_json(tmp_path, "paper", depth, 64_000, train_seconds, job_seconds, overhead)
+    write_train_json(tmp_path, "wide", 20, 64_000, 900.0, 950.0, 0.5)  # not the paper recipe
+    short_run = write_train_json(tmp_path / "elsewhere", "paper", 20, 50, 9.0, 12.0, 0.3)
+
+    timings = job_timings(summaries([tmp_path, short_run]))
+    assert len(timings) == 7
+    short = timings[timings["iterations"] == 50].iloc[0]
+    assert short["seconds_per_64k"] == pytest.approx(9.0 * 64_000 / 50)
+
+    verdicts = target_verdicts(timings).set_index("target")
+    assert verdicts["met"].to_dict() == {
+        "ResNet-20 training": "yes",
+        "ResNet-20 job overhead": "no",
+        "ResNet-110 training": "no",
+        "the five depths' jobs together": "yes",
+    }
+    assert verdicts.loc["the five depths' jobs together", "measured"] == "900.0 s"  # 100+120+160+200+320
+    assert verdicts.loc["ResNet-20 job overhead", "measured"] == "12.0 %"
+    assert (verdicts["device"] == "cuda (H100)").all()
+    assert target_verdicts(timings[timings["depth"] != 110]).shape[0] == 2  # no 110: two checks
+
+
+def test_job_timings_refuse_a_train_json_without_timings_and_a_missing_path(tmp_path, capsys):
+    path = write_train_json(tmp_path, "paper", 20, 64_000, 80.0, 90.0, 0.1)
+    cli.main(["timings", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "| ResNet-20 training" in printed and "| yes" in printed and "12.5%" not in printed
+    summary = read_json(path)
+    del summary["timings"]
+    write_json(path, summary)
+    with pytest.raises(SystemExit, match="train.json lacks timings; rerun the step that writes it"):
+        cli.main(["timings", str(tmp_path)])
+    with pytest.raises(SystemExit, match="nowhere does not exist"):
+        cli.main(["timings", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match="no train.json to read"):
+        cli.main(["timings", str(tmp_path / "runs")])  # a folder without runs/*/resnet*/...
+
+
+def test_timings_say_when_no_target_applies(tmp_path, capsys):
+    write_train_json(tmp_path, "paper", 20, 50, 9.0, 12.0, 0.3)
+    cli.main(["timings", str(tmp_path)])
+    assert "no target applies" in capsys.readouterr().out
