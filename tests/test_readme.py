@@ -113,3 +113,15 @@ def test_splice_readme_refuses_bad_markers_and_leaves_the_file(tmp_path, text, m
     assert str(readme) in str(raised.value)
     assert readme.read_text() == text
     assert [entry.name for entry in tmp_path.iterdir()] == ["README.md"]
+
+
+def test_the_development_table_lists_every_module():
+    section = README.split("## Development", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `([\w.]+)` \|", section, re.M))
+    package = ROOT / "src" / "cifar_resnet"
+    modules = {
+        ".".join(path.relative_to(package).with_suffix("").parts)
+        for path in package.rglob("*.py")
+        if path.name != "__init__.py"
+    }
+    assert listed == modules

@@ -21,6 +21,7 @@ from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.train import Outputs, build_trainer, train_run
 
 DEPTHS = (20, 32, 44, 56, 110)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -394,3 +395,14 @@ def test_every_checkpoint_is_loaded_weights_only():
                 keywords = {keyword.arg: ast.unparse(keyword.value) for keyword in node.keywords}
                 calls.append((module.name, keywords.get("weights_only")))
     assert calls == [("files.py", "True")]
+
+
+def test_the_readmes_model_loading_snippet_loads_a_trained_model(pretrained_paper):
+    snippet = (ROOT / "README.md").read_text().split("To load a model:\n\n```python\n", 1)[1].split("```")[0]
+    run_line = 'run = "results/cifar10/runs/paper/resnet20/seed0"\n'
+    assert run_line in snippet
+    namespace = {}
+    exec(snippet.replace(run_line, f"run = {str(pretrained_paper.parent)!r}\n"), namespace)
+    assert torch.equal(
+        namespace["model"].state_dict()["head.0.weight"], load_tensors(pretrained_paper)["head.0.weight"]
+    )
