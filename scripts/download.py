@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from cifar_resnet import datasets, sources
+from cifar_resnet import download, sources
 from cifar_resnet.workflow import run_job
 
 
@@ -10,9 +10,9 @@ def fetch():
     source = sources.get_source(snakemake.wildcards.dataset)
     destination = Path(snakemake.output[0])
     if snakemake.params.local_copy:
-        datasets.copy_verified(Path(snakemake.params.local_copy), destination, source.md5)
+        download.copy_verified(Path(snakemake.params.local_copy), destination, source.md5)
     else:
-        datasets.download(source.url, destination, source.md5)
+        download.download(source.url, destination, source.md5)
 
 
 run_job(snakemake, fetch)

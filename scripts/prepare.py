@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from cifar_resnet import datasets, sources
+from cifar_resnet import datasets, download, sources
 from cifar_resnet.workflow import run_job
 
 
@@ -10,7 +10,7 @@ def prepare():
     source = sources.get_source(snakemake.wildcards.dataset)
     archive = Path(snakemake.input[0])
     if source.md5:
-        datasets.verify_md5(archive, source.md5)
+        download.verify_md5(archive, source.md5)
     datasets.prepare_dataset(
         archive,
         Path(snakemake.output[0]),

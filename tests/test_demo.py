@@ -5,7 +5,8 @@ import tarfile
 import pytest
 import torch
 
-from cifar_resnet import datasets
+from cifar_resnet import sources
+from cifar_resnet.archive import read_archive
 from cifar_resnet.demo import CLASS_NAMES, write_demo_archive
 from cifar_resnet.errors import StudyError
 
@@ -36,18 +37,18 @@ def test_the_archive_records_no_time_owner_or_file_name(demo_archive):
 def test_the_archive_has_the_cifar10_layout_with_the_train_set_in_five_batches(demo_archive):
     with tarfile.open(demo_archive) as archive:
         sizes = {member.name: member.size for member in archive.getmembers() if member.isfile()}
-    record = datasets.DEMO.record_bytes
+    record = sources.DEMO.record_bytes
     assert set(sizes) == {
-        *datasets.CIFAR10.train_members,
-        datasets.CIFAR10.test_member,
-        datasets.CIFAR10.class_names_member,
+        *sources.CIFAR10.train_members,
+        sources.CIFAR10.test_member,
+        sources.CIFAR10.class_names_member,
     }
-    assert [sizes[name] // record for name in datasets.CIFAR10.train_members] == [41, 41, 41, 40, 40]
-    assert sizes[datasets.CIFAR10.test_member] == 50 * record
+    assert [sizes[name] // record for name in sources.CIFAR10.train_members] == [41, 41, 41, 40, 40]
+    assert sizes[sources.CIFAR10.test_member] == 50 * record
 
 
 def test_the_archive_reads_into_the_requested_sizes_with_every_class(demo_archive):
-    raw = datasets.read_archive(demo_archive, datasets.get_source("demo"))
+    raw = read_archive(demo_archive, sources.get_source("demo"))
     assert raw.train_images.shape == (203, 3, 32, 32) and raw.test_images.shape == (50, 3, 32, 32)
     assert raw.class_names == list(CLASS_NAMES) and len(CLASS_NAMES) == 10
     assert torch.bincount(raw.train_labels, minlength=10).tolist() == [21, 21, 21] + [20] * 7
@@ -55,7 +56,7 @@ def test_the_archive_reads_into_the_requested_sizes_with_every_class(demo_archiv
 
 
 def test_images_span_the_value_range_and_each_shows_a_clear_pattern(demo_archive):
-    raw = datasets.read_archive(demo_archive, datasets.DEMO)
+    raw = read_archive(demo_archive, sources.DEMO)
     images = raw.train_images.float()
     assert images.min() < 20 and images.max() > 235
     per_image_range = images.amax(dim=(1, 2, 3)) - images.amin(dim=(1, 2, 3))
@@ -64,7 +65,7 @@ def test_images_span_the_value_range_and_each_shows_a_clear_pattern(demo_archive
 
 
 def test_labels_match_the_drawings_shapes_leave_the_corners_to_the_background(demo_archive):
-    raw = datasets.read_archive(demo_archive, datasets.DEMO)
+    raw = read_archive(demo_archive, sources.DEMO)
     grey = raw.train_images.float().mean(dim=1)
     corners = torch.stack([grey[:, :4, :4], grey[:, :4, -4:], grey[:, -4:, :4], grey[:, -4:, -4:]], dim=1)
     corner_means = corners.mean(dim=(2, 3))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_config import SCHEMA, demo_config
 
-from cifar_resnet import checkpoint, datasets
+from cifar_resnet import checkpoint, datasets, sources
 from cifar_resnet import train as train_module
 from cifar_resnet.config import Run, load_study, merge
 from cifar_resnet.demo import write_demo_archive
@@ -29,7 +29,7 @@ def prepared(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
     write_demo_archive(folder / "demo.tar.gz", seed=0, train_size=400, test_size=100)
     datasets.prepare_dataset(
-        folder / "demo.tar.gz", folder / "prepared.pt", datasets.get_source("demo"), 0.2, 0
+        folder / "demo.tar.gz", folder / "prepared.pt", sources.get_source("demo"), 0.2, 0
     )
     return folder / "prepared.pt"
 

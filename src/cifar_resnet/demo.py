@@ -16,9 +16,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from cifar_resnet.datasets import DEMO
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import atomic_output
+from cifar_resnet.sources import DEMO
 
 SIZE = 32
 CLASS_NAMES = (
