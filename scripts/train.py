@@ -4,7 +4,7 @@ import logging
 from pathlib import Path
 
 from cifar_resnet.devices import claim_gpu
-from cifar_resnet.train import Outputs, train_run
+from cifar_resnet.run import Outputs, train_run
 from cifar_resnet.workflow import run_job
 
 

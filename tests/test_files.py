@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from cifar_resnet import files
 from cifar_resnet.plots import plot_confusion_matrix
-from cifar_resnet.train import HISTORY_COLUMNS, write_history
+from cifar_resnet.run import HISTORY_COLUMNS, write_history
 
 
 def test_atomic_output_replaces_the_file_only_when_complete(tmp_path):

@@ -11,6 +11,7 @@ import torch
 from test_config import SCHEMA, demo_config
 
 from cifar_resnet import checkpoint, datasets, sources
+from cifar_resnet import run as run_module
 from cifar_resnet import train as train_module
 from cifar_resnet.config import Run, load_study, merge
 from cifar_resnet.demo import write_demo_archive
@@ -18,7 +19,8 @@ from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Evaluation, evaluate_run
 from cifar_resnet.files import load_tensors, read_json
 from cifar_resnet.models import ModelSpec, build_model
-from cifar_resnet.train import Outputs, build_trainer, train_run
+from cifar_resnet.run import Outputs, train_run
+from cifar_resnet.train import build_trainer
 
 DEPTHS = (20, 32, 44, 56, 110)
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,7 +216,7 @@ def test_early_stopping_stops_patience_epochs_after_the_best(
 TRAIN_IN_SUBPROCESS = """
 import json, sys, torch
 from pathlib import Path
-from cifar_resnet.train import Outputs, train_run
+from cifar_resnet.run import Outputs, train_run
 torch.set_num_threads(1)
 config, prepared, folder = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 train_run(config, prepared, Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json"),
@@ -351,8 +353,8 @@ def test_the_resume_state_is_saved_once_the_checkpoint_interval_has_passed(
     study, prepared, tmp_path, monkeypatch, interval, saves
 ):
     saved = []
-    original = train_module.save_tensors
-    for module in (train_module, checkpoint):  # the outputs, the resume state
+    original = run_module.save_tensors
+    for module in (run_module, checkpoint):  # the outputs, the resume state
         monkeypatch.setattr(
             module, "save_tensors", lambda path, data: saved.append(path) or original(path, data)
         )
@@ -380,7 +382,7 @@ def test_the_recipe_reaches_the_optimizer_and_the_initialisation(study, prepared
 def test_training_never_reads_the_test_split(study, prepared, tmp_path):
     data = load_tensors(prepared)
     without_test = {key: value for key, value in data.items() if not key.startswith("test_")}
-    train_module.save_tensors(tmp_path / "prepared.pt", without_test)
+    run_module.save_tensors(tmp_path / "prepared.pt", without_test)
     summary = train(run(study, "paper"), tmp_path / "prepared.pt", tmp_path / "run")
     assert summary["iterations"] == 3
 

@@ -1,14 +1,12 @@
-"""Training one run: the split lives on the training device as one uint8 tensor, each epoch is
-augmented there in one batched call, and the step loop never waits for the host (metrics are read once
-per epoch). A restarted job resumes bit-identically from its last saved state because every epoch
-draws its randomness from a generator seeded by (seed, epoch)."""
+"""The trainer: a run's model, optimizer, schedule and data, built once, and its epochs. The split lives
+on the training device as one uint8 tensor, each epoch is augmented there in one batched call, and the
+step loop never waits for the host (metrics are read once per epoch). Every epoch draws its randomness
+from a generator seeded by (seed, epoch), so a resumed run continues bit-identically."""
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -18,15 +16,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cifar_resnet import checkpoint, datasets
+from cifar_resnet import checkpoint
 from cifar_resnet.augment import augment, normalize
-from cifar_resnet.config import config_hash
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Split, evaluate_split
-from cifar_resnet.files import atomic_output, save_tensors, write_json
 from cifar_resnet.models import CifarResNet, ModelSpec, build_model
 from cifar_resnet.optimizer import make_optimizer
-from cifar_resnet.provenance import describe_device, git_commit, versions
 from cifar_resnet.runtime import (
     autocast,
     configure_backends,
@@ -38,25 +33,8 @@ from cifar_resnet.runtime import (
     to_device,
 )
 from cifar_resnet.schedule import LearningRate
-from cifar_resnet.selection import Monitor, monitors_of, watch
-from cifar_resnet.timings import ProcessTimes, describe_timings, process_age
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_INTERVAL_SECONDS = 60.0
-
-HISTORY_COLUMNS = [
-    "epoch",
-    "iteration",
-    "lr",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "seconds",
-    "images_per_s",
-    "val_seconds",
-]
 
 
 @dataclass
@@ -88,13 +66,6 @@ class Trainer:
     @property
     def total_epochs(self) -> int:
         return math.ceil(self.total_iterations / self.steps_per_epoch)
-
-
-@dataclass
-class Outputs:
-    model: Path
-    history: Path
-    summary: Path
 
 
 def build_trainer(run_config: dict, data: dict, pretrained: Path | None) -> tuple[Trainer, ModelSpec]:
@@ -264,166 +235,3 @@ def check_finite(step_losses: torch.Tensor, epoch: int, first_iteration: int) ->
             f"training diverged: the loss became {step_losses[step].item()} at epoch {epoch}, iteration "
             f"{first_iteration + step + 1}; lower the learning rate or add a warm-up."
         )
-
-
-def train_run(
-    run_config: dict,
-    prepared: Path,
-    outputs: Outputs,
-    resume_file: Path,
-    pretrained: Path | None = None,
-    checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS,
-) -> dict:
-    """Train one run to ``outputs``, resuming from ``resume_file`` where an earlier process left it.
-    The resume state is saved after an epoch once ``checkpoint_interval`` seconds have passed since the
-    last save, so a kill loses at most that much training, and short epochs on a fast GPU do not wait
-    for a checkpoint each."""
-    started = time.perf_counter()
-    times = ProcessTimes(startup=process_age())
-    training = run_config["recipe"]["training"]
-    data = datasets.load_prepared(prepared, splits=("train", "val"))
-    trainer, spec = build_trainer(run_config, data, pretrained)
-    times.setup = time.perf_counter() - started
-    monitors = monitors_of(training)
-    progress = resume(trainer, monitors, resume_file, config_hash(run_config))
-    log.info(
-        "training %s ResNet-%d (%s), seed %d: %d iterations = %d epochs of %d steps, batch %d, on %s",
-        run_config["variant"],
-        run_config["depth"],
-        run_config["dataset"],
-        trainer.seed,
-        trainer.total_iterations,
-        trainer.total_epochs,
-        trainer.steps_per_epoch,
-        trainer.batch_size,
-        trainer.device,
-    )
-    last_checkpoint = time.perf_counter()
-    while progress["epoch"] < trainer.total_epochs and not progress["stopped_early"]:
-        row = train_epoch(trainer, progress["epoch"] + 1)
-        after_epoch(trainer, monitors, progress, row, training)
-        times.training += row["seconds"]
-        times.validation += row["val_seconds"]
-        finished = progress["epoch"] == trainer.total_epochs or progress["stopped_early"]
-        if finished or time.perf_counter() - last_checkpoint < checkpoint_interval:
-            continue
-        checkpoint_started = time.perf_counter()
-        checkpoint.save_resume_state(
-            resume_file, progress, trainer.model, trainer.optimizer, trainer.schedule, monitors
-        )
-        last_checkpoint = time.perf_counter()
-        times.checkpoints += last_checkpoint - checkpoint_started
-    summary = write_outputs(outputs, run_config, trainer, spec, progress, started, times)
-    resume_file.unlink(missing_ok=True)
-    return summary
-
-
-def resume(trainer: Trainer, monitors: dict[str, Monitor], resume_file: Path, run_hash: str) -> dict:
-    """The run's progress: restored from ``resume_file`` (with the trainer's and monitors' state) when
-    an earlier process of this configuration left one, else a fresh start."""
-    progress = {
-        "config_hash": run_hash,
-        "epoch": 0,
-        "history": [],
-        "train_seconds": 0.0,
-        "selected": None,
-        "stopped_early": False,
-    }
-    resumed = checkpoint.read_resume_state(resume_file, run_hash)
-    if resumed:
-        checkpoint.restore(resumed, trainer.model, trainer.optimizer, trainer.schedule, monitors)
-        progress.update({key: resumed[key] for key in progress})
-        log.info("resumed from %s after epoch %d", resume_file, progress["epoch"])
-    return progress
-
-
-def after_epoch(
-    trainer: Trainer, monitors: dict[str, Monitor], progress: dict, row: dict, training: dict
-) -> None:
-    """Log the epoch, step the schedule, keep the model selection picks and decide early stopping."""
-    log.info(
-        "epoch %d/%d iter %d lr %.4g train loss %.4f acc %.2f%% val loss %.4f acc %.2f%% %.1f s %.0f img/s",
-        row["epoch"],
-        trainer.total_epochs,
-        row["iteration"],
-        row["lr"],
-        row["train_loss"],
-        100 * row["train_accuracy"],
-        row["val_loss"],
-        100 * row["val_accuracy"],
-        row["seconds"],
-        row["images_per_s"],
-    )
-    trainer.schedule.end_of_epoch(row["val_accuracy"])
-    selected, progress["stopped_early"] = watch(monitors, row, training)
-    if selected:
-        progress["selected"] = {"epoch": row["epoch"], "model": checkpoint.cpu_state(trainer.model)}
-    if progress["stopped_early"]:
-        stopping = monitors["early_stopping"]
-        log.info(
-            "early stopping after epoch %d: %s has not improved for %d epochs",
-            row["epoch"],
-            stopping.metric,
-            stopping.epochs_without_improvement,
-        )
-    progress["history"].append(row)
-    progress["epoch"] = row["epoch"]
-    progress["train_seconds"] += row["seconds"]
-
-
-def write_outputs(
-    outputs: Outputs,
-    run_config: dict,
-    trainer: Trainer,
-    spec: ModelSpec,
-    progress: dict,
-    started: float,
-    times: ProcessTimes,
-) -> dict:
-    """The selected model, the history and ``train.json`` (the run's summary, returned)."""
-    final = {"epoch": progress["epoch"], "model": checkpoint.cpu_state(trainer.model)}
-    selected = progress["selected"] or final
-    selected_row = progress["history"][selected["epoch"] - 1]
-    save_tensors(outputs.model, selected["model"])
-    write_history(outputs.history, progress["history"])
-    wall_seconds = time.perf_counter() - started
-    summary = {
-        "dataset": run_config["dataset"],
-        "variant": run_config["variant"],
-        "depth": run_config["depth"],
-        "seed": trainer.seed,
-        "config": run_config,
-        "config_hash": progress["config_hash"],
-        "model": vars(spec),
-        "train_seconds": progress["train_seconds"],
-        "wall_seconds": wall_seconds,
-        "timings": times.summary(wall_seconds, trainer.first_step_seconds),
-        "epochs": progress["epoch"],
-        "iterations": progress["history"][-1]["iteration"],
-        "selected_epoch": selected["epoch"],
-        "selected_val_accuracy": selected_row["val_accuracy"],
-        "selected_val_loss": selected_row["val_loss"],
-        "stopped_early": progress["stopped_early"],
-        "images_per_s": statistics.median([row["images_per_s"] for row in progress["history"]]),
-        "device": describe_device(trainer.device),
-        "threads": torch.get_num_threads(),
-        "versions": versions(),
-        "git_commit": git_commit(),
-    }
-    write_json(outputs.summary, summary)
-    log.info(
-        "done: selected epoch %d (val acc %.2f%%), %.1f s training, %.1f s wall",
-        selected["epoch"],
-        100 * selected_row["val_accuracy"],
-        summary["train_seconds"],
-        summary["wall_seconds"],
-    )
-    log.info("%s", describe_timings(summary["timings"]))
-    return summary
-
-
-def write_history(path: Path, rows: list[dict]) -> None:
-    with atomic_output(path) as temporary, open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
