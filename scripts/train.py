@@ -4,8 +4,13 @@ import logging
 from pathlib import Path
 
 from cifar_resnet.devices import claim_gpu
-from cifar_resnet.run import Outputs, train_run
-from cifar_resnet.workflow import run_job
+from cifar_resnet.run import CHECKPOINT_INTERVAL_SECONDS, Outputs, train_run
+from cifar_resnet.workflow import run_job, whole_number_from_environment
+
+
+def checkpoint_interval() -> float:
+    seconds = whole_number_from_environment("CIFAR_RESNET_CHECKPOINT_SECONDS", "seconds", "600", minimum=0)
+    return CHECKPOINT_INTERVAL_SECONDS if seconds is None else seconds
 
 
 def train():
@@ -20,6 +25,7 @@ def train():
             ),
             resume_file=Path(snakemake.params.resume),
             pretrained=Path(snakemake.input.pretrained[0]) if snakemake.input.pretrained else None,
+            checkpoint_interval=checkpoint_interval(),
         )
 
 

@@ -1,15 +1,20 @@
 """The real workflow, end to end, on a tiny demo configuration on the CPU, and its dry runs."""
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
+from cifar_resnet.files import load_tensors
 from cifar_resnet.plots import PLOT_NAMES
 from cifar_resnet.readme import results_block, splice_readme
 
@@ -188,3 +193,41 @@ def test_a_config_error_stops_before_any_job(demo_run):
     result = snakemake(workdir, "-n", "--configfile", *configs, bad, check=False)
     assert result.returncode != 0
     assert "depth 21 is not a CIFAR ResNet depth" in result.stdout + result.stderr
+
+
+RESUMABLE = {**TINY, "study": {"variants": ["paper"]}}  # 50 iterations: 7 epochs of 8 steps
+
+
+def test_a_killed_workflow_resumes_its_training_job_to_identical_results(tmp_path):
+    """Snakemake deletes a failed job's outputs, not its resume file: after a kill, `--unlock` and the
+    same command (the default profile reruns incomplete jobs) continue from the saved epoch."""
+    model = "results/demo/runs/paper/resnet20/seed0/model.pt"
+    env = {**os.environ, "CIFAR_RESNET_CHECKPOINT_SECONDS": "0"}  # save the resume state every epoch
+
+    def start(name: str) -> tuple[Path, list[str]]:
+        (tmp_path / name).mkdir()
+        workdir = copy_workflow(tmp_path / name)
+        resumable = write_config(workdir, "resumable.yaml", RESUMABLE)
+        # the target first: --configfile takes every value after it
+        return workdir, [str(SNAKEMAKE), model, "--cores", "1", "--configfile", "config/demo.yaml", resumable]
+
+    uninterrupted, command = start("uninterrupted")
+    subprocess.run(command, cwd=uninterrupted, env=env, check=True, capture_output=True)
+
+    workdir, command = start("killed")
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    process = subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True, **quiet)
+    resume_file = workdir / "results/demo/resume/paper/resnet20/seed0.pt"
+    deadline = time.monotonic() + 300
+    while not resume_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # Snakemake and its job, as a lost node would
+    process.wait()
+    assert resume_file.exists() and not (workdir / model).exists()
+    subprocess.run([*command, "--unlock"], cwd=workdir, check=True, capture_output=True)
+    subprocess.run(command, cwd=workdir, env=env, check=True, capture_output=True)
+
+    assert "resumed from" in (workdir / "results/demo/logs/train/paper/resnet20/seed0.log").read_text()
+    expected, resumed = load_tensors(uninterrupted / model), load_tensors(workdir / model)
+    assert all(torch.equal(expected[key], resumed[key]) for key in expected)
+    assert not resume_file.exists()

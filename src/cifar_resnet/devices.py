@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from cifar_resnet.errors import StudyError
+from cifar_resnet.workflow import whole_number_from_environment
 
 VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 GPU_COUNT_VARIABLE = "CIFAR_RESNET_GPU_COUNT"
@@ -61,7 +62,7 @@ def claim_gpu(
         log(f"no GPU visible ({source}): training on the CPU")
         yield None
         return
-    slots = _count_from_environment(JOBS_PER_GPU_VARIABLE, "training jobs per GPU", "4", minimum=1) or 1
+    slots = whole_number_from_environment(JOBS_PER_GPU_VARIABLE, "training jobs per GPU", "4", minimum=1) or 1
     device, slot, lock = _wait_for_free_slot(Path(lock_dir), pool, slots, timeout)
     previous = os.environ.get(VISIBLE_DEVICES)
     try:
@@ -93,22 +94,11 @@ def _device_pool(device_count: int | None) -> tuple[list[str], str]:
         return usable, f"pool {VISIBLE_DEVICES}={visible} set before the run"
     if device_count is not None:
         return [str(index) for index in range(device_count)], f"{device_count} GPUs as the caller said"
-    count = _count_from_environment(GPU_COUNT_VARIABLE, "GPUs", "2", minimum=0)
+    count = whole_number_from_environment(GPU_COUNT_VARIABLE, "GPUs", "2", minimum=0)
     if count is not None:
         return [str(index) for index in range(count)], f"{GPU_COUNT_VARIABLE}={count}"
     count = _torch_gpu_count()
     return [str(index) for index in range(count)], f"{count} GPUs found by torch"
-
-
-def _count_from_environment(name: str, what: str, example: str, minimum: int) -> int | None:
-    """The whole number in $name, or None when it is unset."""
-    raw = os.environ.get(name)
-    if raw is None:
-        return None
-    if not raw.strip().isdigit() or int(raw) < minimum:
-        at_least = f", at least {minimum}," if minimum else ""
-        raise StudyError(f"{name} must be a whole number of {what}{at_least} such as {example}, not {raw!r}.")
-    return int(raw)
 
 
 def _torch_gpu_count() -> int:

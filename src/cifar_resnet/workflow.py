@@ -4,6 +4,7 @@ count, and user-fixable errors reported as one sentence instead of a traceback."
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -28,3 +29,15 @@ def run_job(snakemake, job: Callable[[], object]) -> None:
     except StudyError as error:
         logging.getLogger("cifar_resnet").error("%s", error)
         sys.exit(1)
+
+
+def whole_number_from_environment(name: str, what: str, example: str, minimum: int) -> int | None:
+    """The whole number in $name, a setting of the jobs that is not part of any run's configuration (so
+    changing it retrains nothing), or None when it is unset."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
+    if not raw.strip().isdigit() or int(raw) < minimum:
+        at_least = f", at least {minimum}," if minimum else ""
+        raise StudyError(f"{name} must be a whole number of {what}{at_least} such as {example}, not {raw!r}.")
+    return int(raw)
