@@ -13,10 +13,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_summary import summary_row
 
 from cifar_resnet.files import load_tensors
 from cifar_resnet.plots import PLOT_NAMES
 from cifar_resnet.readme import results_block, splice_readme
+from cifar_resnet.tables import accuracy_table, render_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -231,3 +233,42 @@ def test_a_killed_workflow_resumes_its_training_job_to_identical_results(tmp_pat
     expected, resumed = load_tensors(uninterrupted / model), load_tensors(workdir / model)
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
     assert not resume_file.exists()
+
+
+def test_the_readme_rule_splices_a_real_datasets_results(tmp_path):
+    """On CIFAR-10 results the README gets the accuracy table (with the paper's column), links to the
+    plots and the study's variant table, and nothing else changes; only the readme rule runs, on a
+    table written as the accuracy_table rule writes it."""
+    workdir = copy_workflow(tmp_path)
+    study = {"study": {"datasets": ["cifar10"], "variants": ["paper", "dropout"], "depths": [20]}}
+    overlay = write_config(workdir, "cifar10.yaml", {**study, "report": {"update_readme": True}})
+    summary = pd.DataFrame(
+        [summary_row(variant, 20, seed, error) for seed, (variant, error) in enumerate(RESULTS)]
+    )
+    table = workdir / "results/cifar10/tables/accuracy.md"
+    table.parent.mkdir(parents=True)
+    table.write_text(render_markdown(accuracy_table(summary)))
+    only_readme = ("--allowed-rules", "readme")
+    snakemake(workdir, "results/readme_block.md", "--cores", "1", "--configfile", overlay, *only_readme)
+    readme = (workdir / "README.md").read_text()
+    results = between(readme, "results")
+    assert results == (workdir / "results/readme_block.md").read_text()
+    assert results.startswith("### CIFAR-10\n") and table.read_text().strip() in results
+    assert "Paper %" in results and "8.75" in results  # He et al.'s ResNet-20 error beside ours
+    assert "(results/cifar10/plots/error_vs_depth.png)" in results
+    assert re.findall(r"^\| `([\w-]+)`", between(readme, "variants"), re.M) == ["paper", "dropout"]
+    original = (ROOT / "README.md").read_text()
+    assert outside_markers(readme) == outside_markers(original)
+
+
+RESULTS = [("paper", 8.4), ("paper", 8.6), ("dropout", 8.0), ("dropout", 8.2)]
+
+
+def between(text: str, marker: str) -> str:
+    return text.split(f"<!-- {marker}:start -->\n", 1)[1].split(f"<!-- {marker}:end -->", 1)[0]
+
+
+def outside_markers(text: str) -> str:
+    for marker in ("results", "variants"):
+        text = text.replace(between(text, marker), "")
+    return text
