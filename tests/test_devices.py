@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cifar_resnet import devices
 from cifar_resnet.devices import claim_gpu
 from cifar_resnet.errors import StudyError
 
@@ -307,3 +308,47 @@ def test_snakemake_jobs_running_at_once_get_distinct_gpu_slots(tmp_path, gpus, j
         running = [other for other in runs if other["start"] <= run["start"] < other["end"]]
         assert len(running) <= 2
         assert sum(other["device"] == run["device"] for other in running) <= jobs_per_gpu
+
+
+@pytest.fixture
+def no_nvidia(monkeypatch, tmp_path):
+    """A machine with neither nvidia-smi on PATH nor the driver's GPU folder."""
+    for name in GPU_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setattr(devices, "NVIDIA_DRIVER_GPUS", tmp_path / "proc" / "gpus")
+    return tmp_path
+
+
+def test_gpus_are_counted_by_nvidia_smi(no_nvidia):
+    smi = no_nvidia / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text(
+        "#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-1)'\necho 'GPU 1: NVIDIA H200 (UUID: GPU-2)'\n"
+    )
+    smi.chmod(0o755)
+    lines = []
+    with claim_gpu(no_nvidia / "locks", log=lines.append) as device:
+        assert device == "0"
+    assert lines == ["using GPU 0 of 2 (CUDA_VISIBLE_DEVICES=0; 2 GPUs listed by nvidia-smi)"]
+
+
+def test_without_nvidia_smi_the_drivers_gpu_folders_count(no_nvidia):
+    for address in ("0000:01:00.0", "0000:41:00.0", "0000:81:00.0"):
+        (no_nvidia / "proc" / "gpus" / address).mkdir(parents=True)
+    assert devices.nvidia_gpu_count() == (3, f"in {no_nvidia / 'proc' / 'gpus'}")
+
+
+def test_without_a_driver_jobs_train_on_the_cpu_and_torch_is_not_imported(no_nvidia):
+    code = (
+        "import sys; from pathlib import Path; from cifar_resnet import devices\n"
+        f"devices.NVIDIA_DRIVER_GPUS = Path({str(no_nvidia / 'proc')!r})\n"
+        f"with devices.claim_gpu(Path({str(no_nvidia / 'locks')!r}), log=print) as device:\n"
+        "    print(device, 'torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    output = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert output.stdout.splitlines() == [
+        "no GPU visible (0 GPUs (no NVIDIA driver)): training on the CPU",
+        "None False",
+    ]

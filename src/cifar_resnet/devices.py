@@ -13,8 +13,8 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +30,7 @@ GPU_COUNT_VARIABLE = "CIFAR_RESNET_GPU_COUNT"
 JOBS_PER_GPU_VARIABLE = "CIFAR_RESNET_JOBS_PER_GPU"
 SLURM_GPU_VARIABLES = (VISIBLE_DEVICES, "SLURM_STEP_GPUS", "SLURM_JOB_GPUS")
 POLL_SECONDS = 0.2
+NVIDIA_DRIVER_GPUS = Path("/proc/driver/nvidia/gpus")
 
 
 @contextmanager
@@ -45,7 +46,7 @@ def claim_gpu(
 
     Under SLURM with GPUs assigned, claims nothing and yields SLURM's assignment. Otherwise the pool is
     the CUDA_VISIBLE_DEVICES list the run was started with, or else ``range(device_count)``, where
-    ``device_count`` defaults to $CIFAR_RESNET_GPU_COUNT or else the number of GPUs torch finds. Each
+    ``device_count`` defaults to $CIFAR_RESNET_GPU_COUNT or else ``nvidia_gpu_count()``. Each
     GPU has $CIFAR_RESNET_JOBS_PER_GPU slots (1 when unset), filled one round
     over all GPUs at a time, so jobs spread over the GPUs before they share one. The claimed id is
     CUDA_VISIBLE_DEVICES inside the block, so the job's GPU is always ``cuda:0``; enter the block
@@ -97,16 +98,28 @@ def _device_pool(device_count: int | None) -> tuple[list[str], str]:
     count = whole_number_from_environment(GPU_COUNT_VARIABLE, "GPUs", "2", minimum=0)
     if count is not None:
         return [str(index) for index in range(count)], f"{GPU_COUNT_VARIABLE}={count}"
-    count = _torch_gpu_count()
-    return [str(index) for index in range(count)], f"{count} GPUs found by torch"
+    count, source = nvidia_gpu_count()
+    return [str(index) for index in range(count)], f"{count} GPUs {source}"
 
 
-def _torch_gpu_count() -> int:
-    # Counted in a child process: when torch cannot ask NVML it initialises CUDA to count, and CUDA
-    # would then ignore the CUDA_VISIBLE_DEVICES this process sets afterwards.
-    probe = "import torch; print(torch.cuda.device_count())"
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    return int(result.stdout)
+def nvidia_gpu_count() -> tuple[int, str]:
+    """The NVIDIA GPUs this machine has, and how they were counted, without importing torch: asking
+    CUDA would initialise it, and CUDA then ignores the CUDA_VISIBLE_DEVICES set afterwards. The
+    driver's ``nvidia-smi -L`` lists what this container may use; without it, the driver's folder
+    per GPU; without a driver, none."""
+    smi = shutil.which("nvidia-smi")
+    if smi is not None:
+        try:
+            listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60, check=True)
+        except (OSError, subprocess.SubprocessError) as error:
+            raise StudyError(
+                f"nvidia-smi -L failed ({error}), so the GPUs cannot be counted; set "
+                f"{GPU_COUNT_VARIABLE} to their number."
+            ) from None
+        return sum(line.startswith("GPU ") for line in listing.stdout.splitlines()), "listed by nvidia-smi"
+    if NVIDIA_DRIVER_GPUS.is_dir():
+        return sum(entry.is_dir() for entry in NVIDIA_DRIVER_GPUS.iterdir()), f"in {NVIDIA_DRIVER_GPUS}"
+    return 0, "(no NVIDIA driver)"
 
 
 def _wait_for_free_slot(
