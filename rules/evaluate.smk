@@ -12,7 +12,7 @@ rule evaluate:
         f"{LOGS}/evaluate/{RUN_NAME}.log",
     conda:
         "../envs/train.yaml"
-    threads: 4
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=4000,

@@ -14,7 +14,7 @@ rule train:
         f"{LOGS}/train/{RUN_NAME}.log",
     conda:
         "../envs/train.yaml"
-    threads: 4
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,

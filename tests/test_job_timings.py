@@ -3,7 +3,14 @@
 import pytest
 
 from cifar_resnet import cli
-from cifar_resnet.benchmark.targets import job_timings, summaries, target_verdicts
+from cifar_resnet.benchmark.targets import (
+    evaluations,
+    job_timings,
+    job_types,
+    summaries,
+    target_verdicts,
+    workflow_wall_seconds,
+)
 from cifar_resnet.files import read_json, write_json
 
 
@@ -11,9 +18,24 @@ def write_train_json(folder, variant, depth, iterations, train_seconds, job_seco
     path = folder / "runs" / variant / f"resnet{depth}" / "seed0" / "train.json"
     summary = {"dataset": "demo", "variant": variant, "depth": depth, "seed": 0, "device": "cuda (H100)"}
     summary |= {"iterations": iterations, "train_seconds": train_seconds, "images_per_s": 1000.0, **extra}
-    summary["timings"] = {"job_seconds": job_seconds, "overhead_fraction": overhead}
+    summary["timings"] = {
+        "startup_seconds": 2.0,
+        "setup_seconds": 1.0,
+        "first_step_seconds": 0.5,
+        "training_seconds": train_seconds,
+        "job_seconds": job_seconds,
+        "overhead_fraction": overhead,
+        "started_at": 1000.0,
+    }
     write_json(path, summary)
     return path
+
+
+def write_eval_json(folder, variant, depth, inference_seconds, job_seconds, started_at):
+    timings = {"startup_seconds": 2.0, "setup_seconds": 0.5, "inference_seconds": inference_seconds}
+    timings |= {"job_seconds": job_seconds, "overhead_fraction": 1 - inference_seconds / job_seconds}
+    path = folder / "runs" / variant / f"resnet{depth}" / "seed0" / "eval.json"
+    write_json(path, {"test_accuracy": 0.9, "timings": {**timings, "started_at": started_at}})
 
 
 def test_job_timings_judge_the_full_paper_runs_against_the_targets(tmp_path):
@@ -62,3 +84,25 @@ def test_timings_say_when_no_target_applies(tmp_path, capsys):
     write_train_json(tmp_path, "paper", 20, 50, 9.0, 12.0, 0.3)
     cli.main(["timings", str(tmp_path)])
     assert "no target applies" in capsys.readouterr().out
+
+
+def test_timings_say_where_each_job_types_time_went_and_the_workflows_wall_time(tmp_path, capsys):
+    write_train_json(tmp_path, "paper", 20, 50, 10.0, 14.0, 0.32)  # steady training 9.5 s, 1000 to 1014
+    write_train_json(tmp_path, "paper", 8, 50, 4.0, 8.0, 0.56)  # steady 3.5 s, 1000 to 1008
+    write_eval_json(tmp_path, "paper", 20, 3.0, 6.0, started_at=1014.0)
+    write_eval_json(tmp_path, "paper", 8, 1.0, 4.0, started_at=1020.0)  # ends last, at 1024
+    types = job_types(summaries([tmp_path]), evaluations([tmp_path])).set_index("job")
+    assert types.loc["training", "jobs"] == 2 and types.loc["evaluation", "jobs"] == 2
+    assert types.loc["training", "work"] == pytest.approx(13.0)
+    assert types.loc["training", "overhead"] == pytest.approx(1 - 13.0 / 22.0)
+    assert types.loc["evaluation", "work"] == pytest.approx(4.0)
+    assert types.loc["evaluation", "overhead"] == pytest.approx(1 - 4.0 / 10.0)
+    assert types.loc["training", "median_overhead"] == pytest.approx(0.44)
+    assert workflow_wall_seconds(types.reset_index()) == pytest.approx(24.0)
+    cli.main(["timings", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert (
+        "| evaluation |" in printed
+        and "workflow: 24.0 s" in printed
+        and "13.0 s of steady training" in printed
+    )

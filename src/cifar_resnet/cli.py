@@ -181,10 +181,29 @@ def run_benchmark(args: argparse.Namespace) -> None:
         sys.exit(f"error: {len(failed)} measurement(s) failed; their rows say why: {failed['note'].iloc[0]}")
 
 
+def print_job_types(types) -> None:
+    """Seconds summed per job type, and the workflow's wall time against its steady training."""
+    shown = types.drop(columns=["started_at", "ended_at"]).assign(
+        overhead=types["overhead"].map("{:.1%}".format),
+        median_overhead=types["median_overhead"].map("{:.1%}".format),
+    )
+    print("\nwhere the jobs' time went (seconds, summed per job type; work: steady training or inference):\n")
+    print(tabulate(shown, headers="keys", tablefmt="github", showindex=False, floatfmt=",.1f"))
+    wall, training = targets.workflow_wall_seconds(types), types.set_index("job")["work"].get("training", 0.0)
+    print(
+        f"\nworkflow: {wall:,.1f} s from the first job's start to the last job's end, for {training:,.1f} s "
+        f"of steady training summed over the training jobs ({wall / training:.2f}x)"
+        if training
+        else f"\nworkflow: {wall:,.1f} s from the first job's start to the last job's end"
+    )
+
+
 def run_timings(args: argparse.Namespace) -> None:
-    timings = targets.job_timings(targets.summaries(args.paths))
+    summaries = targets.summaries(args.paths)
+    timings = targets.job_timings(summaries)
     shown = timings.assign(overhead_fraction=timings["overhead_fraction"].map("{:.1%}".format))
     print(tabulate(shown, headers="keys", tablefmt="github", showindex=False, floatfmt=",.1f"))
+    print_job_types(targets.job_types(summaries, targets.evaluations(args.paths)))
     verdicts = targets.target_verdicts(timings)
     if verdicts.empty:
         print(

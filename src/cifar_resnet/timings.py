@@ -1,10 +1,13 @@
-"""Where a training job's time went: start-up, setup, the first step, training, validation and
-checkpoints, and the fraction of the job spent outside steady training steps."""
+"""Where a job's time went: for training, start-up, setup, the first step, training, validation and
+checkpoints; for evaluation, start-up, setup and inference; and the fraction of the job spent outside
+its work (steady training steps, or inference). ``started_at`` (Unix time of the process start) lets
+a workflow's jobs be laid on one clock."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -17,6 +20,10 @@ class ProcessTimes:
     training: float = 0.0  # the epochs' step loops, this process's first step included
     validation: float = 0.0
     checkpoints: float = 0.0  # the resume state, at most every checkpoint interval
+    started_at: float = field(init=False)
+
+    def __post_init__(self):
+        self.started_at = time.time() - (self.startup or 0.0)
 
     def summary(self, wall_seconds: float, first_step: float | None) -> dict:
         """The parts, the job's time from process start and the fraction of it spent outside steady
@@ -33,7 +40,22 @@ class ProcessTimes:
             "checkpoint_seconds": self.checkpoints,
             "job_seconds": job,
             "overhead_fraction": 1 - steady / job,
+            "started_at": self.started_at,
         }
+
+
+def evaluation_timings(startup: float | None, setup: float, inference: float, wall: float) -> dict:
+    """An evaluation job's parts (``wall`` counts from the job's own code, after start-up), its time
+    from process start and the fraction of it spent outside inference."""
+    job = wall + (startup or 0.0)
+    return {
+        "startup_seconds": startup,
+        "setup_seconds": setup,
+        "inference_seconds": inference,
+        "job_seconds": job,
+        "overhead_fraction": 1 - inference / job,
+        "started_at": time.time() - job,
+    }
 
 
 def describe_timings(timings: dict) -> str:

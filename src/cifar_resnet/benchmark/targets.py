@@ -1,6 +1,7 @@
-"""Real training jobs against the speed targets of docs/benchmark.md, read from their ``train.json``:
-the whole-job verdicts that ``cifar-resnet timings`` prints. The benchmark times steps; these judge
-whole trainings (the paper's 64k iterations, the job's overhead, the five depths together)."""
+"""Where a finished workflow's time went and how its jobs meet the speed targets of docs/benchmark.md,
+read from the runs' ``train.json`` and ``eval.json``: what ``cifar-resnet timings`` prints. The
+benchmark times steps; these judge whole jobs (the paper's 64k iterations, the job's overhead, the five
+depths together)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ TIMED_FIELDS = (
     "timings",
 )
 FIVE_DEPTHS = (20, 32, 44, 56, 110)
+RUNS_TRAIN, RUNS_EVAL = "runs/*/resnet*/seed*/train.json", "runs/*/resnet*/seed*/eval.json"
 VERDICT_COLUMNS = ["dataset", "seed", "device", "target", "measured", "limit", "met"]
 
 
@@ -34,12 +36,66 @@ def summaries(paths: Sequence[Path]) -> list[Path]:
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(path.glob("runs/*/resnet*/seed*/train.json"))
+            found += sorted(path.glob(RUNS_TRAIN))
         elif path.is_file():
             found.append(path)
         else:
             raise StudyError(f"{path} does not exist")
     return found
+
+
+def evaluations(paths: Sequence[Path]) -> list[Path]:
+    """The ``eval.json`` of every run under each ``results/{dataset}`` folder named."""
+    return [found for path in map(Path, paths) if path.is_dir() for found in sorted(path.glob(RUNS_EVAL))]
+
+
+def job_types(summaries: Sequence, evaluation_files: Sequence) -> pd.DataFrame:
+    """Per job type (training, evaluation): the number of jobs, their summed start-up, setup, first
+    step (training only) and work (steady training steps, or inference) in seconds, the summed job time
+    and the share of it spent outside work, and the median job's overhead fraction."""
+    rows = []
+    for path in summaries:
+        times = read_fields(Path(path), ("timings",))["timings"]
+        work = times["training_seconds"] - (times["first_step_seconds"] or 0.0)
+        rows.append(job_row("training", times, times["first_step_seconds"], work))
+    for path in evaluation_files:
+        times = read_fields(Path(path), ("timings",))["timings"]
+        rows.append(job_row("evaluation", times, 0.0, times["inference_seconds"]))
+    if not rows:
+        raise StudyError("no train.json or eval.json to read: run the workflow first.")
+    jobs = pd.DataFrame(rows)
+    table = jobs.groupby("job", sort=False).agg(
+        jobs=("job", "size"),
+        startup=("startup", "sum"),
+        setup=("setup", "sum"),
+        first_step=("first_step", "sum"),
+        work=("work", "sum"),
+        job_seconds=("job_seconds", "sum"),
+        median_overhead=("overhead_fraction", "median"),
+        started_at=("started_at", "min"),
+        ended_at=("ended_at", "max"),
+    )
+    table.insert(6, "overhead", 1 - table["work"] / table["job_seconds"])
+    return table.reset_index()
+
+
+def job_row(job: str, times: dict, first_step: float | None, work: float) -> dict:
+    return {
+        "job": job,
+        "startup": times["startup_seconds"] or 0.0,
+        "setup": times["setup_seconds"],
+        "first_step": first_step or 0.0,
+        "work": work,
+        "job_seconds": times["job_seconds"],
+        "overhead_fraction": times["overhead_fraction"],
+        "started_at": times["started_at"],
+        "ended_at": times["started_at"] + times["job_seconds"],
+    }
+
+
+def workflow_wall_seconds(types: pd.DataFrame) -> float:
+    """From the first job's process start to the last job's end (the report jobs record no times)."""
+    return types["ended_at"].max() - types["started_at"].min()
 
 
 def job_timings(summaries: Sequence) -> pd.DataFrame:
