@@ -6,7 +6,11 @@ from cifar_resnet.config import Run, load_study
 from cifar_resnet.plots import PLOT_NAMES as PLOTS
 from cifar_resnet.sources import DATASETS, downloaded_datasets, get_source
 
-STUDY = load_study(config, Path(workflow.basedir) / "config" / "schema.yaml")
+STUDY = load_study(
+    config,
+    Path(workflow.basedir) / "config" / "schema.yaml",
+    command_line=workflow.config_settings.config,
+)
 DATA_ROOT = config["data"]["root"]
 REAL_DATASETS = downloaded_datasets()
 
