@@ -9,6 +9,7 @@ from cifar_resnet.workflow import run_job
 
 
 def train():
+    Path(snakemake.params.evaluation).unlink(missing_ok=True)  # it evaluated the model Snakemake removed
     with claim_gpu(Path(snakemake.params.gpu_slots), log=logging.getLogger("cifar_resnet").info):
         train_run(
             snakemake.params.run_config,
@@ -23,4 +24,4 @@ def train():
         )
 
 
-run_job(snakemake, train)
+run_job(snakemake, train, resumable=True)
