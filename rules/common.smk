@@ -1,12 +1,21 @@
 import re
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from cifar_resnet.config import Run, load_study
+from cifar_resnet.files import check_csv, check_json, check_tensor_file
+from cifar_resnet.plots import CONFUSION_FIELDS, LEARNING_CURVE_COLUMNS
 from cifar_resnet.plots import PLOT_NAMES as PLOTS
+from cifar_resnet.readme import check_markers
+from cifar_resnet.summary import EVAL_FIELDS, TRAIN_FIELDS
 from cifar_resnet.sources import DATASETS, downloaded_datasets, get_source
 
-STUDY = load_study(config, Path(workflow.basedir) / "config" / "schema.yaml")
+STUDY = load_study(
+    config,
+    Path(workflow.basedir) / "config" / "schema.yaml",
+    command_line=workflow.config_settings.config,
+)
 DATA_ROOT = config["data"]["root"]
 REAL_DATASETS = downloaded_datasets()
 
@@ -27,6 +36,10 @@ JOB_THREADS = 1
 SUMMARY = f"{RESULTS}/{{dataset}}/summary.csv"
 ACCURACY_TABLE = f"{RESULTS}/{{dataset}}/tables/accuracy.md"
 README_BLOCK = f"{RESULTS}/readme_block.md"
+README = "README.md"
+UPDATES_README = config["report"]["update_readme"] and bool(
+    set(STUDY.datasets) & set(REAL_DATASETS)
+)
 
 
 wildcard_constraints:
@@ -60,6 +73,25 @@ def run_files(dataset: str, name: str) -> list[str]:
     return [run_path(f"{RUN_DIR}/{name}", run) for run in STUDY.runs(dataset)]
 
 
+# What the jobs that read a run's files need of each, checked as the workflow is read (at the end).
+RUN_FILE_CHECKS = {
+    "model.pt": check_tensor_file,
+    "history.csv": partial(check_csv, numeric_columns=LEARNING_CURVE_COLUMNS),
+    "train.json": partial(check_json, fields=(*TRAIN_FIELDS, "config")),
+    "eval.json": partial(check_json, fields=(*EVAL_FIELDS, *CONFUSION_FIELDS)),
+}
+
+
+def primary_results() -> list[str]:
+    """Every trained run's model.pt, history.csv and train.json and every study run's eval.json."""
+    outputs = [
+        run_path(f"{RUN_DIR}/{name}", run)
+        for run in STUDY.trained_runs()
+        for name in ("model.pt", "history.csv", "train.json")
+    ]
+    return outputs + [run_path(f"{RUN_DIR}/eval.json", run) for run in STUDY.runs()]
+
+
 def plot_file(dataset: str, name: str) -> str:
     return f"{RESULTS}/{dataset}/plots/{name}.png"
 
@@ -75,14 +107,15 @@ def paper_reference(wildcards) -> bool:
 
 
 def final_outputs() -> list[str]:
-    outputs = []
+    """The primary results, so that a deleted one is rebuilt, then the aggregates."""
+    outputs = primary_results()
     for dataset in STUDY.datasets:
         outputs += [
             SUMMARY.format(dataset=dataset),
             ACCURACY_TABLE.format(dataset=dataset),
         ]
         outputs += [plot_file(dataset, name) for name in PLOTS]
-    if config["report"]["update_readme"] and set(STUDY.datasets) & set(REAL_DATASETS):
+    if UPDATES_README:
         outputs.append(README_BLOCK)
     return outputs
 
@@ -91,3 +124,13 @@ def train_minutes(wildcards) -> int:
     """A SLURM time limit with room to spare for an H100-class GPU, scaled by depth and width."""
     recipe = STUDY.recipes[wildcards.variant]
     return 20 + int(wildcards.depth) * recipe["model"]["width"] ** 2 // 2
+
+
+# Before any job starts: the files that jobs will read from earlier runs, and the README markers the
+# readme rule splices between. A corrupt file or a missing marker stops the workflow here with one
+# sentence, instead of in a job that Snakemake would first have cleared of its previous outputs.
+for path in primary_results():
+    if Path(path).exists():
+        RUN_FILE_CHECKS[Path(path).name](path)
+if UPDATES_README:
+    check_markers(README)

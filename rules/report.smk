@@ -85,7 +85,7 @@ rule readme:
     conda:
         "../envs/report.yaml"
     params:
-        readme="README.md",
+        readme=README,
         variants={name: config["variants"][name] for name in STUDY.variants},
         datasets=README_DATASETS,
         # Links from the README to each dataset's plots, as the plots rule writes them.

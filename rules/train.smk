@@ -22,6 +22,9 @@ rule train:
     params:
         run_config=lambda wildcards: STUDY.run_config(run_of(wildcards)),
         resume=RESUME_FILE,
+        # Snakemake removes a job's outputs before it starts: the job removes the evaluation of the
+        # model it replaces, so a failure never leaves an eval.json beside a missing model.
+        evaluation=f"{RUN_DIR}/eval.json",
         gpu_slots=".snakemake/gpu-slots",
     script:
         "../scripts/train.py"

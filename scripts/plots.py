@@ -7,12 +7,14 @@ import numpy as np
 import pandas as pd
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import read_json
+from cifar_resnet.files import check_json
 from cifar_resnet.plots import (
+    CONFUSION_FIELDS,
     plot_confusion_matrix,
     plot_error_vs_depth,
     plot_error_vs_params,
     plot_learning_curves,
+    read_history,
 )
 from cifar_resnet.tables import PAPER_TABLE6_ERROR
 from cifar_resnet.workflow import run_job
@@ -46,7 +48,7 @@ def plots():
     first_seeds = at_depth[at_depth["seed"] == at_depth["seed"].min()]
     history_files = by_run(snakemake.input.histories)
     histories = {
-        f"{row.variant} / ResNet-{depth} / seed {row.seed}": pd.read_csv(declared(history_files, row))
+        f"{row.variant} / ResNet-{depth} / seed {row.seed}": read_history(declared(history_files, row))
         for row in first_seeds.itertuples()
     }
     plot_learning_curves(histories, output.learning_curves)
@@ -54,7 +56,9 @@ def plots():
     shown = at_depth[at_depth["variant"] == baseline]
     shown = shown if len(shown) else at_depth[at_depth["variant"] == at_depth["variant"].iloc[0]]
     evaluation_files = by_run(snakemake.input.evaluation)
-    evaluations = [read_json(declared(evaluation_files, row)) for row in shown.itertuples()]
+    evaluations = [
+        check_json(declared(evaluation_files, row), CONFUSION_FIELDS) for row in shown.itertuples()
+    ]
     plot_confusion_matrix(
         np.sum([evaluation["confusion_matrix"] for evaluation in evaluations], axis=0),
         evaluations[0]["class_names"],

@@ -4,20 +4,19 @@ import os
 from pathlib import Path
 
 from cifar_resnet.files import write_text
-from cifar_resnet.readme import results_block, splice_readme, variant_table
+from cifar_resnet.readme import RESULTS_MARKERS, VARIANTS_MARKERS, results_block, update_readme, variant_table
 from cifar_resnet.workflow import run_job
 
 
 def readme():
     readme = Path(snakemake.params.readme)
     variants = variant_table(snakemake.params.variants)
-    splice_readme(readme, variants, "<!-- variants:start -->", "<!-- variants:end -->")
     plots = [
         {name: os.path.relpath(path, readme.parent) for name, path in paths.items()}
         for paths in snakemake.params.plots
     ]
     block = results_block(snakemake.params.datasets, [Path(p) for p in snakemake.input.tables], plots)
-    splice_readme(readme, block)
+    update_readme(readme, {VARIANTS_MARKERS: variants, RESULTS_MARKERS: block})
     write_text(snakemake.output[0], block)
 
 

@@ -14,6 +14,7 @@ def checkpoint_interval() -> float:
 
 
 def train():
+    Path(snakemake.params.evaluation).unlink(missing_ok=True)  # it evaluated the model Snakemake removed
     with claim_gpu(Path(snakemake.params.gpu_slots), log=logging.getLogger("cifar_resnet").info):
         train_run(
             snakemake.params.run_config,
@@ -29,4 +30,4 @@ def train():
         )
 
 
-run_job(snakemake, train)
+run_job(snakemake, train, resumable=True)

@@ -97,8 +97,17 @@ def mutate(path, value):
         ),
         (("recipe", "optimizer", "name"), "adamw", "'adamw' is not one of"),
         (("recipe", "schedule", "kind"), "cosine", "'cosine' is not one of"),
-        (("recipe", "schedule", "milestones"), [32000, 70000], "milestone 70000 lies beyond the end"),
-        (("recipe", "schedule", "factors"), [0.1], "2 milestones but 1 factors"),
+        (
+            ("recipe", "schedule", "milestones"),
+            [32000, 70000],
+            "^recipe.schedule.milestones has the milestone 70000, which lies beyond the end of training: "
+            "training ends after 64000 iterations \\(recipe.training.duration\\); choose milestones below",
+        ),
+        (
+            ("recipe", "schedule", "factors"),
+            [0.1],
+            "^recipe.schedule.milestones has 2 milestones but recipe.schedule.factors has 1 factors",
+        ),
         (("recipe", "training", "duration"), "long", "'long' is not of type 'integer'"),
         (
             ("variants", "step-lr", "overrides", "schedule", "gamma"),
@@ -111,7 +120,7 @@ def mutate(path, value):
             "pretrained from variant 'nope'",
         ),
         (("variants", "frozen", "overrides", "model"), {"width": 2}, "changes the backbone \\(width\\)"),
-        (("report", "baseline_variant"), "nope", "baseline_variant 'nope' is not defined"),
+        (("report", "baseline_variant"), "nope", "report.baseline_variant is 'nope', a variant the study"),
         (
             ("study", "datasets"),
             ["cifar10", "imagenet"],
@@ -150,3 +159,122 @@ def test_merge_replaces_lists_and_values_and_merges_mappings():
     merged = merge(base, {"a": {"c": [3]}, "s": {"kind": "y", "q": 2}})
     assert merged == {"a": {"b": 1, "c": [3]}, "s": {"kind": "y", "q": 2}}
     assert base["a"]["c"] == [1, 2]
+
+
+def with_changes(config: dict, *changes: tuple[tuple[str, ...], object]) -> dict:
+    for path, value in changes:
+        *parents, key = path
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[key] = value
+    return config
+
+
+def refusal(config: dict, command_line: dict | None = None) -> str:
+    with pytest.raises(StudyError) as error:
+        load_study(config, SCHEMA, command_line)
+    message = str(error.value)
+    assert "\n" not in message and message.endswith(".")
+    return message
+
+
+TRAINING = ("recipe", "training")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        # a milestone the recipe sets is the recipe's error, whichever variant inherits it first
+        (
+            [(("variants", "nadam", "overrides", "training"), {"duration": 40000})],
+            "recipe.schedule.milestones has the milestone 48000, which lies beyond the end of training: "
+            "training ends after 40000 iterations (variants.nadam.overrides.training.duration); "
+            "choose milestones below 40000.",
+        ),
+        (
+            [(("variants", "smooth-lr", "overrides", "schedule", "milestones"), [20000, 32000, 64000])],
+            "variants.smooth-lr.overrides.schedule.milestones has the milestone 64000, which lies beyond",
+        ),
+        (
+            [(("variants", "step-lr", "overrides", "schedule", "every"), 250)],
+            "variants.step-lr.overrides.schedule.every is 250 epochs, so the lr step never happens: "
+            "training ends after 250 epochs (variants.step-lr.overrides.training.duration)",
+        ),
+        (
+            [(("recipe", "warmup", "iterations"), 64000)],
+            "recipe.warmup.iterations is 64000, but the whole training of variant 'paper' lasts 64000 "
+            "iterations (recipe.training.duration: 64000 iterations); make the warm-up shorter or set "
+            "recipe.warmup to null.",
+        ),
+        # in epochs, the training length depends on the split: 45,000 images in 351 batches of 128
+        (
+            [(("recipe", "warmup", "iterations"), 11000)],
+            "recipe.warmup.iterations is 11000, but the whole training of variant 'frozen' lasts 10530 "
+            "iterations (variants.frozen.overrides.training.duration: 30 epochs of 351 steps on cifar10)",
+        ),
+        (
+            [((*TRAINING, "batch_size"), 45001)],
+            "recipe.training.batch_size is 45001, more than the 45000 images of the cifar10 training split "
+            "(cifar10's 50000 training images less data.validation_fraction 0.1); choose a batch size of at "
+            "most 45000.",
+        ),
+        (
+            [(("variants", "wide", "overrides", "training"), {"batch_size": 50000})],
+            "variants.wide.overrides.training.batch_size is 50000, more than the 45000 images",
+        ),
+        (
+            [(("report", "baseline_variant"), "wide"), (("study", "variants"), ["paper", "dropout"])],
+            "report.baseline_variant is 'wide', a variant the study does not run; choose one of "
+            "study.variants (paper, dropout).",
+        ),
+        (
+            [(("report", "plots"), {"learning_curve_depth": 1202})],
+            "report.plots.learning_curve_depth is 1202, a depth the study does not run; choose one of "
+            "study.depths (20, 32, 44, 56, 110) or null for the smallest.",
+        ),
+    ],
+)
+def test_values_that_fail_only_in_a_job_are_refused_when_the_study_loads(changes, message):
+    assert message in refusal(with_changes(study_config(), *changes))
+
+
+def test_the_demo_split_is_checked_with_the_configured_sizes():
+    small = with_changes(demo_config(), (("data", "demo", "train_size"), 140))
+    assert refusal(small) == (
+        "recipe.training.batch_size is 128, more than the 126 images of the demo training split "
+        "(data.demo.train_size 140 less data.validation_fraction 0.1); choose a batch size of at most 126."
+    )
+    with_changes(small, ((*TRAINING, "batch_size"), 126))
+    assert load_study(small, SCHEMA).recipes["paper"]["training"]["batch_size"] == 126
+    no_validation = with_changes(small, (("data", "validation_fraction"), 0.003))
+    assert refusal(no_validation) == (
+        "data.validation_fraction is 0.003, which leaves no validation images of data.demo.train_size 140; "
+        "choose a fraction above 0.00357143."
+    )
+
+
+def test_a_warmup_is_checked_only_where_a_depth_uses_it():
+    config = with_changes(study_config(), (("recipe", "warmup", "iterations"), 70000))
+    assert "recipe.warmup.iterations is 70000" in refusal(config)
+    config = with_changes(
+        study_config(), (("recipe", "warmup", "iterations"), 70000), (("study", "depths"), [56])
+    )
+    assert load_study(config, SCHEMA).depths == [56]  # the warm-up starts at ResNet-110
+
+
+def test_a_depth_the_study_runs_is_a_valid_learning_curve_depth():
+    config = with_changes(demo_config(), (("report", "plots"), {"learning_curve_depth": 20}))
+    assert load_study(config, SCHEMA).config["report"]["plots"]["learning_curve_depth"] == 20
+
+
+def test_a_string_from_the_command_line_is_said_to_be_one():
+    # `--config 'study={depths: [20, 32]}'` gives strings: Snakemake reads nested values as YAML text
+    command_line = {"study": {"depths": ["20", "32"]}}
+    config = merge(study_config(), command_line)
+    assert refusal(config, command_line) == (
+        "study.depths[1] is '32', a string, because --config passes nested values as text; give nested "
+        "values in a YAML file with --configfile (see the README's Configuration)."
+    )
+    # the same value from a config file is the user's own: the schema's message
+    assert "study.depths[1]: '32' is not of type 'integer'" in refusal(config)

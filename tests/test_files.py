@@ -1,6 +1,7 @@
 import csv
 import errno
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import torch
 from matplotlib.figure import Figure
 
 from cifar_resnet import files
+from cifar_resnet.errors import StudyError
+from cifar_resnet.files import check_csv, check_json, check_tensor_file, load_checkpoint, save_tensors
 from cifar_resnet.plots import plot_confusion_matrix
 from cifar_resnet.run import HISTORY_COLUMNS, write_history
 
@@ -130,3 +133,51 @@ def test_outputs_get_the_permissions_of_any_new_file(tmp_path, umask, mode):
     finally:
         os.umask(previous)
     assert {stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()} == {mode}
+
+
+REBUILD = "delete it and run the same snakemake command again, which rebuilds it."
+
+
+def test_a_truncated_checkpoint_is_named_in_one_sentence(tmp_path):
+    path = tmp_path / "model.pt"
+    save_tensors(path, {"weight": torch.zeros(1000)})
+    assert load_checkpoint(path)["weight"].shape == (1000,)
+    check_tensor_file(path)
+    path.write_bytes(path.read_bytes()[:2000])
+    for read in (check_tensor_file, load_checkpoint):
+        with pytest.raises(StudyError) as error:
+            read(path)
+        assert str(error.value).startswith(f"{path} is truncated or not a torch checkpoint")
+        assert str(error.value).endswith(REBUILD) and "\n" not in str(error.value)
+
+
+def test_a_broken_json_file_is_named_in_one_sentence(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text('{"config": {}, "seed": 0}')
+    assert check_json(path, ("config", "seed")) == {"config": {}, "seed": 0}
+    for text, problem in [
+        ('{"config": {', "is not valid JSON"),
+        ("[1, 2]", "holds a JSON list, not an object"),
+        ('{"seed": 0}', "lacks config"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(StudyError, match=f"^{re.escape(str(path))} {problem}.*{re.escape(REBUILD)}$"):
+            check_json(path, ("config", "seed"))
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("epoch,val_accuracy\n1,0.5\n", "lacks the columns train_accuracy"),
+        ("epoch,train_accuracy,val_accuracy\n", "has no rows"),
+        ("epoch,train_accuracy,val_accuracy\n1,0.5,0.4\n2,0.6\n", "has a broken line 3"),
+        ("epoch,train_accuracy,val_accuracy\n1,0.5,oops\n", "has a broken line 2"),
+    ],
+)
+def test_a_broken_csv_file_is_named_in_one_sentence(tmp_path, text, problem):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,train_accuracy,val_accuracy,lr\n1,0.5,0.4,0.1\n")
+    check_csv(path, ("epoch", "train_accuracy", "val_accuracy"))
+    path.write_text(text)
+    with pytest.raises(StudyError, match=f"^{re.escape(str(path))} {problem}.*{re.escape(REBUILD)}$"):
+        check_csv(path, ("epoch", "train_accuracy", "val_accuracy"))

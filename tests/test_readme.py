@@ -8,7 +8,14 @@ import pytest
 import yaml
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.readme import splice_readme, variant_table
+from cifar_resnet.readme import (
+    RESULTS_MARKERS,
+    VARIANTS_MARKERS,
+    check_markers,
+    splice_readme,
+    update_readme,
+    variant_table,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -125,3 +132,22 @@ def test_the_development_table_lists_every_module():
         if path.name != "__init__.py"
     }
     assert listed == modules
+
+
+def test_the_readme_changes_whole_or_not_at_all(tmp_path):
+    readme = tmp_path / "README.md"
+    both = f"{VARIANTS_MARKERS[0]}\nold variants\n{VARIANTS_MARKERS[1]}\n{START}\nold results\n{END}\n"
+    readme.write_text(both)
+    update_readme(readme, {VARIANTS_MARKERS: "new variants", RESULTS_MARKERS: "new results"})
+    assert readme.read_text() == both.replace("old", "new")
+
+    # the variants markers are fine and come first, the results markers are gone: nothing is written
+    broken = f"{VARIANTS_MARKERS[0]}\nold variants\n{VARIANTS_MARKERS[1]}\nno results here\n"
+    readme.write_text(broken)
+    with pytest.raises(StudyError, match="lacks the marker '<!-- results:start -->'"):
+        update_readme(readme, {VARIANTS_MARKERS: "new variants", RESULTS_MARKERS: "new results"})
+    assert readme.read_text() == broken
+    assert [entry.name for entry in tmp_path.iterdir()] == ["README.md"]
+    with pytest.raises(StudyError, match="lacks the marker '<!-- results:start -->'"):
+        check_markers(readme)  # what the readme rule's input function checks before any job starts
+    check_markers(ROOT / "README.md")

@@ -272,3 +272,119 @@ def outside_markers(text: str) -> str:
     for marker in ("results", "variants"):
         text = text.replace(between(text, marker), "")
     return text
+
+
+def snapshot(workdir: Path) -> dict[str, bytes]:
+    """Every result and prepared file, by path, with its content."""
+    return {
+        str(path.relative_to(workdir)): path.read_bytes()
+        for folder in ("results", "resources")
+        for path in sorted((workdir / folder).rglob("*"))
+        if path.is_file()
+    }
+
+
+def refused(workdir: Path, *args: str) -> str:
+    """The output of a snakemake run that must stop before any job, which must leave every file as it was."""
+    before = snapshot(workdir)
+    result = snakemake(workdir, "--cores", "2", *args, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Job stats" not in output, output[-3000:]
+    assert snapshot(workdir) == before
+    return output
+
+
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [
+        (
+            {"report": {"plots": {"learning_curve_depth": 32}}},
+            "report.plots.learning_curve_depth is 32, a depth the study does not run; choose one of "
+            "study.depths (20) or null for the smallest.",
+        ),
+        (
+            {"report": {"baseline_variant": "wide"}},
+            "report.baseline_variant is 'wide', a variant the study does not run; choose one of "
+            "study.variants (paper, dropout, frozen).",
+        ),
+        (
+            {"recipe": {"training": {"batch_size": 300}}},
+            "recipe.training.batch_size is 300, more than the 270 images of the demo training split "
+            "(data.demo.train_size 300 less data.validation_fraction 0.1); choose a batch size of at most",
+        ),
+        (
+            {"data": {"demo": {"train_size": 120}}, "recipe": {"training": {"batch_size": 128}}},
+            "recipe.training.batch_size is 128, more than the 108 images of the demo training split",
+        ),
+        (
+            {"recipe": {"warmup": {"lr": 0.01, "iterations": 60, "min_depth": 20}}},
+            "recipe.warmup.iterations is 60, but the whole training of variant 'paper' lasts 50 iterations",
+        ),
+        (
+            {"recipe": {"schedule": {"kind": "multistep", "milestones": [60], "factors": [0.1]}}},
+            "recipe.schedule.milestones has the milestone 60, which lies beyond the end of training",
+        ),
+    ],
+    ids=["learning curve depth", "baseline", "batch", "demo size", "warm-up", "recipe milestone"],
+)
+def test_a_bad_value_is_refused_before_any_job_and_every_output_stays(demo_run, overlay, message):
+    workdir, configs = demo_run
+    bad = write_config(workdir, "bad.yaml", overlay)
+    assert message in refused(workdir, "--configfile", *configs, bad)
+
+
+def test_a_string_from_the_command_line_is_said_to_be_one(demo_run):
+    workdir, configs = demo_run
+    output = refused(workdir, "--configfile", *configs, "--config", "study={depths: [20, 32]}")
+    assert "study.depths[1] is '32', a string, because --config passes nested values as text" in output
+
+
+def copy_of(demo_run, tmp_path: Path) -> Path:
+    """A copy of the finished demo workflow, for a test that changes its files."""
+    workdir, _ = demo_run
+    return Path(shutil.copytree(workdir, tmp_path / "workflow", symlinks=True))
+
+
+RUNS = Path("results/demo/runs")
+
+
+def test_a_deleted_primary_result_is_rebuilt_with_only_what_depends_on_it(demo_run, tmp_path):
+    workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
+    (workdir / RUNS / "dropout/resnet20/seed0/eval.json").unlink()
+    counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout)
+    assert counts == {"evaluate": 1, "summarize": 1, "accuracy_table": 1, "plots": 1, "all": 1}
+    (workdir / RUNS / "frozen/resnet20/seed0/model.pt").unlink()
+    counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout)
+    assert counts == {"train": 1, "evaluate": 2, "summarize": 1, "accuracy_table": 1, "plots": 1, "all": 1}
+
+
+@pytest.mark.parametrize(
+    ("name", "corrupt", "problem"),
+    [
+        ("model.pt", lambda data: data[: len(data) // 2], "is truncated or not a torch checkpoint"),
+        ("train.json", lambda data: data[:-20], "is not valid JSON"),
+        ("history.csv", lambda data: data + b"7,oops\n", "has a broken line"),
+    ],
+)
+def test_a_corrupt_primary_result_is_named_before_any_job(demo_run, tmp_path, name, corrupt, problem):
+    workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
+    path = RUNS / "paper/resnet20/seed0" / name
+    (workdir / path).write_bytes(corrupt((workdir / path).read_bytes()))
+    output = refused(workdir, "--configfile", *configs)
+    assert f"{path} {problem}" in output
+    assert "delete it and run the same snakemake command again, which rebuilds it." in output
+    assert "Traceback" not in output
+
+
+def test_readme_markers_are_checked_before_any_job(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    readme = workdir / "README.md"
+    readme.write_text(readme.read_text().replace("<!-- results:start -->\n", ""))
+    before = readme.read_bytes()
+    small = write_config(
+        workdir, "small.yaml", {"study": {"depths": [20], "seeds": [0], "variants": ["paper"]}}
+    )
+    result = snakemake(workdir, "-n", "--configfile", small, check=False)
+    assert result.returncode != 0
+    assert "README.md lacks the marker '<!-- results:start -->'" in result.stdout + result.stderr
+    assert readme.read_bytes() == before

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import load_tensors, save_tensors
+from cifar_resnet.files import load_checkpoint, load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def restore(state: dict, model, optimizer, schedule, monitors: dict) -> None:
 
 
 def load_pretrained_backbone(model, checkpoint_path: Path, freeze: bool) -> None:
-    state = load_tensors(checkpoint_path)
+    state = load_checkpoint(checkpoint_path)
     backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     try:
         model.backbone.load_state_dict(backbone)

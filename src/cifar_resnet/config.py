@@ -74,6 +74,16 @@ class Study:
             return None
         return Run(pretrained["dataset"], pretrained["variant"], run.depth, run.seed)
 
+    def trained_runs(self) -> list[Run]:
+        """Every run the workflow trains: the study's runs, then the pretraining runs they start from."""
+        runs = self.runs()
+        sources = [self.pretraining_run(run) for run in runs]
+        return runs + sorted({source for source in sources if source and source not in runs})
+
+    def trained_variants(self) -> list[tuple[str, str]]:
+        """The (dataset, variant) pairs the workflow trains, at every depth and seed of the study."""
+        return list(dict.fromkeys((run.dataset, run.variant) for run in self.trained_runs()))
+
 
 def config_hash(run_config: dict) -> str:
     return hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()[:16]
@@ -83,13 +93,16 @@ def load_schema(schema_path: str | Path) -> dict:
     return yaml.safe_load(Path(schema_path).read_text())
 
 
-def load_study(config: dict, schema_path: str | Path) -> Study:
+def load_study(config: dict, schema_path: str | Path, command_line: dict | None = None) -> Study:
     """Validate ``config`` in place (filling the schema's defaults), merge every variant into the recipe
-    and check what a schema cannot express. Raises StudyError with one sentence on the first problem."""
+    and check what a schema cannot express. Raises StudyError with one sentence on the first problem.
+
+    ``command_line`` holds the values given with ``--config``, which arrive nested as strings: a value
+    the schema refuses that came from there is reported as such."""
     from snakemake.utils import validate  # imported here: the rest of the package does not need Snakemake
 
     schema = load_schema(schema_path)
-    check_against(schema, config, "config")
+    check_against(schema, config, "config", command_line or {})
     validate(config, str(schema_path), set_default=True)
     for depth in config["study"]["depths"]:
         check_depth(depth)
@@ -109,7 +122,7 @@ def load_study(config: dict, schema_path: str | Path) -> Study:
     for name, definition in definitions.items():
         recipe = merge(config["recipe"], definition.get("overrides", {}))
         check_against(recipe_schema, recipe, f"variant {name!r} (recipe merged with its overrides)")
-        check_recipe(name, recipe)
+        check_recipe(recipe, Origin(name, definition.get("overrides", {})))
         recipes[name] = recipe
     for name, recipe in recipes.items():
         check_pretraining(name, recipe, recipes)
@@ -118,17 +131,35 @@ def load_study(config: dict, schema_path: str | Path) -> Study:
             "runtime.cuda_graphs needs runtime.compile: the CUDA graphs come from "
             'torch.compile(mode="reduce-overhead"); set compile: true or cuda_graphs: false.'
         )
-    baseline = config["report"]["baseline_variant"]
-    if baseline not in definitions:
-        raise StudyError(f"report.baseline_variant {baseline!r} is not defined under `variants`.")
-    return Study(config=config, recipes=recipes)
+    study = Study(config=config, recipes=recipes)
+    check_report(study)
+    for dataset, variant in study.trained_variants():
+        check_training_length(study, dataset, variant)
+    return study
 
 
-def check_against(schema: dict, instance: dict, what: str) -> None:
+def check_against(schema: dict, instance: dict, what: str, command_line: dict | None = None) -> None:
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(instance))
-    if error is not None:
-        where = ".".join(str(part) for part in error.absolute_path) or "the top level"
-        raise StudyError(f"{what}: invalid value at {where}: {error.message}.")
+    if error is None:
+        return
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
+    where = where.removeprefix(".") or "the top level"
+    if error.validator == "type" and isinstance(lookup(command_line or {}, error.absolute_path), str):
+        raise StudyError(
+            f"{where} is {error.instance!r}, a string, because --config passes nested values as text; "
+            "give nested values in a YAML file with --configfile (see the README's Configuration)."
+        )
+    raise StudyError(f"{what}: invalid value at {where}: {error.message}.")
+
+
+def lookup(tree, path: Iterable):
+    """The value at ``path`` (keys and list indices) in ``tree``, or None where there is none."""
+    for part in path:
+        try:
+            tree = tree[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return tree
 
 
 def check_depth(depth: int) -> None:
@@ -159,28 +190,122 @@ def merge(base: dict, overrides: dict) -> dict:
     return merged
 
 
-def check_recipe(name: str, recipe: dict) -> None:
+@dataclass(frozen=True)
+class Origin:
+    """Where the values of a variant's recipe are set: in its overrides, or inherited from `recipe`.
+    Errors name the key the user wrote, not the variant that happens to inherit it."""
+
+    variant: str
+    overrides: dict
+
+    def key(self, *path: str) -> str:
+        prefix = f"variants.{self.variant}.overrides" if self.sets(path) else "recipe"
+        return ".".join((prefix, *path))
+
+    def sets(self, path: tuple[str, ...]) -> bool:
+        node = self.overrides
+        for depth, part in enumerate(path):
+            if not isinstance(node, dict):
+                return True  # a value above the key replaced it
+            if part not in node:
+                return depth > 0 and "kind" in node  # a mapping naming its kind replaces the recipe's
+            node = node[part]
+        return True
+
+
+def check_recipe(recipe: dict, origin: Origin) -> None:
     training, schedule = recipe["training"], recipe["schedule"]
     unit, duration = training["unit"], training["duration"]
+    length = f"training ends after {duration} {unit} ({origin.key('training', 'duration')})"
     if schedule["kind"] == "multistep":
         milestones, factors = schedule["milestones"], schedule["factors"]
+        milestones_key = origin.key("schedule", "milestones")
         if len(milestones) != len(factors):
             raise StudyError(
-                f"variant {name!r}: schedule has {len(milestones)} milestones but {len(factors)} factors; "
-                "give one factor per milestone."
+                f"{milestones_key} has {len(milestones)} milestones but {origin.key('schedule', 'factors')} "
+                f"has {len(factors)} factors; give one factor per milestone."
             )
         if milestones != sorted(set(milestones)):
-            raise StudyError(f"variant {name!r}: schedule milestones {milestones} must strictly increase.")
+            raise StudyError(f"{milestones_key} is {milestones}; milestones must strictly increase.")
         beyond = [m for m in milestones if m >= duration]
         if beyond:
             raise StudyError(
-                f"variant {name!r}: schedule milestone {beyond[0]} lies beyond the end of training "
-                f"({duration} {unit})."
+                f"{milestones_key} has the milestone {beyond[0]}, which lies beyond the end of training: "
+                f"{length}; choose milestones below {duration}."
             )
     if schedule["kind"] == "step" and schedule["every"] >= duration:
         raise StudyError(
-            f"variant {name!r}: the lr step every {schedule['every']} {unit} never happens in "
-            f"{duration} {unit} of training."
+            f"{origin.key('schedule', 'every')} is {schedule['every']} {unit}, so the lr step never "
+            f"happens: {length}; choose a step below {duration}."
+        )
+
+
+def check_report(study: Study) -> None:
+    """The report's options name a variant and a depth: each must be one the study runs."""
+    report = study.config["report"]
+    baseline = report["baseline_variant"]
+    if baseline not in study.variants:
+        raise StudyError(
+            f"report.baseline_variant is {baseline!r}, a variant the study does not run; choose one of "
+            f"study.variants ({', '.join(study.variants)})."
+        )
+    depth = report["plots"]["learning_curve_depth"]
+    if depth is not None and depth not in study.depths:
+        raise StudyError(
+            f"report.plots.learning_curve_depth is {depth}, a depth the study does not run; choose one of "
+            f"study.depths ({', '.join(map(str, study.depths))}) or null for the smallest."
+        )
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """The training and validation split of a dataset, as the prepare step will cut it."""
+
+    train: int
+    validation: int
+    origin: str  # where the training set's size comes from, for messages
+
+
+def split_sizes(config: dict, dataset: str) -> SplitSizes:
+    """Mirrors datasets.split_indices: the validation split has round(fraction * N) images."""
+    official = DATASETS[dataset].train_records
+    total = official or config["data"]["demo"]["train_size"]
+    origin = f"{dataset}'s {total} training images" if official else f"data.demo.train_size {total}"
+    fraction = config["data"]["validation_fraction"]
+    validation = round(fraction * total)
+    if validation == 0:
+        raise StudyError(
+            f"data.validation_fraction is {fraction}, which leaves no validation images of {origin}; "
+            f"choose a fraction above {0.5 / total:g}."
+        )
+    return SplitSizes(train=total - validation, validation=validation, origin=origin)
+
+
+def check_training_length(study: Study, dataset: str, variant: str) -> None:
+    """The batch against the training split, and the warm-up against the whole training, of a variant
+    trained on ``dataset``: both depend on the split sizes, so they are checked per dataset."""
+    recipe, training = study.recipes[variant], study.recipes[variant]["training"]
+    origin = Origin(variant, study.config["variants"][variant].get("overrides", {}))
+    sizes = split_sizes(study.config, dataset)
+    batch_size = training["batch_size"]
+    if batch_size > sizes.train:
+        raise StudyError(
+            f"{origin.key('training', 'batch_size')} is {batch_size}, more than the {sizes.train} images of "
+            f"the {dataset} training split ({sizes.origin} less data.validation_fraction "
+            f"{study.config['data']['validation_fraction']}); choose a batch size of at most {sizes.train}."
+        )
+    warmup = recipe.get("warmup")
+    if not warmup or max(study.depths) < warmup["min_depth"]:
+        return
+    per_unit = sizes.train // batch_size if training["unit"] == "epochs" else 1
+    iterations = training["duration"] * per_unit
+    if warmup["iterations"] >= iterations:
+        on = f" of {per_unit} steps on {dataset}" if training["unit"] == "epochs" else ""
+        raise StudyError(
+            f"{origin.key('warmup', 'iterations')} is {warmup['iterations']}, but the whole training of "
+            f"variant {variant!r} lasts {iterations} iterations ({origin.key('training', 'duration')}: "
+            f"{training['duration']} {training['unit']}{on}); make the warm-up shorter or set "
+            f"{origin.key('warmup')} to null."
         )
 
 

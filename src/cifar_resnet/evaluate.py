@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cifar_resnet import datasets
 from cifar_resnet.augment import normalize
-from cifar_resnet.files import load_tensors, read_json, write_json
+from cifar_resnet.files import check_json, load_checkpoint, write_json
 from cifar_resnet.models import ModelSpec, build_model, count_parameters
 from cifar_resnet.runtime import (
     autocast,
@@ -72,12 +72,12 @@ def macs_per_image(model: torch.nn.Module) -> int:
 
 def evaluate_run(train_summary: Path, model_path: Path, prepared: Path, output: Path) -> dict:
     started, startup = time.perf_counter(), process_age()
-    run_config = read_json(train_summary)["config"]
+    run_config = check_json(train_summary, ("config",))["config"]
     runtime = run_config["runtime"]
     data = datasets.load_prepared(prepared, splits=("test",))
     spec = ModelSpec.for_run(run_config, data["num_classes"])
     model = build_model(spec)
-    model.load_state_dict(load_tensors(model_path))
+    model.load_state_dict(load_checkpoint(model_path))
     params = count_parameters(model, trainable_only=False)
     macs = macs_per_image(model)
 

@@ -3,12 +3,17 @@ failed write leaves the previous version intact."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import pickle
 import secrets
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from cifar_resnet.errors import StudyError
 
 
 @contextmanager
@@ -53,6 +58,64 @@ def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
 
 
+# A workflow output that a later job cannot read is rebuilt by deleting it: every run file is a target.
+def unreadable(path: str | os.PathLike, problem: str) -> StudyError:
+    """The one sentence for an output a later job cannot read: the file, what is wrong, the remedy."""
+    return StudyError(
+        f"{path} {problem}; delete it and run the same snakemake command again, which rebuilds it."
+    )
+
+
+def check_json(path: str | os.PathLike, fields: Sequence[str] = ()) -> dict:
+    """The JSON object at ``path``, which must hold ``fields``; FileNotFoundError where there is none."""
+    try:
+        record = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise unreadable(path, f"is not valid JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise unreadable(path, f"holds a JSON {type(record).__name__}, not an object")
+    missing = [field for field in fields if field not in record]
+    if missing:
+        raise unreadable(path, f"lacks {', '.join(missing)}")
+    return record
+
+
+def check_csv(path: str | os.PathLike, numeric_columns: Sequence[str]) -> None:
+    """A CSV file at ``path`` whose header holds ``numeric_columns`` and whose every row is complete,
+    with a number in each of those columns."""
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise unreadable(path, f"is not a CSV table ({error})") from None
+    header = rows[0] if rows else []
+    missing = [column for column in numeric_columns if column not in header]
+    if missing:
+        raise unreadable(path, f"lacks the columns {', '.join(missing)}")
+    if len(rows) == 1:
+        raise unreadable(path, "has no rows")
+    for line, row in enumerate(rows[1:], start=2):
+        try:
+            if len(row) != len(header):
+                raise ValueError(f"{len(row)} fields, not {len(header)}")
+            for column in numeric_columns:
+                float(row[header.index(column)])
+        except ValueError as error:
+            raise unreadable(path, f"has a broken line {line} ({error})") from None
+
+
+def check_tensor_file(path: str | os.PathLike) -> None:
+    """Whether ``path`` is whole as ``save_tensors`` writes it (a zip archive with its pickle), without
+    torch: reading the archive's directory finds a truncated file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise unreadable(path, f"is truncated or not a torch checkpoint ({error})") from None
+    if not any(name.endswith("/data.pkl") for name in names):
+        raise unreadable(path, "is not a torch checkpoint (it has no data.pkl)")
+
+
 # torch is imported by the two tensor functions only: report jobs use this module and never load torch.
 def save_tensors(path: str | os.PathLike, data) -> None:
     """``torch.save`` of tensors and plain containers only, so ``load_tensors`` can refuse anything else."""
@@ -66,3 +129,13 @@ def load_tensors(path: str | os.PathLike, map_location="cpu"):
     import torch
 
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_checkpoint(path: str | os.PathLike):
+    """``load_tensors`` of a workflow output: a file torch cannot read is reported in one sentence."""
+    check_tensor_file(path)
+    try:
+        return load_tensors(path)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise unreadable(path, f"cannot be read as a checkpoint ({reason.rstrip('.')})") from None

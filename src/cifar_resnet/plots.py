@@ -19,11 +19,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import atomic_output
+from cifar_resnet.files import atomic_output, check_csv
 from cifar_resnet.summary import single_dataset
 from cifar_resnet.tables import PAPER_TABLE6_ERROR
 
 PLOT_NAMES = ("error_vs_depth", "learning_curves", "error_vs_params", "confusion_matrix")
+# What the figures read from a run's history.csv and eval.json.
+LEARNING_CURVE_COLUMNS = ("epoch", "train_accuracy", "val_accuracy")
+CONFUSION_FIELDS = ("confusion_matrix", "class_names")
 PAPER_LABEL = "He et al. 2016"
 DPI = 120
 MAX_ANNOTATED_CLASSES = 20
@@ -115,6 +118,12 @@ def palette(count: int) -> list:
     return sns.color_palette("tab10" if count <= 10 else "tab20", n_colors=count)
 
 
+def read_history(path: str | Path) -> pd.DataFrame:
+    """A run's history.csv, refused in one sentence when it cannot give the learning curves."""
+    check_csv(path, LEARNING_CURVE_COLUMNS)
+    return pd.read_csv(path)
+
+
 def plot_learning_curves(histories: Mapping[str, pd.DataFrame], path: str | Path) -> None:
     """Train (dashed) and validation (solid) error per epoch; one colour per labelled run."""
     if not histories:
@@ -138,7 +147,7 @@ def plot_learning_curves(histories: Mapping[str, pd.DataFrame], path: str | Path
 
 
 def _error_curves(label: str, history: pd.DataFrame) -> pd.DataFrame:
-    missing = {"epoch", "train_accuracy", "val_accuracy"} - set(history.columns)
+    missing = set(LEARNING_CURVE_COLUMNS) - set(history.columns)
     if missing:
         raise StudyError(f"The history of {label} lacks {', '.join(sorted(missing))}; rerun its training.")
     return pd.concat(

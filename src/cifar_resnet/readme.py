@@ -31,24 +31,52 @@ def _table_cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+VARIANTS_MARKERS = ("<!-- variants:start -->", "<!-- variants:end -->")
+RESULTS_MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
+
+
 def splice_readme(
-    readme: Path, block: str, start: str = "<!-- results:start -->", end: str = "<!-- results:end -->"
+    readme: Path, block: str, start: str = RESULTS_MARKERS[0], end: str = RESULTS_MARKERS[1]
 ) -> None:
     """Replace the lines between the ``start`` and ``end`` marker lines (markers kept) with ``block``."""
+    update_readme(readme, {(start, end): block})
+
+
+def update_readme(readme: Path, blocks: Mapping[tuple[str, str], str]) -> None:
+    """Splice each block between its (start, end) markers: every marker is checked and the whole new
+    README built before it is written, once, so the README changes whole or not at all."""
     readme = Path(readme)
+    lines = _readme_lines(readme)
+    for (start, end), block in blocks.items():
+        lines = _spliced(lines, block, start, end, readme)
+    with atomic_output(readme) as temporary:
+        temporary.write_bytes("".join(lines).encode("utf-8"))
+
+
+def check_markers(
+    readme: Path, markers: Sequence[tuple[str, str]] = (VARIANTS_MARKERS, RESULTS_MARKERS)
+) -> None:
+    """Refuse, in one sentence, a README whose ``markers`` ``update_readme`` could not splice."""
+    lines = _readme_lines(Path(readme))
+    for start, end in markers:
+        _spliced(lines, "", start, end, Path(readme))
+
+
+def _readme_lines(readme: Path) -> list[str]:
     try:
-        lines = readme.read_bytes().decode("utf-8").splitlines(keepends=True)
+        return readme.read_bytes().decode("utf-8").splitlines(keepends=True)
     except FileNotFoundError:
         raise StudyError(f"{readme} does not exist; create it with the results markers first.") from None
+
+
+def _spliced(lines: Sequence[str], block: str, start: str, end: str, readme: Path) -> list[str]:
     start_index = _marker_line(lines, start, readme)
     end_index = _marker_line(lines, end, readme)
     if end_index < start_index:
         raise StudyError(f"{readme} has the marker '{end}' before '{start}'; put the end marker last.")
     if block and not block.endswith("\n"):
         block += "\n"
-    spliced = "".join(lines[: start_index + 1]) + block + "".join(lines[end_index:])
-    with atomic_output(readme) as temporary:
-        temporary.write_bytes(spliced.encode("utf-8"))
+    return [*lines[: start_index + 1], *block.splitlines(keepends=True), *lines[end_index:]]
 
 
 def _marker_line(lines: Sequence[str], marker: str, readme: Path) -> int:

@@ -49,6 +49,13 @@ class DatasetSource:
     def record_bytes(self) -> int:
         return self.label_bytes + IMAGE_BYTES
 
+    @property
+    def train_records(self) -> int | None:
+        """The official training set's size (train and validation together); None when any is accepted."""
+        if self.records_per_train_member is None:
+            return None
+        return self.records_per_train_member * len(self.train_members)
+
 
 CIFAR10 = DatasetSource(
     name="cifar10",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import read_json
+from cifar_resnet.files import check_json
 
 RUN_KEY = ["dataset", "variant", "depth", "seed"]
 _TEST_RESULTS = ("test_accuracy", "test_error", "test_loss", "params", "macs")
@@ -44,14 +43,9 @@ def summarize_runs(run_dirs: Sequence[Path]) -> pd.DataFrame:
 def read_fields(path: Path, fields: Sequence[str]) -> dict:
     """``fields`` of a run's JSON file, or one sentence on what is wrong with it."""
     try:
-        record = read_json(path)
+        record = check_json(path, fields)
     except FileNotFoundError:
         raise StudyError(f"{path} is missing; run that run's training and evaluation first.") from None
-    except json.JSONDecodeError as error:
-        raise StudyError(f"{path} is not valid JSON ({error}); delete it and rerun its step.") from None
-    missing = [field for field in fields if field not in record]
-    if missing:
-        raise StudyError(f"{path} lacks {', '.join(missing)}; rerun the step that writes it.")
     return {field: record[field] for field in fields}
 
 

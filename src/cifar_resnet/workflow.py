@@ -11,7 +11,9 @@ from collections.abc import Callable
 from cifar_resnet.errors import StudyError
 
 
-def run_job(snakemake, job: Callable[[], object]) -> None:
+def run_job(snakemake, job: Callable[[], object], resumable: bool = False) -> None:
+    """Run ``job`` with the rule's logging; a StudyError or Ctrl-C ends it with one line, no traceback.
+    ``resumable``: the job keeps its progress across a kill (training's resume state)."""
     terminal = logging.StreamHandler(sys.stderr)
     terminal.setLevel(
         logging.WARNING
@@ -29,6 +31,12 @@ def run_job(snakemake, job: Callable[[], object]) -> None:
     except StudyError as error:
         logging.getLogger("cifar_resnet").error("%s", error)
         sys.exit(1)
+    except KeyboardInterrupt:
+        then = "resume it from its last saved epoch" if resumable else "run it again"
+        logging.getLogger("cifar_resnet").error(
+            "Interrupted by Ctrl-C; run the same snakemake command with --rerun-incomplete to %s.", then
+        )
+        sys.exit(130)
 
 
 def whole_number_from_environment(name: str, what: str, example: str, minimum: int) -> int | None:
