@@ -240,7 +240,9 @@ def test_values_that_fail_only_in_a_job_are_refused_when_the_study_loads(changes
 
 
 def test_the_demo_split_is_checked_with_the_configured_sizes():
-    small = with_changes(demo_config(), (("data", "demo", "train_size"), 140))
+    small = with_changes(
+        demo_config(), (("data", "demo", "train_size"), 140), ((*TRAINING, "batch_size"), 128)
+    )
     assert refusal(small) == (
         "recipe.training.batch_size is 128, more than the 126 images of the demo training split "
         "(data.demo.train_size 140 less data.validation_fraction 0.1); choose a batch size of at most 126."

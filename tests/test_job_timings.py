@@ -72,7 +72,9 @@ def test_job_timings_refuse_a_train_json_without_timings_and_a_missing_path(tmp_
     summary = read_json(path)
     del summary["timings"]
     write_json(path, summary)
-    with pytest.raises(SystemExit, match="train.json lacks timings; delete it and run the same snakemake command again"):
+    with pytest.raises(
+        SystemExit, match="train.json lacks timings; delete it and run the same snakemake command again"
+    ):
         cli.main(["timings", str(tmp_path)])
     with pytest.raises(SystemExit, match="nowhere does not exist"):
         cli.main(["timings", str(tmp_path / "nowhere")])

@@ -271,7 +271,7 @@ def test_demo_through_slurm_matches_a_local_run(tmp_path: Path):
     import test_workflow as workflow
     import torch
 
-    tiny = {**workflow.TINY, "study": {"variants": ["paper", "frozen"]}}
+    tiny = {**workflow.TINY, "study": {**workflow.TINY["study"], "variants": ["paper", "frozen"]}}
     threads = [
         "--max-threads",
         "2",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_config import SCHEMA, demo_config
+from test_config import SCHEMA, demo_config, study_config
 
 from cifar_resnet import checkpoint, datasets, sources
 from cifar_resnet import run as run_module
@@ -363,7 +363,8 @@ def test_the_resume_state_is_saved_once_the_checkpoint_interval_has_passed(
     assert saved[-1] == tmp_path / "model.pt" and not (tmp_path / "resume.pt").exists()
 
 
-def test_the_recipe_reaches_the_optimizer_and_the_initialisation(study, prepared):
+def test_the_recipe_reaches_the_optimizer_and_the_initialisation(prepared):
+    study = load_study(study_config(), SCHEMA)  # the paper's recipe, not the demo's shortened one
     data = datasets.load_prepared(prepared)
     paper, _ = build_trainer(study.run_config(Run("demo", "paper", 20, 0)), data, None)
     (group,) = paper.optimizer.param_groups

@@ -25,7 +25,7 @@ SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "config", "envs", "report", "profiles", "README.md")
 
 TINY = {
-    "study": {"variants": ["paper", "dropout", "frozen"]},
+    "study": {"variants": ["paper", "dropout", "frozen"], "depths": [20], "seeds": [0]},
     "data": {"demo": {"train_size": 300, "test_size": 100}},
     "recipe": {"training": {"batch_size": 32}},
 }
@@ -197,7 +197,7 @@ def test_a_config_error_stops_before_any_job(demo_run):
     assert "depth 21 is not a CIFAR ResNet depth" in result.stdout + result.stderr
 
 
-RESUMABLE = {**TINY, "study": {"variants": ["paper"]}}  # 50 iterations: 7 epochs of 8 steps
+RESUMABLE = {**TINY, "study": {**TINY["study"], "variants": ["paper"]}}  # 80 iterations: 10 epochs of 8
 
 
 def test_a_killed_workflow_resumes_its_training_job_to_identical_results(tmp_path):

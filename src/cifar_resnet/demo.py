@@ -1,10 +1,11 @@
 """The embedded demo dataset: ten classes of procedurally drawn shapes and textures in the CIFAR-10
 binary layout, so the whole workflow runs (and learns) in minutes without downloading anything.
 
-Every class is defined by its shape alone: colours, position, size, rotation, shading and noise are
-random, and no class is the mirror image or a shifted copy of another, so random crops and horizontal
-flips (the paper's augmentation) keep every label valid. The variation is kept small enough that the
-paper's ResNet-20 recipe learns the set in a handful of epochs on a CPU.
+Every class is defined by its shape alone: colours, polarity, contrast, position, size, rotation,
+shading and noise are random, and no class is the mirror image or a shifted copy of another, so random
+crops and horizontal flips (the paper's augmentation) keep every label valid. The variation is chosen
+so that the demo's short schedules leave the paper's ResNet-20 short of perfect (about 90 to 95 % test
+accuracy), where the variants and depths differ by more than the seeds do.
 """
 
 from __future__ import annotations
@@ -97,17 +98,17 @@ def draw_dataset(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.n
     foreground, background = contrasting_colours(rng, count)
     images = background + (foreground - background) * mask
     shaded = images * shading(rng, count)
-    noisy = shaded + rng.normal(0, rng.uniform(0.01, 0.04, (count, 1, 1, 1)), images.shape)
+    noisy = shaded + rng.normal(0, rng.uniform(0.03, 0.1, (count, 1, 1, 1)), images.shape)
     return np.round(np.clip(noisy, 0, 1) * 255).astype(np.uint8), labels
 
 
 def contrasting_colours(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """A random light foreground colour and a random dark background colour [N, 3, 1, 1].
-
-    Light on dark in every channel: with either polarity (or hue-only contrast) allowed, ResNet-20 needs
-    several times the demo's few dozen updates to tell the filled shapes apart.
-    """
-    return rng.uniform(0.55, 1, (count, 3, 1, 1)), rng.uniform(0, 0.45, (count, 3, 1, 1))
+    """Foreground and background colours [N, 3, 1, 1], one light and one dark, which is which at
+    random: the shape is the class, not its polarity. The two ranges overlap a little, so a few images
+    have low contrast in some channel."""
+    light, dark = rng.uniform(0.4, 1, (count, 3, 1, 1)), rng.uniform(0, 0.6, (count, 3, 1, 1))
+    dark_on_light = rng.random((count, 1, 1, 1)) < 0.5
+    return np.where(dark_on_light, dark, light), np.where(dark_on_light, light, dark)
 
 
 def shading(rng: np.random.Generator, count: int) -> np.ndarray:
