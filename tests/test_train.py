@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_config import SCHEMA, demo_config
 
-from cifar_resnet import checkpoint, datasets, sources
+from cifar_resnet import checkpoint, datasets
 from cifar_resnet import run as run_module
 from cifar_resnet import train as train_module
-from cifar_resnet.config import Run, load_study, merge
-from cifar_resnet.demo import write_demo_archive
+from cifar_resnet.config import Run, merge
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Evaluation, evaluate_run
 from cifar_resnet.files import load_tensors, read_json
@@ -24,21 +22,6 @@ from cifar_resnet.train import build_trainer
 
 DEPTHS = (20, 32, 44, 56, 110)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    write_demo_archive(folder / "demo.tar.gz", seed=0, train_size=400, test_size=100)
-    datasets.prepare_dataset(
-        folder / "demo.tar.gz", folder / "prepared.pt", sources.get_source("demo"), 0.2, 0
-    )
-    return folder / "prepared.pt"
-
-
-@pytest.fixture(scope="module")
-def study():
-    return load_study(demo_config(), SCHEMA)
 
 
 @pytest.fixture(autouse=True)
