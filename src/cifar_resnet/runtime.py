@@ -45,10 +45,10 @@ def configure_backends(device: torch.device, runtime: dict) -> None:
         return
     if runtime["deterministic"]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
+    # Set either way: the setting is global, and a process that builds several trainers (the benchmark,
+    # the tests) must not keep an earlier one's.
+    torch.use_deterministic_algorithms(runtime["deterministic"])
+    torch.backends.cudnn.benchmark = not runtime["deterministic"]
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 
