@@ -1,8 +1,14 @@
-"""The summary of one dataset's runs that the table and plot tests share."""
+"""What several test modules share: the summary of one dataset's runs (the table and plot tests),
+and a small prepared demo dataset with the demo study (the training and runtime tests)."""
 
 import pandas as pd
 import pytest
+from test_config import SCHEMA, demo_config
 from test_summary import summary_row
+
+from cifar_resnet import datasets, sources
+from cifar_resnet.config import load_study
+from cifar_resnet.demo import write_demo_archive
 
 # (variant, depth, per-seed test errors %)
 ERRORS = [
@@ -23,3 +29,18 @@ def summary():
         for seed, error in enumerate(errors)
     ]
     return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    write_demo_archive(folder / "demo.tar.gz", seed=0, train_size=400, test_size=100)
+    datasets.prepare_dataset(
+        folder / "demo.tar.gz", folder / "prepared.pt", sources.get_source("demo"), 0.2, 0
+    )
+    return folder / "prepared.pt"
+
+
+@pytest.fixture(scope="module")
+def study():
+    return load_study(demo_config(), SCHEMA)

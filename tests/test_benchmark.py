@@ -23,7 +23,7 @@ from cifar_resnet.benchmark.pipelines import (
 )
 from cifar_resnet.benchmark.settings import load_settings
 from cifar_resnet.benchmark.tables import ratio_to_classical, sharing_comparison
-from cifar_resnet.benchmark.timing import Protocol, timed_spans
+from cifar_resnet.benchmark.timing import Protocol
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.optimizer import make_optimizer
 from cifar_resnet.train import train_step
@@ -99,31 +99,25 @@ def test_mode_names_round_trip_and_bad_names_are_refused():
 
 def test_a_mode_runs_where_the_trainer_applies_its_switches_so_only_eager_on_the_cpu():
     cuda = torch.device("cuda")
+    on_cpu = {**SETTINGS.runtime, "switches_on_cpu": True}
     for name in ALL_MODES:
-        assert Mode.parse(name).unavailable_on(cuda) is None
-        switches = Mode.parse(name).switches()  # with them, the trainer runs eager fp32 NCHW on the CPU
+        assert Mode.parse(name).unavailable_on(cuda, SETTINGS.runtime) is None
+        switches = Mode.parse(name).runtime(SETTINGS.runtime, CPU)  # the trainer runs eager fp32 NCHW
         with runtime.autocast(CPU, switches):
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
         assert runtime.memory_format(CPU, switches) == torch.contiguous_format
         assert not runtime.uses_compile(CPU, switches)
-    assert ALL_MODES[0] == "eager" and Mode().unavailable_on(CPU) is None
+        graphs = Mode.parse(name).cuda_graphs  # the one switch that stays on CUDA under switches_on_cpu
+        assert (Mode.parse(name).unavailable_on(CPU, on_cpu) is None) is not graphs, name
+    assert ALL_MODES[0] == "eager" and Mode().unavailable_on(CPU, SETTINGS.runtime) is None
     for name in ALL_MODES[1:]:
-        assert Mode.parse(name).unavailable_on(CPU).startswith("n/a on cpu"), name
-    assert Mode(compile=True).unavailable_on(CPU) == "n/a on cpu (the trainer does not apply compile there)"
-    both = Mode(bf16=True, channels_last=True).unavailable_on(CPU)
+        assert Mode.parse(name).unavailable_on(CPU, SETTINGS.runtime).startswith("n/a on cpu"), name
+    compiled = Mode(compile=True).unavailable_on(CPU, SETTINGS.runtime)
+    assert compiled == "n/a on cpu (the trainer does not apply compile there)"
+    both = Mode(bf16=True, channels_last=True).unavailable_on(CPU, SETTINGS.runtime)
     assert both == "n/a on cpu (the trainer does not apply bf16, channels_last there)"
-
-
-def test_timed_spans_measure_with_compile_errors_raised_not_suppressed():
-    seen = []
-
-    def run_chunk(index, steps):
-        seen.append((index, steps, torch._dynamo.config.suppress_errors))
-
-    with torch._dynamo.config.patch(suppress_errors=True):  # what the trainer's compile_model sets
-        spans = timed_spans(run_chunk, TINY, CPU)
-        assert torch._dynamo.config.suppress_errors
-    assert seen == [(0, 1, False), (1, 2, False), (2, 2, False)] and len(spans) == 2
+    graphed = Mode(compile=True, cuda_graphs=True).unavailable_on(CPU, on_cpu)
+    assert graphed == "n/a on cpu (the trainer does not apply cuda_graphs there)"
 
 
 def test_ours_times_a_real_trainer_through_the_trainers_own_step_loop(train_steps_calls, restore_threads):
@@ -211,7 +205,7 @@ def test_packed_step_of_two_models_equals_two_ordinary_steps():
         copy.load_state_dict(model.state_dict())
     run_time, optimizer_settings = Mode().runtime(SETTINGS.runtime, CPU), SETTINGS.recipe["optimizer"]
     packed = PackedModels(models, CPU, run_time, optimizer_settings)
-    optimizers = [make_optimizer(model.parameters(), optimizer_settings, CPU) for model in separate]
+    optimizers = [make_optimizer(model.parameters(), optimizer_settings, CPU, run_time) for model in separate]
     mean, std = torch.tensor(MEAN), torch.tensor(STD)
     images, labels = synthetic_cifar(2 * 2 * 8, seed=1)
     images, labels = images.view(2, 2, 8, 3, 32, 32), labels.view(2, 2, 8)

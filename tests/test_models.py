@@ -122,3 +122,18 @@ def test_post_activation_block_is_the_papers():
     residual = batch_norm(block.bn2, F.conv2d(inner, block.conv2.weight, padding=1))
     with torch.no_grad():
         assert torch.allclose(block(x), F.relu(residual + x), atol=1e-5)
+
+
+def test_the_global_pool_is_adaptive_average_pooling_bit_for_bit_and_has_no_cuda_only_nondeterminism():
+    """The pool is a mean over height and width: the same function and gradient as the
+    AdaptiveAvgPool2d(1) + Flatten it replaces (so results did not change), whose CUDA backward has no
+    deterministic implementation."""
+    model = build_model(ModelSpec(20))
+    assert not any(isinstance(m, (torch.nn.AdaptiveAvgPool2d, torch.nn.AvgPool2d)) for m in model.modules())
+    pool = model.backbone[-1]
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(37, 64, 8, 8).contiguous(memory_format=memory_format).requires_grad_()
+        gradient = torch.randn(37, 64)
+        ours, reference = pool(x), F.adaptive_avg_pool2d(x, 1).flatten(1)
+        assert torch.equal(ours, reference)
+        assert torch.equal(*(torch.autograd.grad(y, x, gradient)[0] for y in (ours, reference)))

@@ -1,13 +1,22 @@
-"""The runtime switches: torch.compile's mode and the step marks that CUDA graph replay needs."""
+"""The runtime switches: torch.compile's mode and the step marks that CUDA graph replay needs, and
+every switch PyTorch offers on the CPU trained for real under ``runtime.switches_on_cpu``: the loss
+falls, evaluation agrees with eager fp32, and a stopped run resumes to identical results."""
+
+import math
 
 import pytest
 import torch
+from test_train import one_thread, outputs, run  # noqa: F401  (one_thread: autouse, for bit-identity)
 
+from cifar_resnet import checkpoint, datasets
 from cifar_resnet import runtime as runtime_module
+from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Split, evaluate_split
+from cifar_resnet.files import load_tensors, read_json
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.optimizer import make_optimizer
-from cifar_resnet.train import train_step
+from cifar_resnet.run import train_run
+from cifar_resnet.train import build_trainer, train_step
 
 
 @pytest.mark.parametrize(
@@ -17,9 +26,9 @@ from cifar_resnet.train import train_step
 def test_cuda_graphs_compile_reduce_overhead_and_mark_every_step(
     monkeypatch, device, compile, cuda_graphs, graphed
 ):
-    runtime = {"compile": compile, "cuda_graphs": cuda_graphs}
+    runtime = {"compile": compile, "cuda_graphs": cuda_graphs, "switches_on_cpu": True}
     compile_modes, step_marks = [], []
-    monkeypatch.setattr(torch, "compile", lambda model, mode: compile_modes.append(mode) or model)
+    monkeypatch.setattr(torch, "compile", lambda model, mode, **_: compile_modes.append(mode) or model)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: step_marks.append(1))
     runtime_module.compile_model(torch.nn.Identity(), runtime)
     runtime_module.mark_cuda_graph_step(torch.device(device), runtime)
@@ -32,9 +41,11 @@ def test_with_cuda_graphs_every_training_step_and_evaluation_batch_is_marked(mon
     monkeypatch.setattr(runtime_module, "applies", lambda switch, device, runtime: runtime[switch])  # CUDA
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     runtime = {"compile": True, "cuda_graphs": True, "bf16": False, "channels_last": False}
+    runtime["switches_on_cpu"] = False
     cpu = torch.device("cpu")
     model = build_model(ModelSpec(8))
-    optimizer = make_optimizer(model.parameters(), {"name": "adam", "lr": 0.01, "weight_decay": 0}, cpu)
+    adam = {"name": "adam", "lr": 0.01, "weight_decay": 0}
+    optimizer = make_optimizer(model.parameters(), adam, cpu, runtime)
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(6) % 10
     mean, std = torch.full((3,), 120.0), torch.full((3,), 60.0)
@@ -43,3 +54,172 @@ def test_with_cuda_graphs_every_training_step_and_evaluation_batch_is_marked(mon
     assert len(marks) == 2
     evaluate_split(model, Split(images, labels), mean, std, 4, cpu, runtime)
     assert len(marks) == 4  # two evaluation batches of at most 4
+
+
+# --- the switches on the CPU (runtime.switches_on_cpu): the code a GPU job runs ------------------
+
+CPU = torch.device("cpu")
+EAGER_FP32 = {"compile": False, "bf16": False, "channels_last": False, "cuda_graphs": False}
+# Evaluation under the switches against eager fp32 on the same weights, over the 80 validation images:
+# bf16 keeps 8 bits of mantissa, so the loss may move by a few per cent; fp32 compiled code reorders
+# sums only; on CUDA, fp32 convolutions run in TF32 (10 bits) in both.
+TOLERANCES = {"bf16": (0.03, 2 / 80), "tf32": (0.01, 2 / 80), "fp32": (1e-4, 1 / 80)}  # (rel. loss, accuracy)
+
+
+def switched(study, device="cpu", **switches) -> dict:
+    """ResNet-8 on the paper recipe for 3 epochs of 20 steps of 16, validated in batches of 32 (the
+    last of the 80 validation images is a smaller batch), with ``switches`` on and acting on the CPU."""
+    config = run(study, "paper", depth=8, unit="epochs", duration=3, batch_size=16)
+    config["runtime"].update(EAGER_FP32, **switches, device=device, switches_on_cpu=True, eval_batch_size=32)
+    return config
+
+
+def train_switched(config, prepared, folder, checkpoint_interval=60.0) -> dict:
+    return train_run(
+        config, prepared, outputs(folder), folder / "resume.pt", checkpoint_interval=checkpoint_interval
+    )
+
+
+def eager_fp32_validation(config, prepared, folder):
+    """The validation loss and accuracy of ``folder``'s model, evaluated eagerly in fp32."""
+    eager = {**config, "runtime": {**config["runtime"], **EAGER_FP32, "switches_on_cpu": False}}
+    data = datasets.load_prepared(prepared, splits=("train", "val"))
+    trainer, _ = build_trainer(eager, data, None)
+    trainer.model.load_state_dict(load_tensors(folder / "model.pt"))
+    result = evaluate_split(
+        trainer.model, trainer.val, trainer.mean, trainer.std, 32, trainer.device, eager["runtime"]
+    )
+    return result.loss, result.accuracy
+
+
+def check_trained_and_evaluated(config, prepared, folder, precision):
+    """The loss is finite and falls, and the switches' validation agrees with eager fp32's."""
+    history = [row.split(",") for row in (folder / "history.csv").read_text().splitlines()[1:]]
+    train_losses = [float(row[3]) for row in history]
+    assert all(map(math.isfinite, train_losses)) and train_losses[-1] < 0.9 * train_losses[0], train_losses
+    val_loss, val_accuracy = float(history[-1][5]), float(history[-1][6])  # the final model's, switched
+    eager_loss, eager_accuracy = eager_fp32_validation(config, prepared, folder)
+    loss_tolerance, accuracy_tolerance = TOLERANCES[precision]
+    assert val_loss == pytest.approx(eager_loss, rel=loss_tolerance)
+    assert abs(val_accuracy - eager_accuracy) <= accuracy_tolerance
+
+
+def test_without_switches_on_cpu_the_cpu_trains_eager_fp32_nchw_with_the_foreach_optimizer(study, prepared):
+    config = run(study, "paper", depth=8)
+    config["runtime"].update(compile=True, bf16=True, channels_last=True, switches_on_cpu=False)
+    trainer, _ = build_trainer(config, datasets.load_prepared(prepared), None)
+    assert trainer.forward is trainer.model and trainer.optimizer.defaults["foreach"]
+    assert trainer.model.backbone[0].weight.is_contiguous()
+    ran = runtime_module.execution(CPU, config["runtime"], trainer.optimizer)
+    assert ran["applied"] == [] and ran["not_applied"] == ["compile", "bf16", "channels_last"]
+    assert ran["optimizer"] == "foreach"
+
+
+def test_under_switches_on_cpu_bf16_channels_last_and_the_fused_optimizer_act_on_the_cpu(study, prepared):
+    config = switched(study, bf16=True, channels_last=True)
+    trainer, _ = build_trainer(config, datasets.load_prepared(prepared), None)
+    assert trainer.optimizer.defaults["fused"]
+    formats = []
+    for block in trainer.model.backbone:  # every activation stays NHWC, none falls back to NCHW
+        block.register_forward_hook(
+            lambda module, inputs, output: formats.append(
+                output.is_contiguous(memory_format=torch.channels_last)
+            )
+        )
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    with runtime_module.autocast(CPU, config["runtime"]):
+        logits = trainer.forward(
+            (images.float() / 255).contiguous(
+                memory_format=runtime_module.memory_format(CPU, config["runtime"])
+            )
+        )
+    assert (
+        logits.dtype == torch.bfloat16 and all(formats[:-1]) and len(formats) == len(trainer.model.backbone)
+    )
+    ran = runtime_module.execution(CPU, config["runtime"], trainer.optimizer)
+    assert ran["applied"] == ["bf16", "channels_last"] and ran["optimizer"] == "fused"
+
+
+@pytest.mark.parametrize(
+    ("switches", "precision"),
+    [({}, "fp32"), ({"bf16": True}, "bf16"), ({"channels_last": True}, "fp32")],
+    ids=["fused-optimizer", "bf16", "channels_last"],
+)
+def test_each_eager_switch_trains_and_evaluates_like_eager_fp32(
+    study, prepared, tmp_path, switches, precision
+):
+    config = switched(study, **switches)
+    summary = train_switched(config, prepared, tmp_path)
+    assert summary["execution"]["applied"] == list(switches) and summary["execution"]["optimizer"] == "fused"
+    check_trained_and_evaluated(config, prepared, tmp_path, precision)
+
+
+@pytest.fixture(scope="module")
+def compiled_runs(study, prepared, tmp_path_factory):
+    """Compile with bf16 and channels_last (the switches that interact): an uninterrupted run, and the
+    same run stopped right after its resume state of epoch 2 was saved (as a kill then would), then
+    resumed by a fresh ``train_run``. In one process, so that the graphs are compiled once; the
+    trainer's real kill, in a separate process, is test_train's."""
+    torch.set_num_threads(1)
+    config = switched(study, compile=True, bf16=True, channels_last=True)
+    folder = tmp_path_factory.mktemp("compiled")
+    graphs_before = runtime_module.compile_counts()["compiled_graphs"]
+    uninterrupted = train_switched(config, prepared, folder / "uninterrupted")
+    graphs = runtime_module.compile_counts()["compiled_graphs"] - graphs_before
+
+    save = checkpoint.save_resume_state
+
+    def killed_after_saving(path, progress, *state):
+        save(path, progress, *state)
+        if progress["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    checkpoint.save_resume_state = killed_after_saving
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_switched(config, prepared, folder / "resumed", checkpoint_interval=0)
+    finally:
+        checkpoint.save_resume_state = save
+    assert load_tensors(folder / "resumed" / "resume.pt")["epoch"] == 2
+    resumed = train_switched(config, prepared, folder / "resumed")
+    return config, folder, uninterrupted, resumed, graphs
+
+
+def test_compile_with_bf16_and_channels_last_trains_and_evaluates_like_eager(prepared, compiled_runs):
+    config, folder, uninterrupted, _, graphs = compiled_runs
+    ran = read_json(folder / "uninterrupted" / "train.json")["execution"]
+    assert ran["applied"] == ["compile", "bf16", "channels_last"] and ran["optimizer"] == "fused"
+    assert graphs == 2  # train and eval mode: the last, smaller validation batch was padded, not recompiled
+    check_trained_and_evaluated(config, prepared, folder / "uninterrupted", "bf16")
+
+
+def test_a_run_stopped_and_resumed_under_compile_bf16_and_channels_last_ends_identical(compiled_runs):
+    _, folder, uninterrupted, resumed, _ = compiled_runs
+    expected, got = (
+        load_tensors(folder / "uninterrupted" / "model.pt"),
+        load_tensors(folder / "resumed" / "model.pt"),
+    )
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    strip = lambda path: [row.split(",")[:7] for row in path.read_text().splitlines()]  # noqa: E731
+    assert strip(folder / "resumed" / "history.csv") == strip(folder / "uninterrupted" / "history.csv")
+    assert resumed["selected_val_loss"] == uninterrupted["selected_val_loss"]
+
+
+def test_compile_alone_trains_and_evaluates_like_eager(study, prepared, tmp_path):
+    config = switched(study, compile=True)
+    summary = train_switched(config, prepared, tmp_path)
+    assert summary["execution"]["applied"] == ["compile"]
+    check_trained_and_evaluated(config, prepared, tmp_path, "fp32")
+
+
+def test_a_failing_compilation_stops_the_run_in_one_sentence_instead_of_training_eagerly(
+    study, prepared, tmp_path
+):
+    class Untraceable(torch.nn.Module):
+        def forward(self, x):
+            print("a graph break")  # fullgraph=True refuses it
+            return x
+
+    forward = runtime_module.compile_model(Untraceable(), switched(study, compile=True)["runtime"])
+    with pytest.raises(StudyError, match=r"^torch.compile failed \(\w+: .*\); set runtime.compile to false"):
+        forward(torch.zeros(2))

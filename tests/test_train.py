@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_config import SCHEMA, demo_config, study_config
+from test_config import SCHEMA, study_config
 
-from cifar_resnet import checkpoint, datasets, sources
+from cifar_resnet import checkpoint, datasets
 from cifar_resnet import run as run_module
 from cifar_resnet import train as train_module
 from cifar_resnet.config import Run, load_study, merge
-from cifar_resnet.demo import write_demo_archive
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Evaluation, evaluate_run
 from cifar_resnet.files import load_tensors, read_json
@@ -24,21 +23,6 @@ from cifar_resnet.train import build_trainer
 
 DEPTHS = (20, 32, 44, 56, 110)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    write_demo_archive(folder / "demo.tar.gz", seed=0, train_size=400, test_size=100)
-    datasets.prepare_dataset(
-        folder / "demo.tar.gz", folder / "prepared.pt", sources.get_source("demo"), 0.2, 0
-    )
-    return folder / "prepared.pt"
-
-
-@pytest.fixture(scope="module")
-def study():
-    return load_study(demo_config(), SCHEMA)
 
 
 @pytest.fixture(autouse=True)
@@ -224,8 +208,9 @@ train_run(config, prepared, Outputs(folder / "model.pt", folder / "history.csv",
 """
 
 
-def test_a_job_killed_mid_epoch_resumes_to_identical_results(study, prepared, tmp_path):
-    config = run(study, "plateau", unit="epochs", duration=6)  # plateau: the schedule's state resumes too
+def check_kill_and_resume(config, prepared, tmp_path, into_epoch=0.3):
+    """Train ``config`` uninterrupted, then in a process killed (SIGKILL) ``into_epoch`` seconds after
+    its first resume state, resumed here: it must end with the same weights, history and selection."""
     train(config, prepared, tmp_path / "uninterrupted")
 
     killed = tmp_path / "killed"
@@ -236,11 +221,11 @@ def test_a_job_killed_mid_epoch_resumes_to_identical_results(study, prepared, tm
     deadline = time.monotonic() + 120
     while not (killed / "resume.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(0.3)  # into the next epoch
+    time.sleep(into_epoch)
     process.send_signal(signal.SIGKILL)
     process.wait()
     state = load_tensors(killed / "resume.pt")
-    assert 1 <= state["epoch"] < 6, "the kill must land before the end of training"
+    assert 1 <= state["epoch"] < config["recipe"]["training"]["duration"], "the kill must land in training"
     assert not (killed / "model.pt").exists()
 
     summary = train(config, prepared, killed)
@@ -256,6 +241,11 @@ def test_a_job_killed_mid_epoch_resumes_to_identical_results(study, prepared, tm
         == read_json(tmp_path / "uninterrupted" / "train.json")["selected_val_accuracy"]
     )
     assert not (killed / "resume.pt").exists()
+
+
+def test_a_job_killed_mid_epoch_resumes_to_identical_results(study, prepared, tmp_path):
+    config = run(study, "plateau", unit="epochs", duration=6)  # plateau: the schedule's state resumes too
+    check_kill_and_resume(config, prepared, tmp_path)
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint", b"PK\x03\x04truncated"])

@@ -4,6 +4,8 @@ cifar_resnet.cli COMMAND``):
     cifar-resnet benchmark --depths 20 56 110 --steps 50 --repeats 5 --out results/benchmark
     cifar-resnet benchmark --small          # CI smoke run: under a minute on 2 CPU cores
     cifar-resnet timings results/demo       # every run under results/demo/runs against the targets
+    cifar-resnet gpu-check OUT --budget 480 # on a GPU machine: CUDA tests, benchmark, jobs, in 8 minutes
+    cifar-resnet gpu-check OUT --small      # its tiny CPU form (CI runs it)
 
 See docs/benchmark.md.
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
+from cifar_resnet import gpucheck
 from cifar_resnet.benchmark import runner, tables, targets
 from cifar_resnet.benchmark.data import EPOCH_IMAGES
 from cifar_resnet.benchmark.modes import ALL_MODES, DEFAULT_MODES, Mode, packing_mode
@@ -31,6 +34,11 @@ mode, the classical DataLoader pipeline, and K models per device (packed into on
 other, or in K processes at once), as images/s, seconds per 45k-image epoch and peak device memory.
 Every pipeline trains the paper recipe of the study config. Writes OUT/benchmark.csv and
 OUT/benchmark.png, and prints the tables."""
+GPU_CHECK = """What the GPU path has left to prove, within a time budget and in this order: the CUDA
+tests, the benchmark at depths 20, 56 and 110 in the modes that decide the defaults (with the
+classical pipeline and K = 1, 3, 8), and one real training job per depth 20 and 110 through
+Snakemake with config/timing.yaml. Finished results stay in --work, so the same command resumes; OUT
+receives the report (gpu-check.md), the benchmark's CSV and plot, jobs.csv and logs.tar.gz."""
 TIMINGS = """Real training jobs against the speed targets of docs/benchmark.md, read from their
 train.json: training time, that time scaled to the paper's 64k iterations, images/s, the job's time
 from process start and its overhead, then a verdict per target."""
@@ -109,6 +117,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     timings = commands.add_parser("timings", help="real jobs against the speed targets", description=TIMINGS)
     timings.add_argument("paths", nargs="+", type=Path, help="results/{dataset} folders or train.json files")
     timings.set_defaults(run=run_timings)
+    check = commands.add_parser(
+        "gpu-check", help="the GPU path's checks in one budget", description=GPU_CHECK
+    )
+    check.add_argument("out", type=Path, help="folder for the report and its files")
+    check.add_argument("--budget", type=float, default=480.0, help="seconds for the whole check")
+    check.add_argument(
+        "--work", type=Path, default=Path("results/gpu-check"), help="kept between runs: the resumable state"
+    )
+    check.add_argument("--small", action="store_true", help="the tiny CPU form, in about a minute")
+    check.set_defaults(run=run_gpu_check)
     return parser, benchmark
 
 
@@ -213,6 +231,12 @@ def run_timings(args: argparse.Namespace) -> None:
     else:
         print()
         print(tables.github_table(verdicts))
+
+
+def run_gpu_check(args: argparse.Namespace) -> None:
+    report = gpucheck.gpu_check(args.out, args.work, args.budget, args.small)
+    print(report.read_text())
+    print(f"wrote {report} and its files in {args.out}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from cifar_resnet.runtime import (
     configure_backends,
     mark_cuda_graph_step,
     memory_format,
+    pads_last_batch,
     select_device,
     to_device,
 )
@@ -44,16 +45,22 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate_split(model, split: Split, mean, std, batch_size: int, device, runtime) -> Evaluation:
-    """Loss, accuracy and predictions over a whole split, in large batches, one host sync at the end."""
+    """Loss, accuracy and predictions over a whole split, in large batches, one host sync at the end.
+    Where the runtime says so, the last batch is padded to the others' size and the padding's logits
+    dropped (in eval mode each image's logits depend on that image alone)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     predictions = torch.empty_like(split.labels)
+    batch_size = min(batch_size, len(split.labels))
+    pad = pads_last_batch(device, runtime)
     for start in range(0, len(split.labels), batch_size):
         images = normalize(split.images[start : start + batch_size], mean, std)
         labels = split.labels[start : start + batch_size]
+        if pad and len(labels) < batch_size:
+            images = F.pad(images, (0, 0, 0, 0, 0, 0, 0, batch_size - len(labels)))
         mark_cuda_graph_step(device, runtime)
         with autocast(device, runtime):
-            logits = model(images.contiguous(memory_format=memory_format(device, runtime)))
+            logits = model(images.contiguous(memory_format=memory_format(device, runtime)))[: len(labels)]
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         predictions[start : start + batch_size] = logits.argmax(1)
     correct = (predictions == split.labels).sum()

@@ -48,6 +48,14 @@ class ModelSpec:
         return (self.depth - 2) // 6
 
 
+class GlobalAveragePool(nn.Module):
+    """The mean over height and width: nn.AdaptiveAvgPool2d(1) and Flatten in one, but with a
+    deterministic CUDA backward (AdaptiveAvgPool2d's raises under torch.use_deterministic_algorithms)."""
+
+    def forward(self, x):
+        return x.mean((2, 3))
+
+
 class ZeroPadShortcut(nn.Module):
     """Option A: subsample by the stride and pad the new channels with zeros (no parameters)."""
 
@@ -132,7 +140,7 @@ class CifarResNet(nn.Module):
                 in_channels = out_channels
         if spec.preact:
             layers += [nn.BatchNorm2d(in_channels), nn.ReLU()]
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        layers.append(GlobalAveragePool())
         self.backbone = nn.Sequential(*layers)
         self.head = make_head(spec, in_channels)
         self.apply(init_weights)

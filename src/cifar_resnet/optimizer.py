@@ -1,12 +1,13 @@
-"""The optimizer a recipe names, in the fastest implementation the device offers."""
+"""The optimizer a recipe names, in the implementation the runtime picks for the device."""
 
 from __future__ import annotations
 
 import torch
 
+from cifar_resnet.runtime import optimizer_implementation
 
-def make_optimizer(parameters, settings: dict, device: torch.device) -> torch.optim.Optimizer:
-    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+
+def make_optimizer(parameters, settings: dict, device: torch.device, runtime: dict) -> torch.optim.Optimizer:
     if settings["name"] == "sgd":
         return torch.optim.SGD(
             parameters,
@@ -14,10 +15,18 @@ def make_optimizer(parameters, settings: dict, device: torch.device) -> torch.op
             momentum=settings["momentum"],
             nesterov=settings["nesterov"],
             weight_decay=settings["weight_decay"],
-            **fused,
+            **optimizer_implementation(device, runtime, fusable=True),
         )
-    if settings["name"] == "nadam":
+    if settings["name"] == "nadam":  # NAdam has no fused implementation
         return torch.optim.NAdam(
-            parameters, lr=settings["lr"], weight_decay=settings["weight_decay"], foreach=True
+            parameters,
+            lr=settings["lr"],
+            weight_decay=settings["weight_decay"],
+            **optimizer_implementation(device, runtime, fusable=False),
         )
-    return torch.optim.Adam(parameters, lr=settings["lr"], weight_decay=settings["weight_decay"], **fused)
+    return torch.optim.Adam(
+        parameters,
+        lr=settings["lr"],
+        weight_decay=settings["weight_decay"],
+        **optimizer_implementation(device, runtime, fusable=True),
+    )

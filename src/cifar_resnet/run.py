@@ -18,6 +18,7 @@ from cifar_resnet.config import config_hash
 from cifar_resnet.files import atomic_output, save_tensors, write_json
 from cifar_resnet.models import ModelSpec
 from cifar_resnet.provenance import describe_device, git_commit, versions
+from cifar_resnet.runtime import compile_counts, execution
 from cifar_resnet.selection import Monitor, monitors_of, watch
 from cifar_resnet.timings import ProcessTimes, describe_timings, process_age
 from cifar_resnet.train import Trainer, build_trainer, train_epoch
@@ -187,6 +188,10 @@ def write_outputs(
         "stopped_early": progress["stopped_early"],
         "images_per_s": statistics.median([row["images_per_s"] for row in progress["history"]]),
         "device": describe_device(trainer.device),
+        "execution": {
+            **execution(trainer.device, trainer.runtime, trainer.optimizer),
+            **compile_counts(),
+        },
         "threads": torch.get_num_threads(),
         "versions": versions(),
         "git_commit": git_commit(),
@@ -200,6 +205,12 @@ def write_outputs(
         summary["wall_seconds"],
     )
     log.info("%s", describe_timings(summary["timings"]))
+    if "compile" in summary["execution"]["applied"]:
+        log.info(
+            "torch.compile: %d graph(s) compiled, %d run without CUDA graphs",
+            summary["execution"]["compiled_graphs"],
+            summary["execution"]["cuda_graph_skips"],
+        )
     return summary
 
 

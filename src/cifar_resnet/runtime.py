@@ -1,7 +1,9 @@
 """Where and how a model runs: the device, its backend settings, bf16 autocast, the memory format,
-torch.compile and CUDA graph replay. The trainer, the evaluation and the benchmark all take these
-decisions here, so a switch means the same thing in each. bf16, channels_last and compilation act on
-CUDA only."""
+torch.compile, CUDA graph replay and the optimizer's implementation. The trainer, the evaluation and
+the benchmark all take these decisions here, so a switch means the same thing in each. Every switch
+acts on CUDA; bf16, channels_last, compilation and the fused optimizer act on the CPU too when
+``runtime.switches_on_cpu`` says so (tests run the code a GPU job runs that way), and CUDA graphs act
+on CUDA only."""
 
 from __future__ import annotations
 
@@ -43,20 +45,26 @@ def configure_backends(device: torch.device, runtime: dict) -> None:
         return
     if runtime["deterministic"]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
+    # Set either way: the setting is global, and a process that builds several trainers (the benchmark,
+    # the tests) must not keep an earlier one's.
+    torch.use_deterministic_algorithms(runtime["deterministic"])
+    torch.backends.cudnn.benchmark = not runtime["deterministic"]
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 
 
+def switches_act_on(device: torch.device, runtime: dict) -> bool:
+    """Whether bf16, channels_last, compile and the fused optimizer act on ``device``."""
+    return device.type == "cuda" or (device.type == "cpu" and runtime["switches_on_cpu"])
+
+
 def applies(switch: str, device: torch.device, runtime: dict) -> bool:
     """Whether ``runtime``'s ``switch`` (one of ``SWITCHES``) changes what runs on ``device``: each acts
-    on CUDA only, and CUDA graphs only under compile."""
+    on CUDA, all but CUDA graphs on the CPU under ``switches_on_cpu``, and CUDA graphs only under
+    compile."""
     if switch == "cuda_graphs":
-        return applies("compile", device, runtime) and runtime["cuda_graphs"]
-    return device.type == "cuda" and runtime[switch]
+        return device.type == "cuda" and applies("compile", device, runtime) and runtime["cuda_graphs"]
+    return switches_act_on(device, runtime) and runtime[switch]
 
 
 def inactive_switches(device: torch.device, runtime: dict) -> list[str]:
@@ -81,17 +89,85 @@ def uses_compile(device: torch.device, runtime: dict) -> bool:
     return applies("compile", device, runtime)
 
 
-def compile_model(model, runtime: dict):
-    """``model`` under torch.compile (Inductor), with CUDA graphs when ``runtime`` asks for them."""
-    import torch._dynamo
+def optimizer_implementation(device: torch.device, runtime: dict, fusable: bool) -> dict:
+    """The keyword that picks the optimizer's implementation: fused kernels where the switches act and
+    the optimizer has them (``fusable``), else foreach."""
+    return {"fused": True} if fusable and switches_act_on(device, runtime) else {"foreach": True}
 
-    torch._dynamo.config.suppress_errors = True  # fall back to eager where compilation is unavailable
-    return torch.compile(model, mode="reduce-overhead" if runtime["cuda_graphs"] else "default")
+
+class CompiledForward(torch.nn.Module):
+    """``model`` (a module or a function) under torch.compile (Inductor; with CUDA graphs when
+    ``runtime`` asks for them) as one whole graph per mode, with static shapes. A compilation that
+    fails, or a graph break, raises StudyError: a run whose config says compile never trains eagerly
+    under that name."""
+
+    def __init__(self, model, runtime: dict):
+        super().__init__()
+        mode = "reduce-overhead" if runtime["cuda_graphs"] else "default"
+        self.compiled = torch.compile(model, mode=mode, fullgraph=True, dynamic=False)
+
+    def forward(self, *inputs):
+        import torch._dynamo.exc
+
+        try:
+            return self.compiled(*inputs)
+        except torch._dynamo.exc.TorchDynamoException as error:
+            reason = next(iter(str(error).strip().splitlines()), "")
+            raise StudyError(
+                f"torch.compile failed ({type(error).__name__}: {reason}); "
+                "set runtime.compile to false to train in eager mode."
+            ) from error
+
+
+def compile_model(model, runtime: dict) -> CompiledForward:
+    return CompiledForward(model, runtime)
+
+
+def pads_last_batch(device: torch.device, runtime: dict) -> bool:
+    """Whether an evaluation pads its last, smaller batch to the full size: a compiled forward has
+    static shapes and would compile again for it (and CUDA graphs record again), which costs more than
+    the padded images (docs/benchmark.md)."""
+    return uses_compile(device, runtime)
 
 
 def forward_of(model: torch.nn.Module, device: torch.device, runtime: dict):
     """What the trainer and the evaluation call: ``model`` itself, or compiled where the runtime says so."""
     return compile_model(model, runtime) if uses_compile(device, runtime) else model
+
+
+def compile_counts() -> dict:
+    """What torch.compile did in this process: the graphs it compiled (train and eval mode are one
+    each; more means recompilation) and the graphs Inductor ran without the CUDA graphs it was asked
+    for (it logs why)."""
+    from torch._dynamo.utils import counters
+
+    return {
+        "compiled_graphs": counters["stats"]["unique_graphs"],
+        "cuda_graph_skips": counters["inductor"]["cudagraph_skips"],
+    }
+
+
+def execution(device: torch.device, runtime: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """What ``runtime`` switched on and what actually ran on ``device``, as a job logs it and records it
+    in ``train.json``."""
+    implementations = [name for name in ("fused", "foreach") if optimizer.defaults.get(name)]
+    return {
+        "device": device.type,
+        "applied": [switch for switch in SWITCHES if applies(switch, device, runtime)],
+        "not_applied": inactive_switches(device, runtime),
+        "deterministic": runtime["deterministic"] and device.type == "cuda",
+        "optimizer": implementations[0] if implementations else "for-loop",
+    }
+
+
+def describe_execution(ran: dict) -> str:
+    applied = ", ".join(ran["applied"]) or "eager fp32 NCHW"
+    text = f"runtime on {ran['device']}: {applied}, {ran['optimizer']} optimizer"
+    if ran["deterministic"]:
+        text += ", deterministic kernels"
+    if ran["not_applied"]:
+        text += f"; not applied on {ran['device']}: {', '.join(ran['not_applied'])}"
+    return text
 
 
 def mark_cuda_graph_step(device: torch.device, runtime: dict) -> None:

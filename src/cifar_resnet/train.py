@@ -25,6 +25,8 @@ from cifar_resnet.optimizer import make_optimizer
 from cifar_resnet.runtime import (
     autocast,
     configure_backends,
+    describe_execution,
+    execution,
     forward_of,
     mark_cuda_graph_step,
     memory_format,
@@ -92,7 +94,7 @@ def build_trainer(run_config: dict, data: dict, pretrained: Path | None) -> tupl
         model=model,
         forward=forward_of(model, device, runtime),
         optimizer=make_optimizer(
-            [p for p in model.parameters() if p.requires_grad], recipe["optimizer"], device
+            [p for p in model.parameters() if p.requires_grad], recipe["optimizer"], device, runtime
         ),
         schedule=LearningRate(recipe, run_config["depth"], steps_per_epoch),
         train=train,
@@ -108,6 +110,7 @@ def build_trainer(run_config: dict, data: dict, pretrained: Path | None) -> tupl
         total_iterations=training["duration"] * (steps_per_epoch if training["unit"] == "epochs" else 1),
         show_progress=sys.stderr.isatty(),
     )
+    log.info("%s", describe_execution(execution(device, runtime, trainer.optimizer)))
     return trainer, spec
 
 

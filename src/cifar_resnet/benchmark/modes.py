@@ -55,9 +55,9 @@ class Mode:
         switches."""
         return {**study_runtime, **self.switches(), "device": device.type}
 
-    def unavailable_on(self, device: torch.device) -> str | None:
-        """Why this mode is not run on ``device``, or None when it is."""
-        inactive = inactive_switches(device, self.switches())
+    def unavailable_on(self, device: torch.device, study_runtime: dict) -> str | None:
+        """Why this mode is not run on ``device`` under the study's runtime section, or None when it is."""
+        inactive = inactive_switches(device, self.runtime(study_runtime, device))
         if inactive:
             return f"n/a on {device.type} (the trainer does not apply {', '.join(inactive)} there)"
         return None

@@ -50,7 +50,7 @@ class PackedModels:
         self.device, self.runtime = device, runtime
         self.template = copy.deepcopy(models[0]).to("meta").train()
         self.params, self.buffers = stack_module_state(list(models))
-        self.optimizer = make_optimizer(list(self.params.values()), optimizer_settings, device)
+        self.optimizer = make_optimizer(list(self.params.values()), optimizer_settings, device, runtime)
         losses = vmap(self._loss, randomness="different")  # each model its own dropout masks
         self.losses = compile_model(losses, runtime) if uses_compile(device, runtime) else losses
 

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch._dynamo.utils import counters
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
@@ -35,7 +34,7 @@ from cifar_resnet.benchmark.timing import (
 )
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.optimizer import make_optimizer
-from cifar_resnet.runtime import configure_backends, to_device
+from cifar_resnet.runtime import compile_counts, configure_backends, to_device
 
 # --- ours: the trainer -------------------------------------------------------------------------
 
@@ -71,9 +70,9 @@ def our_step_throughput(
     """Images/s of a training job's step loop in ``mode``."""
     start_memory_count(device)
     trainer = our_trainer(depth, mode, device, protocol, data, settings)
-    skipped_before = counters["inductor"]["cudagraph_skips"]
+    skipped_before = compile_counts()["cuda_graph_skips"]
     measured = measure(trainer_chunks([trainer], protocol), protocol.batch_size, protocol, device)
-    if mode.cuda_graphs and counters["inductor"]["cudagraph_skips"] > skipped_before:
+    if mode.cuda_graphs and compile_counts()["cuda_graph_skips"] > skipped_before:
         return replace(measured, note="Inductor skipped CUDA graphs (see its warning): timed without them")
     return measured
 
@@ -151,7 +150,7 @@ def classical_throughput(
     batches = endless(loader)
     torch.manual_seed(protocol.seed)
     model = to_device(build_model(ModelSpec.for_run(run_config, NUM_CLASSES)), device, runtime).train()
-    optimizer = make_optimizer(model.parameters(), settings.recipe["optimizer"], device)
+    optimizer = make_optimizer(model.parameters(), settings.recipe["optimizer"], device, runtime)
 
     def run_chunk(_index: int, steps: int) -> None:
         running_loss = 0.0

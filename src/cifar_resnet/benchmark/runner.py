@@ -114,7 +114,7 @@ def plan(
     rows = []
     for depth in depths:
         for mode in modes:
-            job = mode.unavailable_on(device) or partial(
+            job = mode.unavailable_on(device, settings.runtime) or partial(
                 our_step_throughput, depth, mode, device, protocol, data, settings
             )
             rows.append(bench.planned(OURS, depth, mode.name, protocol, 1, job))
@@ -122,7 +122,7 @@ def plan(
         rows.append(bench.planned(CLASSICAL, depth, f"eager, {bench.workers} workers", protocol, 1, job))
         for models, pipeline in itertools.product(packed_models, (PACKED, SEQUENTIAL, JOBS)):
             arguments = (depth, models, device, packed_protocol, packed)
-            job = packed.unavailable_on(device) or (
+            job = packed.unavailable_on(device, settings.runtime) or (
                 partial(concurrent_jobs_throughput, *arguments, data, settings)
                 if pipeline == JOBS
                 else partial(packed_throughput, *arguments, pipeline == PACKED, data, settings)

