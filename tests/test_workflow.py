@@ -317,12 +317,12 @@ def refused(workdir: Path, *args: str) -> str:
             "recipe.training.batch_size is 128, more than the 108 images of the demo training split",
         ),
         (
-            {"recipe": {"warmup": {"lr": 0.01, "iterations": 60, "min_depth": 20}}},
-            "recipe.warmup.iterations is 60, but the whole training of variant 'paper' lasts 50 iterations",
+            {"recipe": {"warmup": {"lr": 0.01, "iterations": 90, "min_depth": 20}}},
+            "recipe.warmup.iterations is 90, but the whole training of variant 'paper' lasts 80 iterations",
         ),
         (
-            {"recipe": {"schedule": {"kind": "multistep", "milestones": [60], "factors": [0.1]}}},
-            "recipe.schedule.milestones has the milestone 60, which lies beyond the end of training",
+            {"recipe": {"schedule": {"kind": "multistep", "milestones": [90], "factors": [0.1]}}},
+            "recipe.schedule.milestones has the milestone 90, which lies beyond the end of training",
         ),
     ],
     ids=["learning curve depth", "baseline", "batch", "demo size", "warm-up", "recipe milestone"],
