@@ -26,5 +26,7 @@ rule train:
         # model it replaces, so a failure never leaves an eval.json beside a missing model.
         evaluation=f"{RUN_DIR}/eval.json",
         gpu_slots=".snakemake/gpu-slots",
+        # Inductor's compiled code, shared by every job: a graph is compiled once per workflow.
+        compile_cache=".snakemake/torch-compile-cache",
     script:
         "../scripts/train.py"

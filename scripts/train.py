@@ -5,6 +5,7 @@ from pathlib import Path
 
 from cifar_resnet.devices import claim_gpu
 from cifar_resnet.run import CHECKPOINT_INTERVAL_SECONDS, Outputs, train_run
+from cifar_resnet.runtime import share_compiled_code
 from cifar_resnet.workflow import run_job, whole_number_from_environment
 
 
@@ -15,6 +16,7 @@ def checkpoint_interval() -> float:
 
 def train():
     Path(snakemake.params.evaluation).unlink(missing_ok=True)  # it evaluated the model Snakemake removed
+    share_compiled_code(Path(snakemake.params.compile_cache))
     with claim_gpu(Path(snakemake.params.gpu_slots), log=logging.getLogger("cifar_resnet").info):
         train_run(
             snakemake.params.run_config,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import torch
 
@@ -117,6 +118,15 @@ class CompiledForward(torch.nn.Module):
                 f"torch.compile failed ({type(error).__name__}: {reason}); "
                 "set runtime.compile to false to train in eager mode."
             ) from error
+
+
+def share_compiled_code(folder: Path) -> None:
+    """Keep Inductor's compiled code (its FX-graph and AOTAutograd caches) in ``folder``, which every
+    job of a workflow shares, so that a job whose graphs another job compiled loads them instead of
+    compiling again. Call before the first compilation: Inductor reads these settings once."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(folder).resolve())
+    os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
+    os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] = "1"
 
 
 def compile_model(model, runtime: dict) -> CompiledForward:
