@@ -3,6 +3,8 @@ every switch PyTorch offers on the CPU trained for real under ``runtime.switches
 falls, evaluation agrees with eager fp32, and a stopped run resumes to identical results."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -223,3 +225,25 @@ def test_a_failing_compilation_stops_the_run_in_one_sentence_instead_of_training
     forward = runtime_module.compile_model(Untraceable(), switched(study, compile=True)["runtime"])
     with pytest.raises(StudyError, match=r"^torch.compile failed \(\w+: .*\); set runtime.compile to false"):
         forward(torch.zeros(2))
+
+
+SHARED_COMPILE = """
+import sys, torch
+from pathlib import Path
+from torch._dynamo.utils import counters
+from cifar_resnet.runtime import share_compiled_code
+share_compiled_code(Path(sys.argv[1]))
+double = torch.compile(lambda x: (x * 2).sin())
+double(torch.ones(8))
+print(counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"])
+"""
+
+
+def test_a_second_process_loads_the_code_the_first_compiled(tmp_path):
+    def compile_in_a_new_process() -> list[str]:
+        code = [sys.executable, "-c", SHARED_COMPILE, str(tmp_path / "cache")]
+        return subprocess.run(code, capture_output=True, text=True, check=True).stdout.split()
+
+    assert compile_in_a_new_process() == ["0", "1"]  # compiled, and stored in the shared folder
+    assert compile_in_a_new_process() == ["1", "0"]  # loaded from it
+    assert (tmp_path / "cache" / "fxgraph").is_dir()
