@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cifar_resnet.evaluate import macs_per_image
 from cifar_resnet.models import ModelSpec, build_model, count_parameters
 
 # He et al. 2016, Table 6 (rounded there to 0.27M ... 19.4M).
@@ -137,3 +138,17 @@ def test_the_global_pool_is_adaptive_average_pooling_bit_for_bit_and_has_no_cuda
         ours, reference = pool(x), F.adaptive_avg_pool2d(x, 1).flatten(1)
         assert torch.equal(ours, reference)
         assert torch.equal(*(torch.autograd.grad(y, x, gradient)[0] for y in (ours, reference)))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [ModelSpec(20), ModelSpec(8, shortcut="B", width=2), ModelSpec(20, preact=True, head="dense_dropout")],
+)
+def test_macs_are_what_torchs_flop_counter_counts(spec):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(spec).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    assert macs_per_image(model) == counter.get_total_flops() // 2  # two flops per multiply-accumulate
