@@ -197,7 +197,7 @@ def test_a_config_error_stops_before_any_job(demo_run):
     assert "depth 21 is not a CIFAR ResNet depth" in result.stdout + result.stderr
 
 
-RESUMABLE = {**TINY, "study": {**TINY["study"], "variants": ["paper"]}}  # 80 iterations: 10 epochs of 8
+RESUMABLE = {**TINY, "study": {**TINY["study"], "variants": ["paper"]}}  # 64 iterations: 8 epochs of 8
 
 
 def test_a_killed_workflow_resumes_its_training_job_to_identical_results(tmp_path):
@@ -318,7 +318,7 @@ def refused(workdir: Path, *args: str) -> str:
         ),
         (
             {"recipe": {"warmup": {"lr": 0.01, "iterations": 90, "min_depth": 20}}},
-            "recipe.warmup.iterations is 90, but the whole training of variant 'paper' lasts 80 iterations",
+            "recipe.warmup.iterations is 90, but the whole training of variant 'paper' lasts 64 iterations",
         ),
         (
             {"recipe": {"schedule": {"kind": "multistep", "milestones": [90], "factors": [0.1]}}},
