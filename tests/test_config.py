@@ -280,3 +280,44 @@ def test_a_string_from_the_command_line_is_said_to_be_one():
     )
     # the same value from a config file is the user's own: the schema's message
     assert "study.depths[1]: '32' is not of type 'integer'" in refusal(config)
+
+
+def test_runs_of_one_dataset_are_that_datasets_only():
+    config = with_changes(study_config(), (("study", "datasets"), ["cifar10", "cifar100"]))
+    study = load_study(config, SCHEMA)
+    assert {run.dataset for run in study.runs("cifar100")} == {"cifar100"}
+    assert len(study.runs()) == 2 * len(study.runs("cifar10"))
+
+
+def test_merged_recipes_share_nothing_with_the_recipe_or_each_other():
+    base = {"model": {"width": 1}, "schedule": {"milestones": [1, 2]}}
+    merged = merge(base, {"model": {"shortcut": "B"}})
+    merged["model"]["width"] = 4
+    merged["schedule"]["milestones"].append(3)
+    assert base == {"model": {"width": 1}, "schedule": {"milestones": [1, 2]}}
+    study = load_study(study_config(), SCHEMA)
+    study.recipes["paper"]["optimizer"]["lr"] = 1.0
+    assert study.recipes["dropout"]["optimizer"]["lr"] == 0.1
+
+
+def test_the_schemas_defaults_fill_what_the_config_leaves_out():
+    config = study_config()
+    assert "eval_batch_size" not in config["runtime"]  # config.yaml leaves it to the schema
+    assert load_study(config, SCHEMA).config["runtime"]["eval_batch_size"] == 1000
+
+
+def test_a_variant_cannot_pretrain_from_a_pretrained_variant():
+    config = with_changes(
+        study_config(), (("variants", "finetune", "overrides", "pretrained", "variant"), "frozen")
+    )
+    assert "which is itself pretrained" in refusal(config)
+
+
+def test_a_milestone_at_the_end_of_training_is_refused():
+    config = with_changes(study_config(), (("recipe", "schedule", "milestones"), [32000, 64000]))
+    assert refusal(config).startswith("recipe.schedule.milestones has the milestone 64000, which lies beyond")
+
+
+def test_resnet_8_is_a_depth_of_the_study():
+    config = with_changes(study_config(), (("study", "depths"), [8]))
+    assert load_study(config, SCHEMA).depths == [8]

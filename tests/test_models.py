@@ -152,3 +152,33 @@ def test_macs_are_what_torchs_flop_counter_counts(spec):
     with counter, torch.no_grad():
         model(torch.zeros(1, 3, 32, 32))
     assert macs_per_image(model) == counter.get_total_flops() // 2  # two flops per multiply-accumulate
+
+
+@pytest.mark.parametrize(
+    ("head", "layers"),
+    [
+        ("linear", [torch.nn.Linear]),
+        ("dropout", [torch.nn.Dropout, torch.nn.Linear]),
+        (
+            "dense_dropout",
+            [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.ReLU, torch.nn.Dropout, torch.nn.Linear],
+        ),
+    ],
+)
+def test_each_head_is_the_layers_it_names(head, layers):
+    model = build_model(ModelSpec(8, head=head, dropout=0.3, head_hidden=32))
+    assert [type(layer) for layer in model.head] == layers
+    assert all(layer.p == 0.3 for layer in model.head if isinstance(layer, torch.nn.Dropout))
+
+
+def test_a_frozen_backbone_leaves_only_the_head_trainable():
+    model = build_model(ModelSpec(20))
+    model.backbone.requires_grad_(False)
+    assert count_parameters(model) == 64 * 10 + 10  # the linear head
+    assert count_parameters(model, trainable_only=False) == PAPER_PARAMETERS[20]
+
+
+def test_resnet_8_is_the_smallest_depth():
+    assert build_model(ModelSpec(8)).spec.blocks_per_stage == 1
+    with pytest.raises(ValueError, match="6n\\+2"):
+        ModelSpec(2)

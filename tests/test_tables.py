@@ -169,3 +169,33 @@ def test_identical_seeds_on_both_sides_are_not_significant():
     )
     same = statistics[statistics["variant"] == "same"].iloc[0]
     assert math.isnan(same["p_value"]) and same["significance"] == tables.NOT_SIGNIFICANT
+
+
+def test_a_p_value_equal_to_alpha_is_not_significant():
+    p_value = (
+        tables.error_statistics(frame_of(UNEQUAL), paper_errors=None)
+        .set_index("variant")
+        .loc["tight", "p_value"]
+    )
+    at_alpha = tables.error_statistics(frame_of(UNEQUAL), paper_errors=None, alpha=p_value)
+    assert at_alpha.set_index("variant").loc["tight", "significance"] == tables.NOT_SIGNIFICANT
+
+
+@pytest.mark.parametrize(
+    ("count", "decimals", "shown"),
+    [
+        (269_722, 2, "0.27M"),
+        (40_800_000, 1, "40.8M"),
+        (7_804, 2, "7.8K"),
+        (78_042, 2, "0.08M"),
+        (99_999, 1, "100.0K"),
+        (100_000, 1, "0.1M"),
+    ],
+)
+def test_counts_show_in_millions_or_thousands(count, decimals, shown):
+    assert tables.format_count(count, decimals) == shown
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [(42.4, "42 s"), (90, "1.5 min"), (7200, "2.0 h")])
+def test_durations_show_in_seconds_minutes_or_hours(seconds, shown):
+    assert tables.format_duration(seconds) == shown

@@ -19,6 +19,7 @@ from cifar_resnet.evaluate import Evaluation, evaluate_run
 from cifar_resnet.files import load_tensors, read_json
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.run import Outputs, train_run
+from cifar_resnet.selection import Monitor
 from cifar_resnet.train import build_trainer
 
 DEPTHS = (20, 32, 44, 56, 110)
@@ -201,6 +202,7 @@ TRAIN_IN_SUBPROCESS = """
 import json, sys, torch
 from pathlib import Path
 from cifar_resnet.run import Outputs, train_run
+from cifar_resnet.selection import Monitor
 torch.set_num_threads(1)
 config, prepared, folder = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 train_run(config, prepared, Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json"),
@@ -399,3 +401,11 @@ def test_the_readmes_model_loading_snippet_loads_a_trained_model(pretrained_pape
     assert torch.equal(
         namespace["model"].state_dict()["head.0.weight"], load_tensors(pretrained_paper)["head.0.weight"]
     )
+
+
+def test_a_tie_is_no_improvement():
+    """The earliest of equally good epochs stays selected, and a tie counts towards early stopping."""
+    monitor = Monitor("val_accuracy")
+    assert monitor.update({"val_accuracy": 0.8})
+    assert not monitor.update({"val_accuracy": 0.8})
+    assert monitor.epochs_without_improvement == 1
