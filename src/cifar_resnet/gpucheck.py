@@ -270,14 +270,7 @@ def pack(
         "## CUDA tests (pytest -m cuda)",
         "",
     ]
-    tests = state.get("tests")
-    if tests is None:
-        lines.append("not finished within the budget: run the same command again.")
-    else:
-        counts = ", ".join(f"{count} {verdict}" for verdict, count in tests["counts"].items()) or "none ran"
-        lines.append(f"{tests['outcome']}: {counts}.")
-        failed = re.findall(r"^(\S+::\S+) (?:FAILED|ERROR)", (work / "tests.log").read_text(), re.M)
-        lines += [f"- {name}" for name in dict.fromkeys(failed)]
+    lines += cuda_test_lines(state.get("tests"), work / "tests.log")
     lines += ["", "## Benchmark", ""]
     if benchmark is None:
         lines.append("no row measured.")
@@ -309,14 +302,28 @@ def pack(
         if (work / "benchmark" / name).exists():
             with atomic_output(out / name) as temporary:
                 shutil.copyfile(work / "benchmark" / name, temporary)
-    with atomic_output(out / "logs.tar.gz") as temporary, tarfile.open(temporary, "w:gz") as archive:
-        for path in [
+    archive_logs(out / "logs.tar.gz", work, summaries)
+    return report
+
+
+def cuda_test_lines(tests: dict | None, log: Path) -> list[str]:
+    """The report's lines on the CUDA tests: their outcome and counts, and each failed test."""
+    if tests is None:
+        return ["not finished within the budget: run the same command again."]
+    counts = ", ".join(f"{count} {verdict}" for verdict, count in tests["counts"].items()) or "none ran"
+    failed = re.findall(r"^(\S+::\S+) (?:FAILED|ERROR)", log.read_text(), re.M)
+    return [f"{tests['outcome']}: {counts}.", *(f"- {name}" for name in dict.fromkeys(failed))]
+
+
+def archive_logs(path: Path, work: Path, summaries: list[Path]) -> None:
+    """The stages' and jobs' logs, the jobs' configs, and each job's train.json and history.csv."""
+    with atomic_output(path) as temporary, tarfile.open(temporary, "w:gz") as archive:
+        for log in [
             *work.glob("*.log"),
             *work.glob("job*.yaml"),
             *(work / "results").glob("demo/logs/**/*.log"),
         ]:
-            archive.add(path, arcname=str(path.relative_to(work)))
+            archive.add(log, arcname=str(log.relative_to(work)))
         for summary in summaries:
             for name in ("train.json", "history.csv"):
                 archive.add(summary.with_name(name), arcname=str(summary.with_name(name).relative_to(work)))
-    return report
