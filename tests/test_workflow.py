@@ -388,3 +388,17 @@ def test_readme_markers_are_checked_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "README.md lacks the marker '<!-- results:start -->'" in result.stdout + result.stderr
     assert readme.read_bytes() == before
+
+
+def test_a_training_job_that_fails_leaves_no_evaluation_of_the_model_it_replaced(demo_run, tmp_path):
+    workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
+    diverging = write_config(
+        workdir, "diverging.yaml", {"variants": {"dropout": {"overrides": {"optimizer": {"lr": 1e12}}}}}
+    )
+    run = RUNS / "dropout/resnet20/seed0"
+    result = snakemake(
+        workdir, str(run / "eval.json"), "--cores", "1", "--configfile", *configs, diverging, check=False
+    )
+    assert result.returncode != 0 and "training diverged" in result.stdout + result.stderr
+    assert not (workdir / run / "model.pt").exists() and not (workdir / run / "eval.json").exists()
+    assert (workdir / RUNS / "paper/resnet20/seed0/eval.json").exists()  # other runs keep theirs
