@@ -128,9 +128,12 @@ def train_minutes(wildcards) -> int:
 
 # Before any job starts: the files that jobs will read from earlier runs, and the README markers the
 # readme rule splices between. A corrupt file or a missing marker stops the workflow here with one
-# sentence, instead of in a job that Snakemake would first have cleared of its previous outputs.
-for path in primary_results():
-    if Path(path).exists():
-        RUN_FILE_CHECKS[Path(path).name](path)
-if UPDATES_README:
-    check_markers(README)
+# sentence, instead of in a job that Snakemake would first have cleared of its previous outputs. Only
+# the scheduling process checks: a cluster job reads this workflow again, and would read every run's
+# files again for each job.
+if workflow.is_main_process:
+    for path in primary_results():
+        if Path(path).exists():
+            RUN_FILE_CHECKS[Path(path).name](path)
+    if UPDATES_README:
+        check_markers(README)

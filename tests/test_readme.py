@@ -12,7 +12,6 @@ from cifar_resnet.readme import (
     RESULTS_MARKERS,
     VARIANTS_MARKERS,
     check_markers,
-    splice_readme,
     update_readme,
     variant_table,
 )
@@ -79,22 +78,22 @@ def test_variant_table_names_a_variant_without_a_source():
 MARKED_README = f"# Study\n\nIntro stays.\r\n{START}\nold table\nold note\n{END}\n\n## After\nkept ✓\n"
 
 
-def test_splice_readme_replaces_only_between_markers(tmp_path):
+def test_update_readme_replaces_only_between_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_bytes(MARKED_README.encode())
 
-    splice_readme(readme, "| new |\n|-----|")
+    update_readme(readme, {RESULTS_MARKERS: "| new |\n|-----|"})
 
     expected = f"# Study\n\nIntro stays.\r\n{START}\n| new |\n|-----|\n{END}\n\n## After\nkept ✓\n"
     assert readme.read_bytes() == expected.encode()
 
 
-def test_splice_readme_can_be_repeated(tmp_path):
+def test_update_readme_can_be_repeated(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_bytes(MARKED_README.encode())
 
-    splice_readme(readme, "first\n")
-    splice_readme(readme, "second\n")
+    update_readme(readme, {RESULTS_MARKERS: "first\n"})
+    update_readme(readme, {RESULTS_MARKERS: "second\n"})
 
     assert readme.read_text().count("first") == 0
     assert f"{START}\nsecond\n{END}" in readme.read_text()
@@ -110,12 +109,12 @@ def test_splice_readme_can_be_repeated(tmp_path):
     ],
     ids=["no end", "no start", "duplicated start", "reversed"],
 )
-def test_splice_readme_refuses_bad_markers_and_leaves_the_file(tmp_path, text, message):
+def test_update_readme_refuses_bad_markers_and_leaves_the_file(tmp_path, text, message):
     readme = tmp_path / "README.md"
     readme.write_text(text)
 
     with pytest.raises(StudyError, match=message) as raised:
-        splice_readme(readme, "new\n")
+        update_readme(readme, {RESULTS_MARKERS: "new\n"})
 
     assert str(readme) in str(raised.value)
     assert readme.read_text() == text

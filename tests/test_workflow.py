@@ -17,7 +17,7 @@ from test_summary import summary_row
 
 from cifar_resnet.files import load_tensors
 from cifar_resnet.plots import PLOT_NAMES
-from cifar_resnet.readme import results_block, splice_readme
+from cifar_resnet.readme import RESULTS_MARKERS, results_block, update_readme
 from cifar_resnet.tables import accuracy_table, render_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def test_results_block_splices_into_a_copy_of_the_readme(demo_run, tmp_path):
     shutil.copy2(ROOT / "README.md", readme)
     plots = {name: f"results/demo/plots/{name}.png" for name in PLOT_NAMES}
     block = results_block(["demo"], [workdir / "results/demo/tables/accuracy.md"], [plots])
-    splice_readme(readme, block)
+    update_readme(readme, {RESULTS_MARKERS: block})
     text = readme.read_text()
     inside = text.split("<!-- results:start -->\n", 1)[1].split("<!-- results:end -->", 1)[0]
     assert inside == block and "results/demo/plots/error_vs_depth.png" in inside

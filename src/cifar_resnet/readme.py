@@ -35,13 +35,6 @@ VARIANTS_MARKERS = ("<!-- variants:start -->", "<!-- variants:end -->")
 RESULTS_MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
 
 
-def splice_readme(
-    readme: Path, block: str, start: str = RESULTS_MARKERS[0], end: str = RESULTS_MARKERS[1]
-) -> None:
-    """Replace the lines between the ``start`` and ``end`` marker lines (markers kept) with ``block``."""
-    update_readme(readme, {(start, end): block})
-
-
 def update_readme(readme: Path, blocks: Mapping[tuple[str, str], str]) -> None:
     """Splice each block between its (start, end) markers: every marker is checked and the whole new
     README built before it is written, once, so the README changes whole or not at all."""

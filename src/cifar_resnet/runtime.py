@@ -104,15 +104,16 @@ class CompiledForward(torch.nn.Module):
 
     def __init__(self, model, runtime: dict):
         super().__init__()
+        import torch._dynamo.exc  # here, not per call: forward runs every training step
+
         mode = "reduce-overhead" if runtime["cuda_graphs"] else "default"
         self.compiled = torch.compile(model, mode=mode, fullgraph=True, dynamic=False)
+        self.compile_error = torch._dynamo.exc.TorchDynamoException
 
     def forward(self, *inputs):
-        import torch._dynamo.exc
-
         try:
             return self.compiled(*inputs)
-        except torch._dynamo.exc.TorchDynamoException as error:
+        except self.compile_error as error:
             reason = next(iter(str(error).strip().splitlines()), "")
             raise StudyError(
                 f"torch.compile failed ({type(error).__name__}: {reason}); "
