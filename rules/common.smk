@@ -37,6 +37,7 @@ SUMMARY = f"{RESULTS}/{{dataset}}/summary.csv"
 ACCURACY_TABLE = f"{RESULTS}/{{dataset}}/tables/accuracy.md"
 README_BLOCK = f"{RESULTS}/readme_block.md"
 README = "README.md"
+DEPLOYS = config["deploy"]["enabled"]
 UPDATES_README = config["report"]["update_readme"] and bool(
     set(STUDY.datasets) & set(REAL_DATASETS)
 )

@@ -241,7 +241,10 @@ def test_values_that_fail_only_in_a_job_are_refused_when_the_study_loads(changes
 
 def test_the_demo_split_is_checked_with_the_configured_sizes():
     small = with_changes(
-        demo_config(), (("data", "demo", "train_size"), 140), ((*TRAINING, "batch_size"), 128)
+        demo_config(),
+        (("data", "demo", "train_size"), 140),
+        ((*TRAINING, "batch_size"), 128),
+        (("deploy", "calibration_images"), 100),
     )
     assert refusal(small) == (
         "recipe.training.batch_size is 128, more than the 126 images of the demo training split "
@@ -321,3 +324,37 @@ def test_a_milestone_at_the_end_of_training_is_refused():
 def test_resnet_8_is_a_depth_of_the_study():
     config = with_changes(study_config(), (("study", "depths"), [8]))
     assert load_study(config, SCHEMA).depths == [8]
+
+
+def test_deploy_is_on_by_default_with_its_schema_defaults():
+    config = study_config()
+    del config["deploy"]
+    deploy = load_study(config, SCHEMA).config["deploy"]
+    assert deploy["enabled"] and deploy["int8"]
+    assert deploy["tolerance"] == {"max_logit_difference": 0.001, "min_top1_agreement": 0.999}
+    assert deploy["latency"]["batch_threads"] is None
+
+
+def test_more_calibration_images_than_the_training_split_are_refused():
+    config = demo_config()
+    config["deploy"]["calibration_images"] = 721  # the demo's 800 images less 80 for validation
+    with pytest.raises(StudyError, match=r"deploy.calibration_images is 721, .* 720 images of the demo"):
+        load_study(config, SCHEMA)
+    config["deploy"]["int8"] = False
+    load_study(config, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "section, value",
+    [
+        ({"latency": {"runs": 0}}, "runs"),
+        ({"latency": {"batch_size": 1}}, "batch_size"),
+        ({"tolerance": {"min_top1_agreement": 1.5}}, "min_top1_agreement"),
+        ({"latency": {"threads": 2}}, "threads"),
+    ],
+)
+def test_bad_deploy_options_are_refused_by_name(section, value):
+    config = demo_config()
+    config["deploy"] = merge(config["deploy"], section)
+    with pytest.raises(StudyError, match=value):
+        load_study(config, SCHEMA)

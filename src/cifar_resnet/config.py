@@ -135,6 +135,7 @@ def load_study(config: dict, schema_path: str | Path, command_line: dict | None 
     check_report(study)
     for dataset, variant in study.trained_variants():
         check_training_length(study, dataset, variant)
+    check_deploy(study)
     return study
 
 
@@ -255,6 +256,21 @@ def check_report(study: Study) -> None:
             f"report.plots.learning_curve_depth is {depth}, a depth the study does not run; choose one of "
             f"study.depths ({', '.join(map(str, study.depths))}) or null for the smallest."
         )
+
+
+def check_deploy(study: Study) -> None:
+    """INT8 calibration draws its images from each dataset's training split: there must be as many."""
+    deploy = study.config["deploy"]
+    if not (deploy["enabled"] and deploy["int8"]):
+        return
+    for dataset in study.datasets:
+        sizes = split_sizes(study.config, dataset)
+        if deploy["calibration_images"] > sizes.train:
+            raise StudyError(
+                f"deploy.calibration_images is {deploy['calibration_images']}, more than the {sizes.train} "
+                f"images of the {dataset} training split ({sizes.origin} less data.validation_fraction "
+                f"{study.config['data']['validation_fraction']}); choose at most {sizes.train}."
+            )
 
 
 @dataclass(frozen=True)
