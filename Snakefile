@@ -1,5 +1,6 @@
 # The CIFAR ResNet study: data -> one training job per (dataset, variant, depth, seed) -> evaluation
-# -> summary, accuracy table, plots, README block and `snakemake --report report.html`.
+# and deployment (ONNX, INT8, CPU latency) -> summary, accuracy table, plots, README block and
+# `snakemake --report report.html`.
 
 from snakemake.utils import min_version
 
@@ -16,6 +17,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/deploy.smk"
 include: "rules/report.smk"
 
 

@@ -38,6 +38,9 @@ ACCURACY_TABLE = f"{RESULTS}/{{dataset}}/tables/accuracy.md"
 README_BLOCK = f"{RESULTS}/readme_block.md"
 README = "README.md"
 DEPLOYS = config["deploy"]["enabled"]
+BUILDS_INT8 = DEPLOYS and config["deploy"]["int8"]
+# The latency job holds the threads its batch runs time with (all the workflow's cores by default).
+LATENCY_THREADS = config["deploy"]["latency"]["batch_threads"] or workflow.cores
 UPDATES_README = config["report"]["update_readme"] and bool(
     set(STUDY.datasets) & set(REAL_DATASETS)
 )
@@ -70,6 +73,14 @@ def pretrained_model(wildcards) -> list[str]:
     return [run_path(f"{RUN_DIR}/model.pt", source)] if source else []
 
 
+def deployed_models() -> dict[str, str]:
+    """The export's model files: the float ONNX model, and the INT8 one where it is built."""
+    models = {"onnx": f"{RUN_DIR}/model.onnx"}
+    if BUILDS_INT8:
+        models["int8"] = f"{RUN_DIR}/model.int8.onnx"
+    return models
+
+
 def run_files(dataset: str, name: str) -> list[str]:
     return [run_path(f"{RUN_DIR}/{name}", run) for run in STUDY.runs(dataset)]
 
@@ -80,17 +91,29 @@ RUN_FILE_CHECKS = {
     "history.csv": partial(check_csv, numeric_columns=LEARNING_CURVE_COLUMNS),
     "train.json": partial(check_json, fields=(*TRAIN_FIELDS, "config")),
     "eval.json": partial(check_json, fields=(*EVAL_FIELDS, *CONFUSION_FIELDS)),
+    "export.json": check_json,
+    "deploy.json": check_json,
 }
 
 
 def primary_results() -> list[str]:
-    """Every trained run's model.pt, history.csv and train.json and every study run's eval.json."""
+    """Every trained run's model.pt, history.csv and train.json and every study run's eval.json and,
+    when deploying, its exported models, export.json and deploy.json."""
     outputs = [
         run_path(f"{RUN_DIR}/{name}", run)
         for run in STUDY.trained_runs()
         for name in ("model.pt", "history.csv", "train.json")
     ]
-    return outputs + [run_path(f"{RUN_DIR}/eval.json", run) for run in STUDY.runs()]
+    per_run = [f"{RUN_DIR}/eval.json"]
+    if DEPLOYS:
+        per_run += [
+            *deployed_models().values(),
+            f"{RUN_DIR}/export.json",
+            f"{RUN_DIR}/deploy.json",
+        ]
+    return outputs + [
+        run_path(pattern, run) for run in STUDY.runs() for pattern in per_run
+    ]
 
 
 def plot_file(dataset: str, name: str) -> str:
@@ -134,7 +157,7 @@ def train_minutes(wildcards) -> int:
 # files again for each job.
 if workflow.is_main_process:
     for path in primary_results():
-        if Path(path).exists():
+        if Path(path).exists() and Path(path).name in RUN_FILE_CHECKS:
             RUN_FILE_CHECKS[Path(path).name](path)
     if UPDATES_README:
         check_markers(README)

@@ -22,9 +22,18 @@ rule train:
     params:
         run_config=lambda wildcards: STUDY.run_config(run_of(wildcards)),
         resume=RESUME_FILE,
-        # Snakemake removes a job's outputs before it starts: the job removes the evaluation of the
-        # model it replaces, so a failure never leaves an eval.json beside a missing model.
-        evaluation=f"{RUN_DIR}/eval.json",
+        # Snakemake removes a job's outputs before it starts: the job removes the evaluation and the
+        # deployment of the model it replaces, so a failure never leaves them beside a missing model.
+        derived=[
+            f"{RUN_DIR}/{name}"
+            for name in (
+                "eval.json",
+                "model.onnx",
+                "model.int8.onnx",
+                "export.json",
+                "deploy.json",
+            )
+        ],
         gpu_slots=".snakemake/gpu-slots",
         # Inductor's compiled code, shared by every job: a graph is compiled once per workflow.
         compile_cache=".snakemake/torch-compile-cache",

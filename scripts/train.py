@@ -15,7 +15,8 @@ def checkpoint_interval() -> float:
 
 
 def train():
-    Path(snakemake.params.evaluation).unlink(missing_ok=True)  # it evaluated the model Snakemake removed
+    for derived in snakemake.params.derived:  # made from the model Snakemake removed
+        Path(derived).unlink(missing_ok=True)
     share_compiled_code(Path(snakemake.params.compile_cache))
     with claim_gpu(Path(snakemake.params.gpu_slots), log=logging.getLogger("cifar_resnet").info):
         train_run(

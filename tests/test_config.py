@@ -331,7 +331,7 @@ def test_deploy_is_on_by_default_with_its_schema_defaults():
     del config["deploy"]
     deploy = load_study(config, SCHEMA).config["deploy"]
     assert deploy["enabled"] and deploy["int8"]
-    assert deploy["tolerance"] == {"max_logit_difference": 0.001, "min_top1_agreement": 0.999}
+    assert deploy["tolerance"] == {"max_relative_logit_difference": 0.0001, "min_top1_agreement": 0.999}
     assert deploy["latency"]["batch_threads"] is None
 
 

@@ -22,6 +22,9 @@ NEEDED = {
         "pandas": "pandas",
         "pyyaml": "pyyaml",
         "jsonschema": "jsonschema",
+        "onnx": "onnx",
+        "onnxruntime": "onnxruntime",
+        "onnxscript": "onnxscript",
     },
     "report.yaml": {
         "numpy": "numpy",
