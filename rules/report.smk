@@ -15,6 +15,9 @@ rule summarize:
     input:
         train=lambda wildcards: run_files(wildcards.dataset, "train.json"),
         evaluation=lambda wildcards: run_files(wildcards.dataset, "eval.json"),
+        deploy=lambda wildcards: (
+            run_files(wildcards.dataset, "deploy.json") if DEPLOYS else []
+        ),
     output:
         SUMMARY,
     log:
