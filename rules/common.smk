@@ -6,7 +6,7 @@ from pathlib import Path
 from cifar_resnet.config import Run, load_study
 from cifar_resnet.files import check_csv, check_json, check_tensor_file
 from cifar_resnet.plots import CONFUSION_FIELDS, LEARNING_CURVE_COLUMNS
-from cifar_resnet.plots import PLOT_NAMES as PLOTS
+from cifar_resnet.plots import DEPLOYMENT_PLOTS, plot_names
 from cifar_resnet.readme import check_markers
 from cifar_resnet.summary import EVAL_FIELDS, TRAIN_FIELDS
 from cifar_resnet.sources import DATASETS, downloaded_datasets, get_source
@@ -38,6 +38,7 @@ ACCURACY_TABLE = f"{RESULTS}/{{dataset}}/tables/accuracy.md"
 README_BLOCK = f"{RESULTS}/readme_block.md"
 README = "README.md"
 DEPLOYS = config["deploy"]["enabled"]
+PLOTS = plot_names(DEPLOYS)
 UPDATES_README = config["report"]["update_readme"] and bool(
     set(STUDY.datasets) & set(REAL_DATASETS)
 )

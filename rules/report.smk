@@ -60,7 +60,7 @@ rule plots:
             name: report(
                 plot_file("{dataset}", name),
                 caption=f"../report/{name}.rst",
-                category="Plots",
+                category="Deployment" if name in DEPLOYMENT_PLOTS else "Plots",
                 labels={"dataset": "{dataset}", "figure": name.replace("_", " ")},
             )
             for name in PLOTS

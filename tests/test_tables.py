@@ -4,7 +4,7 @@ import math
 
 import pandas as pd
 import pytest
-from test_summary import deployment, summary_row
+from test_summary import deployed_summary, summary_row
 
 from cifar_resnet import tables
 from cifar_resnet.errors import StudyError
@@ -140,28 +140,8 @@ def test_render_markdown_keeps_cells_as_written(summary):
 DEPLOYMENT_COLUMNS = ["CPU ms (b=1)", "INT8 error %", "Size"]
 
 
-@pytest.fixture
-def deployed():
-    """Runs with deployment: two INT8 seeds, one INT8 seed, and two seeds without INT8."""
-    # (variant, depth, seed, test error, INT8 test error, batch-1 ms, float bytes)
-    runs = [
-        ("paper", 20, 0, 8.0, 8.3, 0.5, 1_090_000),
-        ("paper", 20, 1, 8.2, 8.7, 0.62, 1_090_000),  # INT8 8.50 ± 0.28, 0.56 ms
-        ("better", 20, 0, 6.0, 6.4, 0.55, 1_090_000),
-        ("paper", 32, 0, 7.0, None, 0.9, 1_870_000),
-        ("paper", 32, 1, 7.4, None, 1.0, 1_870_000),
-    ]
-    return pd.DataFrame(
-        [
-            summary_row(variant, depth, seed, error)
-            | deployment(error, int8_error, onnx_ms=onnx_ms, onnx_bytes=onnx_bytes)
-            for variant, depth, seed, error, int8_error, onnx_ms, onnx_bytes in runs
-        ]
-    )
-
-
-def test_accuracy_table_of_deployed_runs_shows_latency_int8_error_and_sizes(deployed):
-    table = tables.accuracy_table(deployed)
+def test_accuracy_table_of_deployed_runs_shows_latency_int8_error_and_sizes():
+    table = tables.accuracy_table(deployed_summary())
 
     assert list(table.columns[-3:]) == DEPLOYMENT_COLUMNS
     assert cell(table, 20, "paper", "CPU ms (b=1)") == "0.56"
@@ -173,7 +153,8 @@ def test_accuracy_table_of_deployed_runs_shows_latency_int8_error_and_sizes(depl
     assert cell(table, 32, "paper", "Size") == "1.9 MB / —"
 
 
-def test_accuracy_table_of_deployed_runs_keeps_the_other_columns(deployed):
+def test_accuracy_table_of_deployed_runs_keeps_the_other_columns():
+    deployed = deployed_summary()
     not_deployed = deployed[[column for column in deployed.columns if column not in DEPLOY_FIELDS]]
 
     table = tables.accuracy_table(deployed)
@@ -181,8 +162,8 @@ def test_accuracy_table_of_deployed_runs_keeps_the_other_columns(deployed):
     assert table.drop(columns=DEPLOYMENT_COLUMNS).equals(tables.accuracy_table(not_deployed))
 
 
-def test_error_statistics_of_deployed_runs_keeps_the_deployment_numbers(deployed):
-    statistics = tables.error_statistics(deployed).set_index(["depth", "variant"])
+def test_error_statistics_of_deployed_runs_keeps_the_deployment_numbers():
+    statistics = tables.error_statistics(deployed_summary()).set_index(["depth", "variant"])
 
     assert statistics.loc[(20, "paper"), "onnx_b1_ms"] == pytest.approx(0.56)
     assert statistics.loc[(20, "paper"), "int8_b1_ms"] == pytest.approx(0.3)
