@@ -6,7 +6,7 @@ from pathlib import Path
 from cifar_resnet.config import Run, load_study
 from cifar_resnet.files import check_csv, check_json, check_tensor_file
 from cifar_resnet.plots import CONFUSION_FIELDS, LEARNING_CURVE_COLUMNS
-from cifar_resnet.plots import PLOT_NAMES as PLOTS
+from cifar_resnet.plots import DEPLOYMENT_PLOTS, plot_names
 from cifar_resnet.readme import check_markers
 from cifar_resnet.summary import EVAL_FIELDS, TRAIN_FIELDS
 from cifar_resnet.sources import DATASETS, downloaded_datasets, get_source
@@ -41,6 +41,7 @@ DEPLOYS = config["deploy"]["enabled"]
 BUILDS_INT8 = DEPLOYS and config["deploy"]["int8"]
 # The latency job holds the threads its batch runs time with (all the workflow's cores by default).
 LATENCY_THREADS = config["deploy"]["latency"]["batch_threads"] or workflow.cores
+PLOTS = plot_names(DEPLOYS)
 UPDATES_README = config["report"]["update_readme"] and bool(
     set(STUDY.datasets) & set(REAL_DATASETS)
 )

@@ -15,6 +15,9 @@ rule summarize:
     input:
         train=lambda wildcards: run_files(wildcards.dataset, "train.json"),
         evaluation=lambda wildcards: run_files(wildcards.dataset, "eval.json"),
+        deploy=lambda wildcards: (
+            run_files(wildcards.dataset, "deploy.json") if DEPLOYS else []
+        ),
     output:
         SUMMARY,
     log:
@@ -57,7 +60,7 @@ rule plots:
             name: report(
                 plot_file("{dataset}", name),
                 caption=f"../report/{name}.rst",
-                category="Plots",
+                category="Deployment" if name in DEPLOYMENT_PLOTS else "Plots",
                 labels={"dataset": "{dataset}", "figure": name.replace("_", " ")},
             )
             for name in PLOTS

@@ -1,4 +1,5 @@
-"""The dataset's figures: error vs depth, learning curves, error vs parameters, confusion matrix.
+"""The dataset's figures: error vs depth, learning curves, error vs parameters, confusion matrix and,
+when the rule declares it (deployed runs), error vs CPU latency.
 
 Only the files the rule declares are read: each run's history.csv and eval.json, found through
 ``params.runs``, the runs' (dataset, variant, depth, seed) in the order of those inputs."""
@@ -12,6 +13,7 @@ from cifar_resnet.plots import (
     CONFUSION_FIELDS,
     plot_confusion_matrix,
     plot_error_vs_depth,
+    plot_error_vs_latency,
     plot_error_vs_params,
     plot_learning_curves,
     read_history,
@@ -42,6 +44,9 @@ def plots():
     paper = PAPER_TABLE6_ERROR if snakemake.params.paper_reference else None
     plot_error_vs_depth(summary, output.error_vs_depth, paper)
     plot_error_vs_params(summary, output.error_vs_params)
+    latency_plot = output.get("error_vs_latency")
+    if latency_plot:
+        plot_error_vs_latency(summary, latency_plot)
 
     depth = snakemake.params.options["learning_curve_depth"] or int(summary["depth"].min())
     at_depth = summary[summary["depth"] == depth]

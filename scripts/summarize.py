@@ -1,4 +1,5 @@
-"""One row per run of a dataset: summary.csv."""
+"""One row per run of a dataset: summary.csv, with the deployment columns when the rule gives each run's
+deploy.json."""
 
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from cifar_resnet.workflow import run_job
 
 def summarize():
     run_dirs = [Path(path).parent for path in snakemake.input.evaluation]
-    write_csv(snakemake.output[0], summarize_runs(run_dirs))
+    write_csv(snakemake.output[0], summarize_runs(run_dirs, deployed=bool(snakemake.input.deploy)))
 
 
 run_job(snakemake, summarize)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
+from test_summary import deployed_summary
 
 from cifar_resnet import plots
 from cifar_resnet.errors import StudyError
@@ -105,3 +106,62 @@ def test_plot_confusion_matrix_writes_a_png(tmp_path, classes):
 def test_plot_confusion_matrix_refuses_mismatched_class_names(tmp_path):
     with pytest.raises(StudyError, match="2×2 but there are 3 class names"):
         plots.plot_confusion_matrix([[1, 0], [0, 1]], ["a", "b", "c"], tmp_path / "c.png", "t")
+
+
+def test_plot_names_add_the_deployment_figures_last_for_deployed_runs():
+    assert "error_vs_latency" not in plots.plot_names(deployed=False)
+    assert plots.plot_names(deployed=True) == (*plots.plot_names(deployed=False), "error_vs_latency")
+
+
+@fails_on_warnings
+def test_plot_error_vs_latency_writes_a_png(tmp_path):
+    path = tmp_path / "latency.png"
+
+    plots.plot_error_vs_latency(deployed_summary(), path)
+
+    assert_png(path)
+
+
+@fails_on_warnings
+def test_plot_error_vs_latency_of_runs_without_int8_writes_a_png(tmp_path):
+    without_int8 = deployed_summary().query("depth == 32")
+    path = tmp_path / "latency.png"
+
+    plots.plot_error_vs_latency(without_int8, path)
+
+    assert_png(path)
+
+
+def test_latency_points_are_means_over_seeds_without_int8_points_where_there_is_none():
+    points = plots.latency_points(deployed_summary()).set_index(["Variant", "depth", "Model"])
+
+    assert sorted(points.index) == [
+        ("better", 20, "INT8"),
+        ("better", 20, "float"),
+        ("paper", 20, "INT8"),
+        ("paper", 20, "float"),
+        ("paper", 32, "float"),
+    ]
+    assert points.loc[("paper", 20, "float"), "latency_ms"] == pytest.approx(0.56)
+    assert points.loc[("paper", 20, "float"), "error"] == pytest.approx(8.1)
+    assert points.loc[("paper", 20, "INT8"), "latency_ms"] == pytest.approx(0.3)
+    assert points.loc[("paper", 20, "INT8"), "error"] == pytest.approx(8.5)
+
+
+def test_pareto_front_keeps_the_undominated_points_by_latency():
+    points = [
+        (1.0, 9.0),  # 0: front
+        (2.0, 7.0),  # 1: front
+        (2.0, 8.0),  # 2: as fast as 1, worse error
+        (3.0, 7.0),  # 3: same error as 1, slower
+        (0.5, 12.0),  # 4: front, the fastest
+        (4.0, 5.0),  # 5: front, the most accurate
+        (2.0, 7.0),  # 6: equal to 1, which does not dominate it
+        (5.0, 6.0),  # 7: slower and worse than 5
+    ]
+
+    assert plots.pareto_front(points) == [4, 0, 1, 6, 5]
+
+
+def test_pareto_front_of_one_point_is_that_point():
+    assert plots.pareto_front([(3.0, 7.0)]) == [0]

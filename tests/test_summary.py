@@ -1,9 +1,11 @@
 import json
 
+import pandas as pd
 import pytest
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.summary import SUMMARY_COLUMNS, summarize_runs
+from cifar_resnet.files import write_csv
+from cifar_resnet.summary import DEPLOY_FIELDS, SUMMARY_COLUMNS, summarize_runs
 
 PARAMS = {8: 78_042, 20: 272_474, 32: 466_906}
 MACS = {8: 12_430_000, 20: 40_810_000, 32: 69_120_000}
@@ -28,6 +30,50 @@ def summary_row(variant, depth, seed, error, dataset="cifar10"):
         "device": "cpu",
         "inference_images_per_s": 1000.0,
     }
+
+
+def deployment(error, int8_error=None, onnx_ms=0.5, int8_ms=0.3, onnx_bytes=1_090_000, int8_bytes=370_000):
+    """A run's deploy.json for a float test error ``error``; without INT8 when ``int8_error`` is None."""
+    int8 = int8_error is not None
+    return {
+        "onnx_bytes": onnx_bytes,
+        "int8_bytes": int8_bytes if int8 else None,
+        "onnx_top1_agreement": 1.0,
+        "onnx_max_logit_difference": 2e-6,
+        "int8_test_error": int8_error,
+        "int8_error_difference": int8_error - error if int8 else None,
+        "onnx_b1_ms": onnx_ms,
+        "onnx_b1_p90_ms": 1.2 * onnx_ms,
+        "int8_b1_ms": int8_ms if int8 else None,
+        "int8_b1_p90_ms": 1.2 * int8_ms if int8 else None,
+        "eager_b1_ms": 2.0,
+        "eager_b1_p90_ms": 2.5,
+        "onnx_batch_ms": 20.0,
+        "int8_batch_ms": 12.0 if int8 else None,
+        "eager_batch_ms": 35.0,
+        "latency_batch_size": 128,
+        "latency_threads": 2,
+        "cpu": "Test CPU @ 2.00GHz",
+    }
+
+
+def deployed_summary() -> pd.DataFrame:
+    """Deployed runs at ResNet-20 with INT8 (two seeds of paper, one of better) and at ResNet-32 without."""
+    # (variant, depth, seed, test error, INT8 test error, batch-1 ms, float bytes)
+    runs = [
+        ("paper", 20, 0, 8.0, 8.3, 0.5, 1_090_000),
+        ("paper", 20, 1, 8.2, 8.7, 0.62, 1_090_000),  # INT8 8.50 ± 0.28, 0.56 ms
+        ("better", 20, 0, 6.0, 6.4, 0.55, 1_090_000),
+        ("paper", 32, 0, 7.0, None, 0.9, 1_870_000),
+        ("paper", 32, 1, 7.4, None, 1.0, 1_870_000),
+    ]
+    return pd.DataFrame(
+        [
+            summary_row(variant, depth, seed, error)
+            | deployment(error, int8_error, onnx_ms=onnx_ms, onnx_bytes=onnx_bytes)
+            for variant, depth, seed, error, int8_error, onnx_ms, onnx_bytes in runs
+        ]
+    )
 
 
 def write_run(run_dir, variant, depth, seed, error, **train_overrides):
@@ -113,3 +159,48 @@ def test_summarize_runs_refuses_the_same_run_twice(tmp_path):
 
     with pytest.raises(StudyError, match="cifar10/paper/ResNet-20/seed 0"):
         summarize_runs([first, second])
+
+
+def test_summarize_runs_of_deployed_runs_ends_with_their_deployment(tmp_path):
+    with_int8 = write_run(tmp_path / "paper/resnet20/seed0", "paper", 20, 0, 8.0)
+    without_int8 = write_run(tmp_path / "paper/resnet32/seed0", "paper", 32, 0, 7.5)
+    (with_int8 / "deploy.json").write_text(json.dumps(deployment(8.0, int8_error=8.3) | {"extra": 1}))
+    (without_int8 / "deploy.json").write_text(json.dumps(deployment(7.5, onnx_ms=0.8)))
+    write_csv(tmp_path / "summary.csv", summarize_runs([without_int8, with_int8], deployed=True))
+
+    summary = pd.read_csv(tmp_path / "summary.csv")
+
+    assert list(summary.columns) == [*SUMMARY_COLUMNS, *DEPLOY_FIELDS]
+    summary = summary.set_index("depth")
+    assert summary.loc[20, "int8_test_error"] == 8.3
+    assert summary.loc[20, "int8_error_difference"] == pytest.approx(0.3)
+    assert summary.loc[20, "int8_bytes"] == 370_000
+    assert summary.loc[32, "onnx_b1_ms"] == 0.8
+    assert summary.loc[32, "cpu"] == "Test CPU @ 2.00GHz"
+    assert summary.loc[32, ["int8_bytes", "int8_test_error", "int8_b1_ms", "int8_batch_ms"]].isna().all()
+
+
+def test_summarize_runs_of_deployed_runs_names_a_missing_deployment(tmp_path):
+    run_dir = write_run(tmp_path / "run", "paper", 20, 0, 8.0)
+
+    with pytest.raises(StudyError, match="deploy.json is missing; run that run's deployment first"):
+        summarize_runs([run_dir], deployed=True)
+
+
+def test_summarize_runs_of_deployed_runs_names_missing_deployment_keys(tmp_path):
+    run_dir = write_run(tmp_path / "run", "paper", 20, 0, 8.0)
+    fields = deployment(8.0, int8_error=8.3)
+    del fields["int8_b1_ms"]
+    (run_dir / "deploy.json").write_text(json.dumps(fields))
+
+    with pytest.raises(StudyError, match="deploy.json lacks int8_b1_ms"):
+        summarize_runs([run_dir], deployed=True)
+
+
+def test_summarize_runs_of_runs_not_deployed_ignores_deploy_json(tmp_path):
+    run_dir = write_run(tmp_path / "run", "paper", 20, 0, 8.0)
+    (run_dir / "deploy.json").write_text("{ not json")
+
+    summary = summarize_runs([run_dir])
+
+    assert list(summary.columns) == list(SUMMARY_COLUMNS)

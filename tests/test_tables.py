@@ -4,10 +4,11 @@ import math
 
 import pandas as pd
 import pytest
-from test_summary import summary_row
+from test_summary import deployed_summary, summary_row
 
 from cifar_resnet import tables
 from cifar_resnet.errors import StudyError
+from cifar_resnet.summary import DEPLOY_FIELDS
 
 
 def cell(table, depth, variant, column):
@@ -136,6 +137,40 @@ def test_render_markdown_keeps_cells_as_written(summary):
     assert "| 8.75 " in markdown and "| 7.51 " in markdown and "| 8.50 ± 0.20 (ns) " in markdown
 
 
+DEPLOYMENT_COLUMNS = ["CPU ms (b=1)", "INT8 error %", "Size"]
+
+
+def test_accuracy_table_of_deployed_runs_shows_latency_int8_error_and_sizes():
+    table = tables.accuracy_table(deployed_summary())
+
+    assert list(table.columns[-3:]) == DEPLOYMENT_COLUMNS
+    assert cell(table, 20, "paper", "CPU ms (b=1)") == "0.56"
+    assert cell(table, 20, "paper", "INT8 error %") == "8.50 ± 0.28"
+    assert cell(table, 20, "paper", "Size") == "1.1 MB / 0.37 MB"
+    assert cell(table, 20, "better", "INT8 error %") == "6.40 ± —"
+    assert cell(table, 32, "paper", "CPU ms (b=1)") == "0.95"
+    assert cell(table, 32, "paper", "INT8 error %") == "—"
+    assert cell(table, 32, "paper", "Size") == "1.9 MB / —"
+
+
+def test_accuracy_table_of_deployed_runs_keeps_the_other_columns():
+    deployed = deployed_summary()
+    not_deployed = deployed[[column for column in deployed.columns if column not in DEPLOY_FIELDS]]
+
+    table = tables.accuracy_table(deployed)
+
+    assert table.drop(columns=DEPLOYMENT_COLUMNS).equals(tables.accuracy_table(not_deployed))
+
+
+def test_error_statistics_of_deployed_runs_keeps_the_deployment_numbers():
+    statistics = tables.error_statistics(deployed_summary()).set_index(["depth", "variant"])
+
+    assert statistics.loc[(20, "paper"), "onnx_b1_ms"] == pytest.approx(0.56)
+    assert statistics.loc[(20, "paper"), "int8_b1_ms"] == pytest.approx(0.3)
+    assert statistics.loc[(20, "paper"), "int8_std_error"] == pytest.approx(math.sqrt(0.08))
+    assert math.isnan(statistics.loc[(32, "paper"), "int8_mean_error"])
+
+
 def frame_of(errors: dict[str, list[float]]) -> pd.DataFrame:
     return pd.DataFrame(
         [
@@ -199,3 +234,18 @@ def test_counts_show_in_millions_or_thousands(count, decimals, shown):
 @pytest.mark.parametrize(("seconds", "shown"), [(42.4, "42 s"), (90, "1.5 min"), (7200, "2.0 h")])
 def test_durations_show_in_seconds_minutes_or_hours(seconds, shown):
     assert tables.format_duration(seconds) == shown
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [
+        (1_090_000, "1.1 MB"),
+        (370_000, "0.37 MB"),
+        (77_400_000, "77 MB"),
+        (108_200_000, "108 MB"),
+        (10_000, "0.010 MB"),
+        (9_500, "9.5 kB"),
+    ],
+)
+def test_file_sizes_show_in_megabytes_with_two_significant_digits(size, shown):
+    assert tables.format_bytes(size) == shown

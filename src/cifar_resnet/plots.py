@@ -1,5 +1,6 @@
-"""The figures of one dataset's runs: error vs depth, learning curves, error vs parameters and a
-confusion matrix. Every function takes the path of the PNG it writes.
+"""The figures of one dataset's runs: error vs depth, learning curves, error vs parameters, a
+confusion matrix and, for deployed runs, error vs CPU latency. Every function takes the path of the PNG
+it writes.
 
 Plots are drawn on Agg figures created without pyplot, so they never touch pyplot's global state and
 need no closing.
@@ -17,19 +18,28 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import atomic_output, check_csv
 from cifar_resnet.summary import single_dataset
-from cifar_resnet.tables import PAPER_TABLE6_ERROR
+from cifar_resnet.tables import PAPER_TABLE6_ERROR, deployment_statistics
 
-PLOT_NAMES = ("error_vs_depth", "learning_curves", "error_vs_params", "confusion_matrix")
+_RESULT_PLOTS = ("error_vs_depth", "learning_curves", "error_vs_params", "confusion_matrix")
+DEPLOYMENT_PLOTS = ("error_vs_latency",)
 # What the figures read from a run's history.csv and eval.json.
 LEARNING_CURVE_COLUMNS = ("epoch", "train_accuracy", "val_accuracy")
 CONFUSION_FIELDS = ("confusion_matrix", "class_names")
 PAPER_LABEL = "He et al. 2016"
 DPI = 120
 MAX_ANNOTATED_CLASSES = 20
+LATENCY_MARKERS = {"float": "o", "INT8": "X"}
+
+
+def plot_names(deployed: bool) -> tuple[str, ...]:
+    """The names of one dataset's figures, in the report's and README's order; the deployment's last when
+    the runs are ``deployed``."""
+    return (_RESULT_PLOTS + DEPLOYMENT_PLOTS) if deployed else _RESULT_PLOTS
 
 
 @contextmanager
@@ -207,3 +217,89 @@ def plot_confusion_matrix(matrix, class_names: Sequence[str], path: str | Path, 
             ax=axes,
         )
         axes.set(xlabel="Predicted class", ylabel="True class", title=title)
+
+
+def plot_error_vs_latency(summary: pd.DataFrame, path: str | Path) -> None:
+    """Test error against batch-1 CPU latency (log scale) of a deployed summary, each variant and depth at
+    its mean over seeds: the float model as a dot, the INT8 model (where there is one) as a cross, labelled
+    with the depth; the Pareto front of all these points as a black step line."""
+    dataset = single_dataset(summary)
+    points = latency_points(summary)
+    front = points.iloc[pareto_front(list(zip(points["latency_ms"], points["error"], strict=True)))]
+    variants = sorted(summary["variant"].unique())
+    with _plot(path, figsize=(8.5, 4.5)) as axes:
+        axes.step(
+            front["latency_ms"],
+            front["error"],
+            where="post",
+            color="black",
+            linewidth=1,
+            label="Pareto front",
+        )
+        sns.scatterplot(
+            data=points,
+            x="latency_ms",
+            y="error",
+            hue="Variant",
+            hue_order=variants,
+            palette=palette(len(variants)),
+            style="Model",
+            style_order=[model for model in LATENCY_MARKERS if model in set(points["Model"])],
+            markers=LATENCY_MARKERS,
+            s=60,
+            zorder=3,
+            ax=axes,
+        )
+        for point in points.itertuples():
+            axes.annotate(
+                f"{point.depth}",
+                (point.latency_ms, point.error),
+                textcoords="offset points",
+                xytext=(3, 3),
+                fontsize="x-small",
+                color="dimgray",
+            )
+        axes.set_xscale("log")
+        # Milliseconds as plain numbers on a 1-2-5 scale (0.2, 0.5, 1, 2), not as powers of ten.
+        axes.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda milliseconds, _: f"{milliseconds:g}"))
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.set(
+            xlabel="CPU latency, batch 1 (ms, log scale)",
+            ylabel="Test error (%)",
+            title=f"{dataset}: test error vs CPU latency (labels: depth)",
+        )
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
+
+
+def latency_points(summary: pd.DataFrame) -> pd.DataFrame:
+    """The points of ``plot_error_vs_latency``: Variant, depth, Model ("float" or "INT8"), latency_ms and
+    error, the means over seeds of each model's batch-1 latency and test error; no INT8 point without INT8."""
+    means = deployment_statistics(summary).merge(
+        summary.groupby(["depth", "variant"], as_index=False)["test_error"].mean()
+    )
+    models = {"float": ("onnx_b1_ms", "test_error"), "INT8": ("int8_b1_ms", "int8_mean_error")}
+    points = pd.concat(
+        pd.DataFrame(
+            {
+                "Variant": means["variant"],
+                "depth": means["depth"],
+                "Model": model,
+                "latency_ms": means[latency].astype(float),
+                "error": means[error].astype(float),
+            }
+        )
+        for model, (latency, error) in models.items()
+    )
+    return points.dropna(subset=["latency_ms", "error"]).reset_index(drop=True)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """The indices of the (latency, error) ``points`` that no other point dominates (is as low on both and
+    lower on one), by increasing latency; equal points are all kept."""
+
+    def dominated(point: tuple[float, float]) -> bool:
+        return any(other != point and other[0] <= point[0] and other[1] <= point[1] for other in points)
+
+    front = [index for index, point in enumerate(points) if not dominated(point)]
+    return sorted(front, key=lambda index: points[index])

@@ -1,4 +1,5 @@
-"""The per-run summary: one row per run, read from its train.json and eval.json."""
+"""The per-run summary: one row per run, read from its train.json and eval.json, and from its
+deploy.json when the runs are deployed."""
 
 from __future__ import annotations
 
@@ -15,12 +16,35 @@ _TEST_RESULTS = ("test_accuracy", "test_error", "test_loss", "params", "macs")
 _TRAINING = ("train_seconds", "epochs", "iterations", "selected_epoch", "selected_val_accuracy", "device")
 TRAIN_FIELDS = (*RUN_KEY, *_TRAINING)
 EVAL_FIELDS = (*_TEST_RESULTS, "inference_images_per_s")
-# The run, its test results, its training, and the inference speed last.
+# The exported model's sizes, its agreement with PyTorch, the INT8 model's test error, batch-1 latencies
+# on one thread (median and p90), one batch's latency on several threads, and how they were measured.
+DEPLOY_FIELDS = (
+    "onnx_bytes",
+    "int8_bytes",
+    "onnx_top1_agreement",
+    "onnx_max_logit_difference",
+    "int8_test_error",
+    "int8_error_difference",
+    "onnx_b1_ms",
+    "onnx_b1_p90_ms",
+    "int8_b1_ms",
+    "int8_b1_p90_ms",
+    "eager_b1_ms",
+    "eager_b1_p90_ms",
+    "onnx_batch_ms",
+    "int8_batch_ms",
+    "eager_batch_ms",
+    "latency_batch_size",
+    "latency_threads",
+    "cpu",
+)
+# The run, its test results, its training, and the inference speed last; deployed summaries add DEPLOY_FIELDS.
 SUMMARY_COLUMNS = (*RUN_KEY, *_TEST_RESULTS, *_TRAINING, "inference_images_per_s")
 
 
-def summarize_runs(run_dirs: Sequence[Path]) -> pd.DataFrame:
-    """One row per run directory (its train.json and eval.json), sorted by dataset, depth, variant, seed."""
+def summarize_runs(run_dirs: Sequence[Path], deployed: bool = False) -> pd.DataFrame:
+    """One row per run directory (its train.json and eval.json, and with ``deployed`` its deploy.json, whose
+    DEPLOY_FIELDS end the columns), sorted by dataset, depth, variant, seed."""
     if not run_dirs:
         raise StudyError("There are no runs to summarize; check that the config lists variants and seeds.")
     rows = []
@@ -28,8 +52,11 @@ def summarize_runs(run_dirs: Sequence[Path]) -> pd.DataFrame:
         row = read_fields(run_dir / "train.json", TRAIN_FIELDS) | read_fields(
             run_dir / "eval.json", EVAL_FIELDS
         )
+        if deployed:
+            row |= read_fields(run_dir / "deploy.json", DEPLOY_FIELDS, written_by="deployment")
         rows.append(row)
-    summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    columns = [*SUMMARY_COLUMNS, *DEPLOY_FIELDS] if deployed else list(SUMMARY_COLUMNS)
+    summary = pd.DataFrame(rows, columns=columns)
     duplicated = summary[summary.duplicated(RUN_KEY, keep=False)]
     if not duplicated.empty:
         first = duplicated.iloc[0]
@@ -40,13 +67,19 @@ def summarize_runs(run_dirs: Sequence[Path]) -> pd.DataFrame:
     return summary.sort_values(["dataset", "depth", "variant", "seed"], ignore_index=True)
 
 
-def read_fields(path: Path, fields: Sequence[str]) -> dict:
-    """``fields`` of a run's JSON file, or one sentence on what is wrong with it."""
+def read_fields(path: Path, fields: Sequence[str], written_by: str = "training and evaluation") -> dict:
+    """``fields`` of a run's JSON file, or one sentence on what is wrong with it; a missing file names the
+    run's jobs that write it, ``written_by``."""
     try:
         record = check_json(path, fields)
     except FileNotFoundError:
-        raise StudyError(f"{path} is missing; run that run's training and evaluation first.") from None
+        raise StudyError(f"{path} is missing; run that run's {written_by} first.") from None
     return {field: record[field] for field in fields}
+
+
+def has_deployment(summary: pd.DataFrame) -> bool:
+    """Whether ``summary`` holds its runs' deployment (``summarize_runs`` with ``deployed``)."""
+    return set(DEPLOY_FIELDS) <= set(summary.columns)
 
 
 def single_dataset(summary: pd.DataFrame) -> str:

@@ -1,5 +1,7 @@
 """The accuracy table of one dataset's runs: mean ± std test error per depth and variant, ranks,
-significance against a baseline and the paper's numbers.
+significance against a baseline and the paper's numbers, parameters, MACs and training time; for
+deployed runs also the batch-1 CPU latency of the ONNX model, the INT8 model's test error and the
+float and INT8 model files' sizes.
 
 Significance markers in the accuracy table (``accuracy_table``): every variant is compared with the
 ``baseline`` variant (``paper`` by default) at the same depth by Welch's t-test on the per-seed test
@@ -20,7 +22,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.summary import single_dataset
+from cifar_resnet.summary import has_deployment, single_dataset
 
 # He et al. 2016, Table 6: CIFAR-10 test error (%). ResNet-110 is the best of 5 runs (mean 6.61 ± 0.16).
 PAPER_TABLE6_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
@@ -40,8 +42,9 @@ def error_statistics(
 
     Columns: depth, variant, n, mean_error, std_error (ddof=1, NaN for one seed), rank (1 = lowest
     mean error within the depth), p_value (Welch's t-test against the baseline, NaN where untested),
-    significance ("baseline", "significant", "ns" or "n<2"), params, macs, train_seconds (mean) and,
-    when ``paper_errors`` is given, paper_error and delta_vs_paper (NaN where the paper has no number).
+    significance ("baseline", "significant", "ns" or "n<2"), params, macs, train_seconds (mean), when
+    ``paper_errors`` is given paper_error and delta_vs_paper (NaN where the paper has no number), and
+    when the summary holds the runs' deployment the columns of ``deployment_statistics``.
     Sorted by depth, then rank, then variant.
     """
     single_dataset(summary)
@@ -69,7 +72,26 @@ def error_statistics(
     if paper_errors is not None:
         statistics["paper_error"] = statistics["depth"].map(lambda depth: paper_errors.get(depth, math.nan))
         statistics["delta_vs_paper"] = statistics["mean_error"] - statistics["paper_error"]
+    if has_deployment(summary):
+        statistics = statistics.merge(deployment_statistics(summary), on=["depth", "variant"])
     return statistics.sort_values(["depth", "rank", "variant"], ignore_index=True)
+
+
+def deployment_statistics(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per (depth, variant) of a deployed summary, means over seeds: onnx_bytes, int8_bytes, onnx_b1_ms,
+    int8_b1_ms and int8_mean_error, with int8_std_error (ddof=1); the INT8 columns are NaN without INT8."""
+    return (
+        summary.groupby(["depth", "variant"])
+        .agg(
+            onnx_bytes=("onnx_bytes", "mean"),
+            int8_bytes=("int8_bytes", "mean"),
+            onnx_b1_ms=("onnx_b1_ms", "mean"),
+            int8_b1_ms=("int8_b1_ms", "mean"),
+            int8_mean_error=("int8_test_error", "mean"),
+            int8_std_error=("int8_test_error", "std"),
+        )
+        .reset_index()
+    )
 
 
 def _compare_with_baseline(
@@ -113,13 +135,28 @@ def accuracy_table(
     table["Params"] = statistics["params"].map(lambda params: format_count(params, decimals=2))
     table["MACs"] = statistics["macs"].map(lambda macs: format_count(macs, decimals=1))
     table["Train time"] = statistics["train_seconds"].map(format_duration)
+    if has_deployment(summary):
+        table["CPU ms (b=1)"] = statistics["onnx_b1_ms"].map(_format_number)
+        table["INT8 error %"] = [
+            DASH if math.isnan(mean) else _mean_and_spread(mean, std)
+            for mean, std in zip(statistics["int8_mean_error"], statistics["int8_std_error"], strict=True)
+        ]
+        table["Size"] = [
+            f"{format_bytes(onnx)} / {DASH if math.isnan(int8) else format_bytes(int8)}"
+            for onnx, int8 in zip(statistics["onnx_bytes"], statistics["int8_bytes"], strict=True)
+        ]
     return table
 
 
 def _format_error(row) -> str:
-    spread = DASH if row.n == 1 else f"{row.std_error:.2f}"
     marker = f" ({row.significance})" if row.significance in (NOT_SIGNIFICANT, TOO_FEW_SEEDS) else ""
-    return f"{row.mean_error:.2f} ± {spread}{marker}"
+    return f"{_mean_and_spread(row.mean_error, row.std_error)}{marker}"
+
+
+def _mean_and_spread(mean: float, std: float) -> str:
+    """Mean ± std with 2 decimals; a single seed's std (NaN) shows as a dash."""
+    spread = DASH if math.isnan(std) else f"{std:.2f}"
+    return f"{mean:.2f} ± {spread}"
 
 
 def _format_number(value: float, spec: str = ".2f") -> str:
@@ -131,6 +168,14 @@ def format_count(count: float, decimals: int) -> str:
     if count >= 10 ** (6 - decimals):
         return f"{count / 1e6:.{decimals}f}M"
     return f"{count / 1e3:.1f}K"
+
+
+def format_bytes(size: float) -> str:
+    """Megabytes (10^6 bytes) with two significant digits, whole from 10 MB ("0.37 MB", "1.1 MB", "108 MB");
+    kilobytes below 10 kB."""
+    value, unit = (size / 1e6, "MB") if size >= 10_000 else (size / 1e3, "kB")
+    decimals = max(0, 1 - math.floor(math.log10(value)))
+    return f"{value:.{decimals}f} {unit}"
 
 
 def format_duration(seconds: float) -> str:
