@@ -1,3 +1,4 @@
+import os
 import re
 from dataclasses import asdict
 from functools import partial
@@ -8,7 +9,7 @@ from cifar_resnet.files import check_csv, check_json, check_tensor_file
 from cifar_resnet.plots import CONFUSION_FIELDS, LEARNING_CURVE_COLUMNS
 from cifar_resnet.plots import DEPLOYMENT_PLOTS, plot_names
 from cifar_resnet.readme import check_markers
-from cifar_resnet.summary import EVAL_FIELDS, TRAIN_FIELDS
+from cifar_resnet.summary import DEPLOY_FIELDS, EVAL_FIELDS, TRAIN_FIELDS
 from cifar_resnet.sources import DATASETS, downloaded_datasets, get_source
 
 STUDY = load_study(
@@ -39,8 +40,9 @@ README_BLOCK = f"{RESULTS}/readme_block.md"
 README = "README.md"
 DEPLOYS = config["deploy"]["enabled"]
 BUILDS_INT8 = DEPLOYS and config["deploy"]["int8"]
-# The latency job holds the threads its batch runs time with (all the workflow's cores by default).
-LATENCY_THREADS = config["deploy"]["latency"]["batch_threads"] or workflow.cores
+# The latency job holds the threads its batch runs time with: by default every core of the machine,
+# which Snakemake caps at --cores.
+LATENCY_THREADS = config["deploy"]["latency"]["batch_threads"] or os.cpu_count()
 PLOTS = plot_names(DEPLOYS)
 UPDATES_README = config["report"]["update_readme"] and bool(
     set(STUDY.datasets) & set(REAL_DATASETS)
@@ -93,7 +95,7 @@ RUN_FILE_CHECKS = {
     "train.json": partial(check_json, fields=(*TRAIN_FIELDS, "config")),
     "eval.json": partial(check_json, fields=(*EVAL_FIELDS, *CONFUSION_FIELDS)),
     "export.json": check_json,
-    "deploy.json": check_json,
+    "deploy.json": partial(check_json, fields=DEPLOY_FIELDS),
 }
 
 

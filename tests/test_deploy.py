@@ -137,6 +137,7 @@ def test_export_run_writes_both_models_and_its_checks(exported):
     assert json.loads((folder / "export.json").read_text()) == report
     assert report["onnx_top1_agreement"] >= TOLERANCE["min_top1_agreement"]
     assert report["num_test_images"] == 100
+    assert 0 < report["timings"]["export_seconds"] < report["timings"]["job_seconds"]
     assert report["int8_error_difference"] == pytest.approx(
         report["int8_test_error"] - report["onnx_test_error"]
     )
@@ -200,6 +201,7 @@ def test_latency_is_positive_and_recorded_with_its_machine(exported, prepared):
     assert record["onnx_bytes"] == (folder / "model.onnx").stat().st_size
     assert record["int8_bytes"] == (folder / "model.int8.onnx").stat().st_size
     assert record["int8_test_error"] == json.loads((folder / "export.json").read_text())["int8_test_error"]
+    assert 0 < record["timings"]["timing_seconds"] < record["timings"]["job_seconds"]
 
 
 def test_latency_without_int8_leaves_its_figures_empty(exported, prepared, tmp_path):
@@ -261,3 +263,31 @@ def test_a_latency_batch_larger_than_the_test_split_is_refused(exported, prepare
             {**LATENCY, "batch_size": 101},
             threads=1,
         )
+
+
+def test_batch_one_runs_on_one_thread_and_the_batch_on_the_jobs_threads(
+    exported, prepared, tmp_path, monkeypatch
+):
+    from cifar_resnet import latency
+
+    timed = []
+
+    def record(path, images, threads, runs, warmup_runs):
+        timed.append((path.name, len(images), threads, runs, warmup_runs))
+        return {"median_ms": 1.0, "p90_ms": 2.0}
+
+    monkeypatch.setattr(latency, "onnx_latency", record)
+    folder, _ = exported
+    args = (
+        folder / "train.json",
+        folder / "model.pt",
+        prepared,
+        folder / "model.onnx",
+        folder / "model.int8.onnx",
+    )
+    latency.latency_run(*args, folder / "export.json", tmp_path / "deploy.json", LATENCY, threads=3)
+    assert sorted(timed) == sorted(
+        (name, batch, threads, 3, 1)
+        for name in ("model.onnx", "model.int8.onnx")
+        for batch, threads in ((1, 1), (8, 3))
+    )

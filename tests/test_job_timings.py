@@ -4,7 +4,7 @@ import pytest
 
 from cifar_resnet import cli
 from cifar_resnet.benchmark.targets import (
-    evaluations,
+    job_files,
     job_timings,
     job_types,
     summaries,
@@ -31,11 +31,15 @@ def write_train_json(folder, variant, depth, iterations, train_seconds, job_seco
     return path
 
 
-def write_eval_json(folder, variant, depth, inference_seconds, job_seconds, started_at):
-    timings = {"startup_seconds": 2.0, "setup_seconds": 0.5, "inference_seconds": inference_seconds}
-    timings |= {"job_seconds": job_seconds, "overhead_fraction": 1 - inference_seconds / job_seconds}
-    path = folder / "runs" / variant / f"resnet{depth}" / "seed0" / "eval.json"
+def write_job_json(path, work_name, work_seconds, job_seconds, started_at):
+    timings = {"startup_seconds": 2.0, "setup_seconds": 0.5, work_name: work_seconds}
+    timings |= {"job_seconds": job_seconds, "overhead_fraction": 1 - work_seconds / job_seconds}
     write_json(path, {"test_accuracy": 0.9, "timings": {**timings, "started_at": started_at}})
+
+
+def write_eval_json(folder, variant, depth, inference_seconds, job_seconds, started_at):
+    path = folder / "runs" / variant / f"resnet{depth}" / "seed0" / "eval.json"
+    write_job_json(path, "inference_seconds", inference_seconds, job_seconds, started_at)
 
 
 def test_job_timings_judge_the_full_paper_runs_against_the_targets(tmp_path):
@@ -93,7 +97,10 @@ def test_timings_say_where_each_job_types_time_went_and_the_workflows_wall_time(
     write_train_json(tmp_path, "paper", 8, 50, 4.0, 8.0, 0.56)  # steady 3.5 s, 1000 to 1008
     write_eval_json(tmp_path, "paper", 20, 3.0, 6.0, started_at=1014.0)
     write_eval_json(tmp_path, "paper", 8, 1.0, 4.0, started_at=1020.0)  # ends last, at 1024
-    types = job_types(summaries([tmp_path]), evaluations([tmp_path])).set_index("job")
+    write_job_json(tmp_path / "runs/paper/resnet8/seed0/export.json", "export_seconds", 2.0, 5.0, 1008.0)
+    types = job_types(summaries([tmp_path]), job_files([tmp_path])).set_index("job")
+    assert list(types.index) == ["training", "evaluation", "export"]
+    assert types.loc["export", "work"] == pytest.approx(2.0) and types.loc["export", "jobs"] == 1
     assert types.loc["training", "jobs"] == 2 and types.loc["evaluation", "jobs"] == 2
     assert types.loc["training", "work"] == pytest.approx(13.0)
     assert types.loc["training", "overhead"] == pytest.approx(1 - 13.0 / 22.0)

@@ -1,5 +1,6 @@
 """The real workflow, end to end, on a tiny demo configuration on the CPU, and its dry runs."""
 
+import json
 import os
 import re
 import shutil
@@ -13,10 +14,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from PIL import Image
 from test_summary import summary_row
 
+from cifar_resnet.export import onnx_logits, onnx_session
 from cifar_resnet.files import load_tensors
-from cifar_resnet.plots import PLOT_NAMES
+from cifar_resnet.plots import plot_names
 from cifar_resnet.readme import RESULTS_MARKERS, results_block, update_readme
 from cifar_resnet.tables import accuracy_table, render_markdown
 
@@ -94,6 +97,10 @@ def test_default_config_dry_runs_the_full_grid_with_pretraining_edges(tmp_path):
 
 
 FINETUNING = {"variant: frozen", "variant: finetune"}
+RUN_OUTPUTS = ("model.pt", "history.csv", "train.json", "eval.json")
+DEPLOYED = ("model.onnx", "model.int8.onnx", "export.json", "deploy.json")
+# The demo's INT8 models stay this close to their float models (test error, percentage points).
+INT8_BOUND = 5.0
 
 
 def test_demo_produces_every_output(demo_run):
@@ -101,17 +108,72 @@ def test_demo_produces_every_output(demo_run):
     results = workdir / "results" / "demo"
     for variant in TINY["study"]["variants"]:
         run = results / "runs" / variant / "resnet20" / "seed0"
-        for name in ("model.pt", "history.csv", "train.json", "eval.json"):
+        for name in (*RUN_OUTPUTS, *DEPLOYED):
             assert (run / name).stat().st_size > 0, run / name
     summary = pd.read_csv(results / "summary.csv")
     assert sorted(summary["variant"]) == sorted(TINY["study"]["variants"])
     assert summary["test_accuracy"].between(0, 1).all()
     table = (results / "tables" / "accuracy.md").read_text()
     assert table.startswith("| Depth") and "ResNet-20" in table and "Paper %" not in table
-    for name in PLOT_NAMES:
+    for name in plot_names(deployed=True):
         assert (results / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((workdir / "results").glob("demo/resume/**/*.pt"))
     assert (workdir / "README.md").read_text() == (ROOT / "README.md").read_text()  # demo never splices
+
+
+def test_every_deployed_model_is_the_evaluated_one(demo_run):
+    workdir, _ = demo_run
+    for variant in TINY["study"]["variants"]:
+        run = workdir / RUNS / variant / "resnet20" / "seed0"
+        evaluation, deployed = (json.loads((run / name).read_text()) for name in ("eval.json", "deploy.json"))
+        # one image of the 100 may flip between the float32 roundings of the two graphs
+        assert abs(deployed["onnx_test_error"] - evaluation["test_error"]) <= 1.0
+        assert abs(deployed["int8_error_difference"]) <= INT8_BOUND
+        assert deployed["onnx_top1_agreement"] >= 0.999 and deployed["onnx_b1_ms"] > 0
+
+
+def test_the_readmes_deployment_snippet_classifies_an_image(demo_run, tmp_path):
+    workdir, _ = demo_run
+    readme = (ROOT / "README.md").read_text()
+    snippet = re.search(r"To classify an image.*?```python\n(.*?)```", readme, re.S)[1]
+    images = load_tensors(workdir / "resources/demo/prepared.pt")["test_images"][:5]
+    run = workdir / RUNS / "paper/resnet20/seed0"
+    session = onnx_session(run / "model.int8.onnx", threads=1)
+    class_names = json.loads((run / "eval.json").read_text())["class_names"]
+    for index, image in enumerate(images):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+        code = snippet.replace('"results/cifar10/', f'"{workdir}/results/demo/').replace(
+            '"cat.png"', f'"{path}"'
+        )
+        printed = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        assert printed.strip() == class_names[onnx_logits(session, image[None].numpy()).argmax()]
+
+
+def test_a_latency_option_times_again_and_exports_nothing(demo_run):
+    workdir, configs = demo_run
+    runs = write_config(workdir, "runs.yaml", {"deploy": {"latency": {"runs": 7}}})
+    counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs, runs).stdout)
+    assert counts == {"latency": 3, "summarize": 1, "accuracy_table": 1, "plots": 1, "all": 1}
+
+
+def test_deploy_off_leaves_the_deployment_out_of_the_dag(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    off = write_config(workdir, "off.yaml", {**TINY, "deploy": {"enabled": False}})
+    output = snakemake(workdir, "-n", "--configfile", "config/demo.yaml", off).stdout
+    counts = job_counts(output)
+    assert counts["train"] == 3 and "export" not in counts and "latency" not in counts
+    assert ".onnx" not in output and "deploy.json" not in output
+
+
+def test_int8_off_exports_the_float_model_only(demo_run):
+    workdir, configs = demo_run
+    float_only = write_config(workdir, "float.yaml", {"deploy": {"int8": False}})
+    output = snakemake(workdir, "-n", "--configfile", *configs, float_only).stdout
+    assert job_counts(output)["export"] == 3 and "train" not in job_counts(output)
+    assert "model.onnx" in output and "model.int8.onnx" not in output
 
 
 def test_report_is_self_contained_html(demo_run):
@@ -125,7 +187,7 @@ def test_results_block_splices_into_a_copy_of_the_readme(demo_run, tmp_path):
     workdir, _ = demo_run
     readme = tmp_path / "README.md"
     shutil.copy2(ROOT / "README.md", readme)
-    plots = {name: f"results/demo/plots/{name}.png" for name in PLOT_NAMES}
+    plots = {name: f"results/demo/plots/{name}.png" for name in plot_names(deployed=True)}
     block = results_block(["demo"], [workdir / "results/demo/tables/accuracy.md"], [plots])
     update_readme(readme, {RESULTS_MARKERS: block})
     text = readme.read_text()
@@ -151,7 +213,16 @@ def test_a_hyperparameter_change_reruns_exactly_that_variant(demo_run):
         workdir, "change.yaml", {"variants": {"dropout": {"overrides": {"model": {"dropout": 0.3}}}}}
     )
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs, change).stdout)
-    assert counts == {"train": 1, "evaluate": 1, "summarize": 1, "accuracy_table": 1, "plots": 1, "all": 1}
+    assert counts == {
+        "train": 1,
+        "evaluate": 1,
+        "export": 1,
+        "latency": 1,
+        "summarize": 1,
+        "accuracy_table": 1,
+        "plots": 1,
+        "all": 1,
+    }
 
 
 def test_a_paper_change_also_retrains_what_is_pretrained_from_it(demo_run):
@@ -324,8 +395,20 @@ def refused(workdir: Path, *args: str) -> str:
             {"recipe": {"schedule": {"kind": "multistep", "milestones": [90], "factors": [0.1]}}},
             "recipe.schedule.milestones has the milestone 90, which lies beyond the end of training",
         ),
+        (
+            {"deploy": {"calibration_images": 271}},
+            "deploy.calibration_images is 271, more than the 270 images of the demo training split",
+        ),
     ],
-    ids=["learning curve depth", "baseline", "batch", "demo size", "warm-up", "recipe milestone"],
+    ids=[
+        "learning curve depth",
+        "baseline",
+        "batch",
+        "demo size",
+        "warm-up",
+        "recipe milestone",
+        "calibration",
+    ],
 )
 def test_a_bad_value_is_refused_before_any_job_and_every_output_stays(demo_run, overlay, message):
     workdir, configs = demo_run
@@ -355,7 +438,16 @@ def test_a_deleted_primary_result_is_rebuilt_with_only_what_depends_on_it(demo_r
     assert counts == {"evaluate": 1, "summarize": 1, "accuracy_table": 1, "plots": 1, "all": 1}
     (workdir / RUNS / "frozen/resnet20/seed0/model.pt").unlink()
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout)
-    assert counts == {"train": 1, "evaluate": 2, "summarize": 1, "accuracy_table": 1, "plots": 1, "all": 1}
+    assert counts == {
+        "train": 1,
+        "evaluate": 2,
+        "export": 1,
+        "latency": 1,
+        "summarize": 1,
+        "accuracy_table": 1,
+        "plots": 1,
+        "all": 1,
+    }
 
 
 @pytest.mark.parametrize(
@@ -364,6 +456,7 @@ def test_a_deleted_primary_result_is_rebuilt_with_only_what_depends_on_it(demo_r
         ("model.pt", lambda data: data[: len(data) // 2], "is truncated or not a torch checkpoint"),
         ("train.json", lambda data: data[:-20], "is not valid JSON"),
         ("history.csv", lambda data: data + b"7,oops\n", "has a broken line"),
+        ("deploy.json", lambda data: data[:-20], "is not valid JSON"),
     ],
 )
 def test_a_corrupt_primary_result_is_named_before_any_job(demo_run, tmp_path, name, corrupt, problem):
@@ -400,5 +493,6 @@ def test_a_training_job_that_fails_leaves_no_evaluation_of_the_model_it_replaced
         workdir, str(run / "eval.json"), "--cores", "1", "--configfile", *configs, diverging, check=False
     )
     assert result.returncode != 0 and "training diverged" in result.stdout + result.stderr
-    assert not (workdir / run / "model.pt").exists() and not (workdir / run / "eval.json").exists()
+    for name in ("model.pt", "eval.json", *DEPLOYED):
+        assert not (workdir / run / name).exists(), name
     assert (workdir / RUNS / "paper/resnet20/seed0/eval.json").exists()  # other runs keep theirs

@@ -221,7 +221,7 @@ def run_timings(args: argparse.Namespace) -> None:
     timings = targets.job_timings(summaries)
     shown = timings.assign(overhead_fraction=timings["overhead_fraction"].map("{:.1%}".format))
     print(tabulate(shown, headers="keys", tablefmt="github", showindex=False, floatfmt=",.1f"))
-    print_job_types(targets.job_types(summaries, targets.evaluations(args.paths)))
+    print_job_types(targets.job_types(summaries, targets.job_files(args.paths)))
     verdicts = targets.target_verdicts(timings)
     if verdicts.empty:
         print(

@@ -19,7 +19,7 @@ from cifar_resnet import datasets
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import atomic_output, check_json, load_checkpoint, write_json
 from cifar_resnet.models import ModelSpec, build_model
-from cifar_resnet.timings import process_age
+from cifar_resnet.timings import job_timings, process_age
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 INPUT_FORMAT = "uint8 RGB images [batch, 3, 32, 32], values 0-255; the normalisation is in the graph"
+# The exporter's and the quantiser's passes log each rewrite at INFO; the job's log keeps its own lines.
+TOOL_LOGGERS = ("onnx_ir", "onnxscript", "onnxruntime")
 # Batches of the agreement check: large enough to be quick, small enough for any machine.
 CHECK_BATCH = 500
 
@@ -147,11 +149,13 @@ def export_run(
     """Export a run's model, check it on the test split, quantise it when ``int8_path`` is given, and
     write what was measured to ``report_path``."""
     started, startup = time.perf_counter(), process_age()
+    for name in TOOL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     data = datasets.load_prepared(prepared, splits=("train", "test") if int8_path else ("test",))
     model = deployed_model(train_summary, model_path, data)
     test_images, test_labels = data["test_images"], data["test_labels"].numpy()
+    exporting = time.perf_counter()
     reference = torch_logits(model, test_images)
-
     export_onnx(model, onnx_path)
     session = onnx_session(onnx_path, threads=torch.get_num_threads())
     logits = onnx_logits(session, test_images.numpy())
@@ -193,6 +197,9 @@ def export_run(
             report["onnx_test_error"],
             len(indices),
         )
-    report["timings"] = {"startup_seconds": startup, "job_seconds": startup + time.perf_counter() - started}
+    ended = time.perf_counter()
+    report["timings"] = job_timings(
+        "export", startup, exporting - started, ended - exporting, ended - started
+    )
     write_json(report_path, report)
     return report

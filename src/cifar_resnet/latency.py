@@ -22,7 +22,7 @@ from cifar_resnet import datasets
 from cifar_resnet.errors import StudyError
 from cifar_resnet.export import INPUT_NAME, OUTPUT_NAME, deployed_model, onnx_session
 from cifar_resnet.files import check_json, write_json
-from cifar_resnet.timings import process_age
+from cifar_resnet.timings import job_timings, process_age
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ def latency_run(
     }
     timing = {"runs": latency["runs"], "warmup_runs": latency["warmup_runs"]}
     record = {field: exported.get(field) for field in EXPORT_FIELDS + INT8_FIELDS}
+    timed = time.perf_counter()
     for setting, (images, setting_threads) in settings.items():
         measured = {
             "onnx": onnx_latency(onnx_path, images.numpy(), setting_threads, **timing),
@@ -111,6 +112,7 @@ def latency_run(
         for engine, figures in measured.items():
             record[f"{engine}_{setting}_ms"] = figures.get("median_ms")
             record[f"{engine}_{setting}_p90_ms"] = figures.get("p90_ms")
+    ended = time.perf_counter()
     record |= {
         "onnx_bytes": onnx_path.stat().st_size,
         "int8_bytes": int8_path.stat().st_size if int8_path else None,
@@ -122,7 +124,7 @@ def latency_run(
         "onnxruntime_version": onnxruntime_version(),
         "torch_version": torch.__version__,
         "input": exported.get("input"),
-        "timings": {"startup_seconds": startup, "job_seconds": startup + time.perf_counter() - started},
+        "timings": job_timings("latency", startup, timed - started, ended - timed, ended - started),
     }
     write_json(output, record)
     log.info(

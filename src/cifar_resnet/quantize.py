@@ -3,11 +3,12 @@ onnxruntime's quantisation tools.
 
 onnxruntime's tools, not PyTorch's PT2E flow: they quantise the very file that is deployed and
 checked, after the exporter's graph optimisation (batch norm folded into the convolutions), and
-onnxruntime is the engine whose latency is measured. The format is QDQ with signed 8-bit
-activations and per-channel signed 8-bit weights, onnxruntime's default for CPU execution
-providers and the layout ARM phone cores execute natively. Activation ranges are calibrated
-(min-max) on images of the training split only: validation selects models and the test split is
-used once per model, so neither may tune the deployed one.
+onnxruntime is the engine whose latency is measured. The format is QDQ with unsigned 8-bit
+activations and per-channel signed 8-bit weights (U8S8): on an x86 CPU with VNNI it ran the demo's
+ResNet-20 at batch 1 in 0.26 ms against 0.79 ms for signed activations (S8S8) and 0.51 ms in float,
+at the same test accuracy, and onnxruntime's ARM kernels take U8S8 too. Activation ranges are
+calibrated (min-max) on images of the training split only: validation selects models and the test
+split is used once per model, so neither may tune the deployed one.
 """
 
 from __future__ import annotations
@@ -59,6 +60,6 @@ def quantize_int8(float_path: Path, int8_path: Path, calibration_images: np.ndar
             CalibrationImages(calibration_images),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )

@@ -44,16 +44,20 @@ class ProcessTimes:
         }
 
 
-def evaluation_timings(startup: float | None, setup: float, inference: float, wall: float) -> dict:
-    """An evaluation job's parts (``wall`` counts from the job's own code, after start-up), its time
-    from process start and the fraction of it spent outside inference."""
+# The work of each job type that is not training, as its timings name it.
+WORK_OF_JOB = {"evaluation": "inference_seconds", "export": "export_seconds", "latency": "timing_seconds"}
+
+
+def job_timings(job_type: str, startup: float | None, setup: float, work: float, wall: float) -> dict:
+    """The parts of a job of ``job_type`` (a key of WORK_OF_JOB; ``wall`` counts from the job's own code,
+    after start-up), its time from process start and the fraction of it spent outside its work."""
     job = wall + (startup or 0.0)
     return {
         "startup_seconds": startup,
         "setup_seconds": setup,
-        "inference_seconds": inference,
+        WORK_OF_JOB[job_type]: work,
         "job_seconds": job,
-        "overhead_fraction": 1 - inference / job,
+        "overhead_fraction": 1 - work / job,
         "started_at": time.time() - job,
     }
 

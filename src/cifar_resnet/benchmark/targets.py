@@ -1,5 +1,6 @@
 """Where a finished workflow's time went and how its jobs meet the speed targets of docs/benchmark.md,
-read from the runs' ``train.json`` and ``eval.json``: what ``cifar-resnet timings`` prints. The
+read from the runs' ``train.json``, ``eval.json``, ``export.json`` and ``deploy.json``: what
+``cifar-resnet timings`` prints. The
 benchmark times steps; these judge whole jobs (the paper's 64k iterations, the job's overhead, the five
 depths together)."""
 
@@ -12,6 +13,7 @@ import pandas as pd
 
 from cifar_resnet.errors import StudyError
 from cifar_resnet.summary import read_fields
+from cifar_resnet.timings import WORK_OF_JOB
 
 PAPER_ITERATIONS = 64_000
 TIMED_FIELDS = (
@@ -26,7 +28,9 @@ TIMED_FIELDS = (
     "timings",
 )
 FIVE_DEPTHS = (20, 32, 44, 56, 110)
-RUNS_TRAIN, RUNS_EVAL = "runs/*/resnet*/seed*/train.json", "runs/*/resnet*/seed*/eval.json"
+RUNS_TRAIN = "runs/*/resnet*/seed*/train.json"
+# The file each job type other than training records its timings in.
+TIMINGS_FILE = {"evaluation": "eval.json", "export": "export.json", "latency": "deploy.json"}
 VERDICT_COLUMNS = ["dataset", "seed", "device", "target", "measured", "limit", "met"]
 
 
@@ -44,23 +48,34 @@ def summaries(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
-def evaluations(paths: Sequence[Path]) -> list[Path]:
-    """The ``eval.json`` of every run under each ``results/{dataset}`` folder named."""
-    return [found for path in map(Path, paths) if path.is_dir() for found in sorted(path.glob(RUNS_EVAL))]
+def job_files(paths: Sequence[Path]) -> dict[str, list[Path]]:
+    """Per job type other than training, its timings files of every run under each ``results/{dataset}``
+    folder named."""
+    return {
+        job: [
+            found
+            for path in map(Path, paths)
+            if path.is_dir()
+            for found in sorted(path.glob(f"runs/*/resnet*/seed*/{name}"))
+        ]
+        for job, name in TIMINGS_FILE.items()
+    }
 
 
-def job_types(summaries: Sequence, evaluation_files: Sequence) -> pd.DataFrame:
-    """Per job type (training, evaluation): the number of jobs, their summed start-up, setup, first
-    step (training only) and work (steady training steps, or inference) in seconds, the summed job time
-    and the share of it spent outside work, and the median job's overhead fraction."""
+def job_types(summaries: Sequence, other_jobs: dict[str, Sequence]) -> pd.DataFrame:
+    """Per job type (training, then those of ``other_jobs``, {job type: timings files}): the number of
+    jobs, their summed start-up, setup, first step (training only) and work (steady training steps,
+    inference, export or timed runs) in seconds, the summed job time and the share of it spent outside
+    work, and the median job's overhead fraction."""
     rows = []
     for path in summaries:
         times = read_fields(Path(path), ("timings",))["timings"]
         work = times["training_seconds"] - (times["first_step_seconds"] or 0.0)
         rows.append(job_row("training", times, times["first_step_seconds"], work))
-    for path in evaluation_files:
-        times = read_fields(Path(path), ("timings",))["timings"]
-        rows.append(job_row("evaluation", times, 0.0, times["inference_seconds"]))
+    for job, files in other_jobs.items():
+        for path in files:
+            times = read_fields(Path(path), ("timings",))["timings"]
+            rows.append(job_row(job, times, 0.0, times[WORK_OF_JOB[job]]))
     if not rows:
         raise StudyError("no train.json or eval.json to read: run the workflow first.")
     jobs = pd.DataFrame(rows)
