@@ -58,6 +58,11 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
     }
 
 
+def with_aggregates(**run_jobs: int) -> dict[str, int]:
+    """The job counts of a dry run that reruns ``run_jobs`` and therefore every aggregate."""
+    return {**run_jobs, "summarize": 1, "accuracy_table": 1, "plots": 1, "all": 1}
+
+
 def write_config(workdir: Path, name: str, config: dict) -> str:
     (workdir / name).write_text(yaml.safe_dump(config))
     return name
@@ -156,7 +161,7 @@ def test_a_latency_option_times_again_and_exports_nothing(demo_run):
     workdir, configs = demo_run
     runs = write_config(workdir, "runs.yaml", {"deploy": {"latency": {"runs": 7}}})
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs, runs).stdout)
-    assert counts == {"latency": 3, "summarize": 1, "accuracy_table": 1, "plots": 1, "all": 1}
+    assert counts == with_aggregates(latency=3)
 
 
 def test_deploy_off_leaves_the_deployment_out_of_the_dag(tmp_path):
@@ -213,16 +218,7 @@ def test_a_hyperparameter_change_reruns_exactly_that_variant(demo_run):
         workdir, "change.yaml", {"variants": {"dropout": {"overrides": {"model": {"dropout": 0.3}}}}}
     )
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs, change).stdout)
-    assert counts == {
-        "train": 1,
-        "evaluate": 1,
-        "export": 1,
-        "latency": 1,
-        "summarize": 1,
-        "accuracy_table": 1,
-        "plots": 1,
-        "all": 1,
-    }
+    assert counts == with_aggregates(train=1, evaluate=1, export=1, latency=1)
 
 
 def test_a_paper_change_also_retrains_what_is_pretrained_from_it(demo_run):
@@ -435,19 +431,10 @@ def test_a_deleted_primary_result_is_rebuilt_with_only_what_depends_on_it(demo_r
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     (workdir / RUNS / "dropout/resnet20/seed0/eval.json").unlink()
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout)
-    assert counts == {"evaluate": 1, "summarize": 1, "accuracy_table": 1, "plots": 1, "all": 1}
+    assert counts == with_aggregates(evaluate=1)
     (workdir / RUNS / "frozen/resnet20/seed0/model.pt").unlink()
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout)
-    assert counts == {
-        "train": 1,
-        "evaluate": 2,
-        "export": 1,
-        "latency": 1,
-        "summarize": 1,
-        "accuracy_table": 1,
-        "plots": 1,
-        "all": 1,
-    }
+    assert counts == with_aggregates(train=1, evaluate=2, export=1, latency=1)
 
 
 @pytest.mark.parametrize(
