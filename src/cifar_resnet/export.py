@@ -178,25 +178,9 @@ def export_run(
         measured["max_logit_difference"],
     )
     if int8_path:
-        from cifar_resnet.quantize import calibration_indices, quantize_int8
+        from cifar_resnet.quantize import quantize_and_measure  # which builds on this module
 
-        indices = calibration_indices(len(data["train_images"]), deploy["calibration_images"])
-        quantize_int8(onnx_path, int8_path, data["train_images"][indices].numpy())
-        int8_session = onnx_session(int8_path, threads=torch.get_num_threads())
-        int8_logits = onnx_logits(int8_session, test_images.numpy())
-        int8_error = 100 * (1 - accuracy(int8_logits, test_labels))
-        report |= {
-            "int8_test_error": int8_error,
-            "int8_error_difference": int8_error - report["onnx_test_error"],
-            "int8_top1_agreement": agreement(logits, int8_logits)["top1_agreement"],
-            "calibration": {"split": "train", "indices": indices.tolist()},
-        }
-        log.info(
-            "INT8 test error %.2f%% (float %.2f%%), calibrated on %d training images",
-            int8_error,
-            report["onnx_test_error"],
-            len(indices),
-        )
+        report |= quantize_and_measure(onnx_path, int8_path, data, logits, deploy["calibration_images"])
     ended = time.perf_counter()
     report["timings"] = job_timings(
         "export", startup, exporting - started, ended - exporting, ended - started
