@@ -21,6 +21,7 @@ from cifar_resnet.export import onnx_logits, onnx_session
 from cifar_resnet.files import load_tensors
 from cifar_resnet.plots import plot_names
 from cifar_resnet.readme import RESULTS_MARKERS, results_block, update_readme
+from cifar_resnet.summary import DEPLOY_FIELDS
 from cifar_resnet.tables import accuracy_table, render_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,8 +119,11 @@ def test_demo_produces_every_output(demo_run):
     summary = pd.read_csv(results / "summary.csv")
     assert sorted(summary["variant"]) == sorted(TINY["study"]["variants"])
     assert summary["test_accuracy"].between(0, 1).all()
+    assert list(summary.columns[-len(DEPLOY_FIELDS) :]) == list(DEPLOY_FIELDS)
+    assert (summary["onnx_b1_ms"] > 0).all() and (summary["int8_bytes"] < summary["onnx_bytes"]).all()
     table = (results / "tables" / "accuracy.md").read_text()
     assert table.startswith("| Depth") and "ResNet-20" in table and "Paper %" not in table
+    assert all(column in table.splitlines()[0] for column in ("CPU ms (b=1)", "INT8 error %", "Size"))
     for name in plot_names(deployed=True):
         assert (results / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((workdir / "results").glob("demo/resume/**/*.pt"))
