@@ -144,9 +144,11 @@ def study_speed(benchmark: pd.DataFrame | None, depth: int) -> float | None:
 
 def timing_overrides(form: Form, depth: int, iterations: int) -> dict:
     """config/timing.yaml's study reduced to ResNet-``depth``, its paper variant trained for
-    ``iterations`` with the paper's milestones at the same fractions (32k and 48k of 64k)."""
+    ``iterations`` with the paper's milestones at the same fractions (32k and 48k of 64k), and no
+    deployment: the check times training, and a GPU machine need not have onnxruntime."""
     overrides = yaml.safe_load(yaml.safe_dump(form.overrides))  # a deep copy
     overrides.setdefault("study", {})["depths"] = [depth]
+    overrides["deploy"] = {"enabled": False}
     milestones = [iterations // 2, iterations * 3 // 4]
     overrides["variants"] = {
         "paper": {
