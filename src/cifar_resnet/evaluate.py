@@ -24,7 +24,7 @@ from cifar_resnet.runtime import (
     select_device,
     to_device,
 )
-from cifar_resnet.timings import job_timings, process_age
+from cifar_resnet.timings import process_age, work_timings
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def evaluate_run(train_summary: Path, model_path: Path, prepared: Path, output: 
         "inference_images_per_s": len(labels) / seconds,
         "device": str(device),
     }
-    metrics["timings"] = job_timings(
+    metrics["timings"] = work_timings(
         "evaluation", startup, inference_started - started, seconds, time.perf_counter() - started
     )
     write_json(output, metrics)

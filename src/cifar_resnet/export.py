@@ -19,7 +19,7 @@ from cifar_resnet import datasets
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import atomic_output, check_json, load_checkpoint, write_json
 from cifar_resnet.models import ModelSpec, build_model
-from cifar_resnet.timings import job_timings, process_age
+from cifar_resnet.timings import process_age, work_timings
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +181,15 @@ def export_run(
         from cifar_resnet.quantize import quantize_and_measure  # which builds on this module
 
         report |= quantize_and_measure(onnx_path, int8_path, data, logits, deploy["calibration_images"])
+        report["int8_error_difference"] = report["int8_test_error"] - report["onnx_test_error"]
+        log.info(
+            "INT8 test error %.2f%% (float %.2f%%), calibrated on %d training images",
+            report["int8_test_error"],
+            report["onnx_test_error"],
+            deploy["calibration_images"],
+        )
     ended = time.perf_counter()
-    report["timings"] = job_timings(
+    report["timings"] = work_timings(
         "export", startup, exporting - started, ended - exporting, ended - started
     )
     write_json(report_path, report)

@@ -22,7 +22,7 @@ from cifar_resnet import datasets
 from cifar_resnet.errors import StudyError
 from cifar_resnet.export import INPUT_NAME, OUTPUT_NAME, deployed_model, onnx_session
 from cifar_resnet.files import check_json, write_json
-from cifar_resnet.timings import job_timings, process_age
+from cifar_resnet.timings import process_age, work_timings
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def latency_run(
         "onnxruntime_version": onnxruntime_version(),
         "torch_version": torch.__version__,
         "input": exported.get("input"),
-        "timings": job_timings("latency", startup, timed - started, ended - timed, ended - started),
+        "timings": work_timings("latency", startup, timed - started, ended - timed, ended - started),
     }
     write_json(output, record)
     log.info(

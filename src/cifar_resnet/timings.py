@@ -48,7 +48,7 @@ class ProcessTimes:
 WORK_OF_JOB = {"evaluation": "inference_seconds", "export": "export_seconds", "latency": "timing_seconds"}
 
 
-def job_timings(job_type: str, startup: float | None, setup: float, work: float, wall: float) -> dict:
+def work_timings(job_type: str, startup: float | None, setup: float, work: float, wall: float) -> dict:
     """The parts of a job of ``job_type`` (a key of WORK_OF_JOB; ``wall`` counts from the job's own code,
     after start-up), its time from process start and the fraction of it spent outside its work."""
     job = wall + (startup or 0.0)
