@@ -344,6 +344,18 @@ def test_more_calibration_images_than_the_training_split_are_refused():
     load_study(config, SCHEMA)
 
 
+def test_a_latency_batch_larger_than_the_test_split_is_refused():
+    config = demo_config()
+    config["data"]["demo"]["test_size"] = 100
+    config["deploy"]["latency"]["batch_size"] = 101
+    with pytest.raises(
+        StudyError, match=r"batch_size is 101, more than the 100 images of the demo test split"
+    ):
+        load_study(config, SCHEMA)
+    config["deploy"]["enabled"] = False
+    load_study(config, SCHEMA)
+
+
 @pytest.mark.parametrize(
     "section, value",
     [

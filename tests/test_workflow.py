@@ -399,6 +399,10 @@ def refused(workdir: Path, *args: str) -> str:
             {"deploy": {"calibration_images": 271}},
             "deploy.calibration_images is 271, more than the 270 images of the demo training split",
         ),
+        (
+            {"deploy": {"latency": {"batch_size": 101}}},
+            "deploy.latency.batch_size is 101, more than the 100 images of the demo test split",
+        ),
     ],
     ids=[
         "learning curve depth",
@@ -408,6 +412,7 @@ def refused(workdir: Path, *args: str) -> str:
         "warm-up",
         "recipe milestone",
         "calibration",
+        "latency batch",
     ],
 )
 def test_a_bad_value_is_refused_before_any_job_and_every_output_stays(demo_run, overlay, message):

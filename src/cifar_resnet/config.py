@@ -259,13 +259,20 @@ def check_report(study: Study) -> None:
 
 
 def check_deploy(study: Study) -> None:
-    """INT8 calibration draws its images from each dataset's training split: there must be as many."""
+    """INT8 calibration draws its images from each dataset's training split, and the latency's batch from
+    its test split: each must hold as many."""
     deploy = study.config["deploy"]
-    if not (deploy["enabled"] and deploy["int8"]):
+    if not deploy["enabled"]:
         return
     for dataset in study.datasets:
+        test_images = DATASETS[dataset].test_records or study.config["data"]["demo"]["test_size"]
+        if deploy["latency"]["batch_size"] > test_images:
+            raise StudyError(
+                f"deploy.latency.batch_size is {deploy['latency']['batch_size']}, more than the "
+                f"{test_images} images of the {dataset} test split; choose at most {test_images}."
+            )
         sizes = split_sizes(study.config, dataset)
-        if deploy["calibration_images"] > sizes.train:
+        if deploy["int8"] and deploy["calibration_images"] > sizes.train:
             raise StudyError(
                 f"deploy.calibration_images is {deploy['calibration_images']}, more than the {sizes.train} "
                 f"images of the {dataset} training split ({sizes.origin} less data.validation_fraction "
