@@ -1,11 +1,21 @@
-"""What every script's run_job does with a job that fails: one line, no traceback."""
+"""What every script's run_job does: a job that fails ends with one line, no traceback, and a job's
+objects are left out of its process's last garbage collection."""
 
+import gc
+import weakref
 from types import SimpleNamespace
 
 import pytest
 
 from cifar_resnet.errors import StudyError
 from cifar_resnet.workflow import run_job
+
+
+@pytest.fixture(autouse=True)
+def unfrozen():
+    """run_job freezes what this test process holds; collect it normally again afterwards."""
+    yield
+    gc.unfreeze()
 
 
 def interrupted():
@@ -43,3 +53,24 @@ def test_a_failed_job_ends_with_one_line(tmp_path, capfd, job, resumable, code, 
     terminal = capfd.readouterr().err.strip().splitlines()
     assert len(terminal) == 1 and terminal[0].endswith(f"ERROR {line}")
     assert "Traceback" not in (tmp_path / "job.log").read_text()
+
+
+class Node:
+    pass
+
+
+def test_a_finished_job_leaves_its_objects_out_of_the_last_collection(tmp_path):
+    """The collection at interpreter exit would walk every object torch created; frozen, it skips them."""
+    made = []
+
+    def job():
+        node = Node()
+        node.itself = node  # only a garbage collection frees a cycle
+        made.append(weakref.ref(node))
+
+    run_job(SimpleNamespace(log=[str(tmp_path / "job.log")], threads=1), job)
+    gc.collect()
+    assert made[0]() is not None
+    gc.unfreeze()
+    gc.collect()
+    assert made[0]() is None
