@@ -59,16 +59,20 @@ class Node:
     pass
 
 
-def test_a_finished_job_leaves_its_objects_out_of_the_last_collection(tmp_path):
-    """The collection at interpreter exit would walk every object torch created; frozen, it skips them."""
-    made = []
+def test_a_job_leaves_the_imports_objects_and_its_own_out_of_garbage_collections(tmp_path):
+    """Collections during the job and at interpreter exit would walk every object torch created; frozen,
+    they skip them."""
+    made, frozen_at_start = [], []
 
     def job():
+        frozen_at_start.append(gc.get_freeze_count())
         node = Node()
         node.itself = node  # only a garbage collection frees a cycle
         made.append(weakref.ref(node))
 
+    gc.unfreeze()
     run_job(SimpleNamespace(log=[str(tmp_path / "job.log")], threads=1), job)
+    assert frozen_at_start[0] > 0  # what this process held before the job
     gc.collect()
     assert made[0]() is not None
     gc.unfreeze()
