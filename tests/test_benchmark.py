@@ -73,7 +73,7 @@ def test_a_changed_config_changes_the_trainer_the_benchmark_builds(tmp_path):
     settings = load_settings(tmp_path / "config.yaml", SCHEMA)
     assert settings.batch_size == 128 and settings.runtime["compile"] is False  # the schema's defaults
     trainer = our_trainer(8, Mode(), CPU, TINY, synthetic_data(64), settings)
-    assert trainer.optimizer.param_groups[0]["momentum"] == 0.5 and trainer.batch_size == 8
+    assert trainer.optimizer.defaults["momentum"] == 0.5 and trainer.batch_size == 8
     assert trainer.recipe["augmentation"] == {"crop_padding": 2, "flip": True}
     del config["variants"]["paper"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))

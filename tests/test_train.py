@@ -359,12 +359,12 @@ def test_the_recipe_reaches_the_optimizer_and_the_initialisation(prepared):
     study = load_study(study_config(), SCHEMA)  # the paper's recipe, not the demo's shortened one
     data = datasets.load_prepared(prepared)
     paper, _ = build_trainer(study.run_config(Run("demo", "paper", 20, 0)), data, None)
-    (group,) = paper.optimizer.param_groups
-    assert type(paper.optimizer) is torch.optim.SGD
-    assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (0.9, 1e-4, False)
+    settings = paper.optimizer.defaults
+    assert (settings["name"], settings["momentum"], settings["weight_decay"]) == ("sgd", 0.9, 1e-4)
+    assert not settings["nesterov"] and paper.optimizer.param_groups[0]["lr"] == 0.1
     assert paper.schedule.at(0) == 0.1 and paper.batch_size == 128
     nadam, _ = build_trainer(study.run_config(Run("demo", "nadam", 20, 0)), data, None)
-    assert type(nadam.optimizer) is torch.optim.NAdam
+    assert nadam.optimizer.defaults["name"] == "nadam"
     # He initialisation: std sqrt(2 / fan_in) for the last stage's 3x3 convolutions (fan_in 576)
     weights = torch.cat(
         [m.weight.flatten() for m in paper.model.modules() if getattr(m, "in_channels", 0) == 64]

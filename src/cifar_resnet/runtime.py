@@ -10,10 +10,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from cifar_resnet.errors import StudyError
+
+if TYPE_CHECKING:  # the optimizer module builds on this one
+    from cifar_resnet.optimizer import Optimizer
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +162,7 @@ def compile_counts() -> dict:
     }
 
 
-def execution(device: torch.device, runtime: dict, optimizer: torch.optim.Optimizer) -> dict:
+def execution(device: torch.device, runtime: dict, optimizer: Optimizer) -> dict:
     """What ``runtime`` switched on and what actually ran on ``device``, as a job logs it and records it
     in ``train.json``."""
     implementations = [name for name in ("fused", "foreach") if optimizer.defaults.get(name)]

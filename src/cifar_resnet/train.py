@@ -21,7 +21,7 @@ from cifar_resnet.augment import augment, normalize
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Split, evaluate_split
 from cifar_resnet.models import CifarResNet, ModelSpec, build_model
-from cifar_resnet.optimizer import make_optimizer
+from cifar_resnet.optimizer import Optimizer, make_optimizer
 from cifar_resnet.runtime import (
     autocast,
     configure_backends,
@@ -45,7 +45,7 @@ class Trainer:
 
     model: CifarResNet
     forward: Callable  # the model, compiled where enabled
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizer
     schedule: LearningRate
     train: Split
     val: Split
@@ -122,7 +122,7 @@ def train_step(forward, optimizer, images, labels, mean, std, device, runtime):
     with autocast(device, runtime):
         logits = forward(images)
     loss = F.cross_entropy(logits.float(), labels)
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad()
     loss.backward()
     optimizer.step()
     return loss.detach(), logits

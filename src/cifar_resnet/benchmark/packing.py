@@ -62,7 +62,7 @@ class PackedModels:
         """One step of every model on its own uint8 batch [K,B,3,H,W]; returns losses [K], logits [K,B,C]."""
         with autocast(self.device, self.runtime):
             losses, logits = self.losses(self.params, self.buffers, normalize(images, mean, std), labels)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         losses.sum().backward()
         self.optimizer.step()
         return losses.detach(), logits

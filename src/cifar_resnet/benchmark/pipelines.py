@@ -159,7 +159,7 @@ def classical_throughput(
             batch_images = batch_images.to(device, non_blocking=True)
             batch_labels = batch_labels.to(device, non_blocking=True)
             loss = F.cross_entropy(model(batch_images), batch_labels)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             running_loss += loss.item()

@@ -1,0 +1,112 @@
+"""The optimizer: torch.optim's updates, bit for bit, a state that resumes bit-identically, and no
+torch._dynamo import in a job that does not compile."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cifar_resnet.errors import StudyError
+from cifar_resnet.files import load_tensors, save_tensors
+from cifar_resnet.optimizer import Optimizer
+
+SGD = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4}
+ADAM = {"name": "adam", "lr": 1e-3, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4}
+NADAM = {**ADAM, "name": "nadam"}
+TORCH = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "nadam": torch.optim.NAdam}
+CASES = [
+    (SGD, {"foreach": True}),
+    (SGD, {"fused": True}),
+    ({**SGD, "nesterov": True}, {"foreach": True}),
+    ({**SGD, "momentum": 0.0}, {"foreach": True}),
+    (ADAM, {"foreach": True}),
+    (ADAM, {"fused": True}),
+    (NADAM, {"foreach": True}),
+]
+IDS = ["sgd", "sgd-fused", "sgd-nesterov", "sgd-no-momentum", "adam", "adam-fused", "nadam"]
+LRS = [1.0, 1.0, 0.5, 0.1, 0.1, 0.01]  # a schedule's changes between steps, as factors of the base lr
+
+
+def torch_optimizer(parameters, settings: dict, implementation: dict) -> torch.optim.Optimizer:
+    hyper = {"lr": settings["lr"], "weight_decay": settings["weight_decay"], **implementation}
+    if settings["name"] == "sgd":
+        hyper |= {"momentum": settings["momentum"], "nesterov": settings["nesterov"]}
+    return TORCH[settings["name"]](parameters, **hyper)
+
+
+def parameters() -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(16, 3, 3, 3), (16,), (10, 16)]
+    return [torch.randn(shape, generator=generator).requires_grad_() for shape in shapes]
+
+
+def steps(optimizer, params: list[torch.Tensor], lrs: list[float], base_lr: float, first: int = 0) -> None:
+    """Steps with the same gradients for any optimizer; step ``first + k`` draws from seed ``first + k``,
+    and the second parameter gets no gradient on odd steps (a head that a step leaves alone)."""
+    for k, factor in enumerate(lrs, start=first):
+        generator = torch.Generator().manual_seed(100 + k)
+        for index, parameter in enumerate(params):
+            skipped = index == 1 and k % 2
+            parameter.grad = None if skipped else torch.randn(parameter.shape, generator=generator)
+        for group in optimizer.param_groups:
+            group["lr"] = base_lr * factor
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+@pytest.mark.parametrize(("settings", "implementation"), CASES, ids=IDS)
+def test_the_updates_are_torch_optims_bit_for_bit(settings, implementation):
+    ours, theirs = parameters(), parameters()
+    steps(Optimizer(ours, settings, implementation), ours, LRS, settings["lr"])
+    steps(torch_optimizer(theirs, settings, implementation), theirs, LRS, settings["lr"])
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert torch.equal(mine, reference)
+    assert not torch.equal(ours[0], parameters()[0])  # the steps did move the parameters
+
+
+@pytest.mark.parametrize(("settings", "implementation"), CASES, ids=IDS)
+def test_a_saved_and_restored_state_continues_bit_identically(settings, implementation, tmp_path):
+    uninterrupted = parameters()
+    steps(Optimizer(uninterrupted, settings, implementation), uninterrupted, LRS, settings["lr"])
+    resumed = parameters()
+    before = Optimizer(resumed, settings, implementation)
+    steps(before, resumed, LRS[:3], settings["lr"])
+    save_tensors(tmp_path / "resume.pt", {"optimizer": before.state_dict()})
+    after = Optimizer(resumed, settings, implementation)
+    after.load_state_dict(load_tensors(tmp_path / "resume.pt")["optimizer"])
+    steps(after, resumed, LRS[3:], settings["lr"], first=3)
+    for mine, reference in zip(resumed, uninterrupted, strict=True):
+        assert torch.equal(mine, reference)
+
+
+def test_another_optimizers_state_is_refused_in_one_sentence():
+    params = parameters()
+    nadam = Optimizer(params, NADAM, {"foreach": True})
+    steps(nadam, params, LRS[:1], NADAM["lr"])
+    with pytest.raises(StudyError, match="not that of this run's sgd optimizer over 3 parameters"):
+        Optimizer(params, SGD, {"foreach": True}).load_state_dict(nadam.state_dict())
+    foreign = torch.optim.SGD(params, lr=0.1, momentum=0.9).state_dict()
+    with pytest.raises(StudyError, match="delete the resume file"):
+        Optimizer(params, SGD, {"foreach": True}).load_state_dict(foreign)
+
+
+def test_training_steps_without_importing_torch_dynamo():
+    """Constructing a torch.optim optimizer, or its first step, imports torch._dynamo (0.9 s)."""
+    program = """
+import sys, torch
+from cifar_resnet.optimizer import make_optimizer
+from cifar_resnet.train import train_step
+model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+runtime = {"device": "cpu", "compile": False, "bf16": False, "channels_last": False, "cuda_graphs": False,
+           "switches_on_cpu": False, "deterministic": False}
+settings = {"name": "nadam", "lr": 1e-3, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4}
+for name in ("sgd", "nadam"):
+    optimizer = make_optimizer(model.parameters(), {**settings, "name": name}, torch.device("cpu"), runtime)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    train_step(model, optimizer, images, torch.tensor([0, 1, 2, 3]), torch.zeros(3), torch.ones(3),
+               torch.device("cpu"), runtime)
+print("torch._dynamo" in sys.modules)
+"""
+    imported = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "False"
