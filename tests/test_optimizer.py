@@ -1,8 +1,5 @@
-"""The optimizer: torch.optim's updates, bit for bit, a state that resumes bit-identically, and no
-torch._dynamo import in a job that does not compile."""
-
-import subprocess
-import sys
+"""The optimizer: torch.optim's updates, bit for bit, and a state that resumes bit-identically (that it
+imports no torch._dynamo is test_train's test of a whole training job)."""
 
 import pytest
 import torch
@@ -89,24 +86,3 @@ def test_another_optimizers_state_is_refused_in_one_sentence():
     foreign = torch.optim.SGD(params, lr=0.1, momentum=0.9).state_dict()
     with pytest.raises(StudyError, match="delete the resume file"):
         Optimizer(params, SGD, {"foreach": True}).load_state_dict(foreign)
-
-
-def test_training_steps_without_importing_torch_dynamo():
-    """Constructing a torch.optim optimizer, or its first step, imports torch._dynamo (0.9 s)."""
-    program = """
-import sys, torch
-from cifar_resnet.optimizer import make_optimizer
-from cifar_resnet.train import train_step
-model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
-runtime = {"device": "cpu", "compile": False, "bf16": False, "channels_last": False, "cuda_graphs": False,
-           "switches_on_cpu": False, "deterministic": False}
-settings = {"name": "nadam", "lr": 1e-3, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4}
-for name in ("sgd", "nadam"):
-    optimizer = make_optimizer(model.parameters(), {**settings, "name": name}, torch.device("cpu"), runtime)
-    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    train_step(model, optimizer, images, torch.tensor([0, 1, 2, 3]), torch.zeros(3), torch.ones(3),
-               torch.device("cpu"), runtime)
-print("torch._dynamo" in sys.modules)
-"""
-    imported = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
-    assert imported.stdout.strip() == "False"

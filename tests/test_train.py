@@ -409,3 +409,23 @@ def test_a_tie_is_no_improvement():
     assert monitor.update({"val_accuracy": 0.8})
     assert not monitor.update({"val_accuracy": 0.8})
     assert monitor.epochs_without_improvement == 1
+
+
+@pytest.mark.parametrize("variant", ["paper", "nadam"])
+def test_a_cpu_training_job_imports_neither_torch_dynamo_nor_torchvision(study, prepared, tmp_path, variant):
+    """Each costs about a second of a job that trains for five: torch._dynamo, which constructing a
+    torch.optim optimizer or reading the compile counters imports, and torchvision, for its version."""
+    (tmp_path / "run.json").write_text(json.dumps(run(study, variant)))
+    program = """
+import json, sys
+from pathlib import Path
+from cifar_resnet.run import Outputs, train_run
+config, prepared, folder = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), Path(sys.argv[3])
+train_run(config, prepared, Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json"),
+          folder / "resume.pt")
+print(json.dumps([name for name in ("torch._dynamo", "torchvision") if name in sys.modules]))
+"""
+    arguments = [str(tmp_path / "run.json"), str(prepared), str(tmp_path)]
+    ran = subprocess.run([sys.executable, "-c", program, *arguments], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout) == [] and (tmp_path / "train.json").exists()

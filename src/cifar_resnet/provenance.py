@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from importlib import metadata
 
 import torch
 
@@ -27,14 +28,13 @@ def cpu_model() -> str:
 
 
 def versions() -> dict:
-    import numpy
-    import torchvision
-
+    """The libraries' versions, from their installed metadata: importing torchvision to ask it would cost
+    a training job 1.1 s."""
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
+        "torchvision": metadata.version("torchvision"),
+        "numpy": metadata.version("numpy"),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
     }
