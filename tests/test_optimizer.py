@@ -84,5 +84,5 @@ def test_another_optimizers_state_is_refused_in_one_sentence():
     with pytest.raises(StudyError, match="not that of this run's sgd optimizer over 3 parameters"):
         Optimizer(params, SGD, {"foreach": True}).load_state_dict(nadam.state_dict())
     foreign = torch.optim.SGD(params, lr=0.1, momentum=0.9).state_dict()
-    with pytest.raises(StudyError, match="delete the resume file"):
+    with pytest.raises(StudyError, match="not that of this run's sgd optimizer"):
         Optimizer(params, SGD, {"foreach": True}).load_state_dict(foreign)

@@ -275,6 +275,22 @@ def test_resume_file_of_another_config_is_not_used(study, prepared, tmp_path, ca
     assert summary["iterations"] == 3
 
 
+def test_a_resume_file_of_another_optimizer_version_is_not_used(study, prepared, tmp_path, caplog):
+    """A resume state that torch.optim's optimizer wrote for the same configuration (this code before its
+    own optimizer): refused before the model is touched, and the run trains from the start."""
+    config = run(study, "paper", duration=20)
+    train(config, prepared, tmp_path / "clean")
+    trainer, _ = build_trainer(config, datasets.load_prepared(prepared, splits=("train", "val")), None)
+    foreign = torch.optim.SGD(trainer.model.parameters(), lr=0.1, momentum=0.9).state_dict()
+    stale = {"config_hash": run_module.config_hash(config), "epoch": 1, "optimizer": foreign}
+    torch.save({**stale, "model": {}}, tmp_path / "resume.pt")
+    summary = train(config, prepared, tmp_path)
+    assert "does not fit" in caplog.text and "starting from scratch" in caplog.text
+    assert summary["iterations"] == 20 and not (tmp_path / "resume.pt").exists()
+    clean, restarted = load_tensors(tmp_path / "clean" / "model.pt"), load_tensors(tmp_path / "model.pt")
+    assert all(torch.equal(clean[k], restarted[k]) for k in clean)
+
+
 def test_a_diverging_loss_stops_naming_epoch_and_iteration(study, prepared, tmp_path):
     config = run(study, "paper", duration=10)
     config["recipe"]["optimizer"]["lr"] = 1e12

@@ -54,9 +54,10 @@ def read_resume_state(path: Path, expected_hash: str) -> dict | None:
 
 
 def restore(state: dict, model, optimizer, schedule, monitors: dict) -> None:
-    """Put the saved state of ``save_resume_state`` back into the objects it came from."""
-    model.load_state_dict(state["model"])
+    """Put the saved state of ``save_resume_state`` back into the objects it came from; the optimizer's
+    first, which refuses (StudyError) a state it did not write before anything has changed."""
     optimizer.load_state_dict(state["optimizer"])
+    model.load_state_dict(state["model"])
     schedule.load_state_dict(state["schedule"])
     for name, monitor in monitors.items():
         monitor.best, monitor.epochs_without_improvement = state["monitors"][name]

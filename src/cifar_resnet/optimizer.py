@@ -139,7 +139,7 @@ class Optimizer:
         if saved.get("name") != self.settings["name"] or len(saved.get("state", ())) != len(self.params):
             raise StudyError(
                 f"the saved optimizer state is not that of this run's {self.settings['name']} optimizer over "
-                f"{len(self.params)} parameters; delete the resume file to train from the start."
+                f"{len(self.params)} parameters"
             )
         self.state = [
             {key: value.to(self.device_of(key, parameter)) for key, value in state.items()}

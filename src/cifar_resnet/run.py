@@ -15,6 +15,7 @@ import torch
 
 from cifar_resnet import checkpoint, datasets
 from cifar_resnet.config import config_hash
+from cifar_resnet.errors import StudyError
 from cifar_resnet.files import atomic_output, save_tensors, write_json
 from cifar_resnet.models import ModelSpec
 from cifar_resnet.provenance import describe_device, git_commit, versions
@@ -112,10 +113,16 @@ def resume(trainer: Trainer, monitors: dict[str, Monitor], resume_file: Path, ru
         "stopped_early": False,
     }
     resumed = checkpoint.read_resume_state(resume_file, run_hash)
-    if resumed:
+    if not resumed:
+        return progress
+    try:
         checkpoint.restore(resumed, trainer.model, trainer.optimizer, trainer.schedule, monitors)
-        progress.update({key: resumed[key] for key in progress})
-        log.info("resumed from %s after epoch %d", resume_file, progress["epoch"])
+    except StudyError as error:  # an optimizer state of an earlier version of this code
+        log.warning("resume file %s does not fit (%s): starting from scratch", resume_file, error)
+        resume_file.unlink()
+        return progress
+    progress.update({key: resumed[key] for key in progress})
+    log.info("resumed from %s after epoch %d", resume_file, progress["epoch"])
     return progress
 
 
