@@ -33,18 +33,12 @@ class Optimizer:
 
     def __init__(self, parameters, settings: dict, implementation: dict):
         self.settings = settings
+        self.implementation = {"foreach": implementation.get("foreach"), "fused": implementation.get("fused")}
+        self.fused = bool(self.implementation["fused"])
         self.params = list(parameters)
         self.defaults = {**settings, **implementation}
         self.param_groups = [{"params": self.params, "lr": settings["lr"]}]
         self.state: list[dict[str, torch.Tensor]] = [{} for _ in self.params]
-
-    @property
-    def fused(self) -> bool:
-        return bool(self.defaults.get("fused"))
-
-    @property
-    def implementation(self) -> dict:
-        return {"foreach": self.defaults.get("foreach"), "fused": self.defaults.get("fused")}
 
     def zero_grad(self) -> None:
         """Gradients set to None, so that the next backward writes them instead of adding to them."""
@@ -112,7 +106,7 @@ class Optimizer:
                 mu_products=[state["mu_product"] for state in states],
                 state_steps=steps,
                 momentum_decay=NADAM_MOMENTUM_DECAY,
-                foreach=self.defaults.get("foreach"),
+                foreach=self.implementation["foreach"],
                 **hyper,
             )
 

@@ -28,8 +28,8 @@ def run_job(snakemake, job: Callable[[], object], resumable: bool = False) -> No
     if "torch" in sys.modules:  # report jobs never import torch; importing it here would cost them seconds
         sys.modules["torch"].set_num_threads(max(1, snakemake.threads))
     # Garbage collections walk every object they track: frozen, the objects that the script's imports
-    # created are left out of those during the job (lazy imports of torch._dynamo by the optimizer or
-    # of the ONNX exporter: 0.2 s less) and the job's own objects out of the interpreter's last one
+    # created are left out of those during the job (the export job's lazy imports of the ONNX exporter
+    # and torch._dynamo: 0.2 s less) and the job's own objects out of the interpreter's last one
     # (0.35 s after importing torch, 0.6 s with torch._dynamo, spent while Snakemake waits for the
     # process to end), measured on a 2-core Xeon.
     gc.freeze()
