@@ -3,18 +3,20 @@
 import logging
 from pathlib import Path
 
-from cifar_resnet.devices import claim_gpu
-from cifar_resnet.run import CHECKPOINT_INTERVAL_SECONDS, Outputs, train_run
-from cifar_resnet.runtime import share_compiled_code
 from cifar_resnet.workflow import run_job, whole_number_from_environment
 
 
-def checkpoint_interval() -> float:
+def checkpoint_interval(default: float) -> float:
     seconds = whole_number_from_environment("CIFAR_RESNET_CHECKPOINT_SECONDS", "seconds", "600", minimum=0)
-    return CHECKPOINT_INTERVAL_SECONDS if seconds is None else seconds
+    return default if seconds is None else seconds
 
 
 def train():
+    # Imported in the job: a fork server has them imported already.
+    from cifar_resnet.devices import claim_gpu
+    from cifar_resnet.run import CHECKPOINT_INTERVAL_SECONDS, Outputs, train_run
+    from cifar_resnet.runtime import share_compiled_code
+
     for derived in snakemake.params.derived:  # made from the model Snakemake removed
         Path(derived).unlink(missing_ok=True)
     share_compiled_code(Path(snakemake.params.compile_cache))
@@ -29,7 +31,7 @@ def train():
             ),
             resume_file=Path(snakemake.params.resume),
             pretrained=Path(snakemake.input.pretrained[0]) if snakemake.input.pretrained else None,
-            checkpoint_interval=checkpoint_interval(),
+            checkpoint_interval=checkpoint_interval(CHECKPOINT_INTERVAL_SECONDS),
         )
 
 

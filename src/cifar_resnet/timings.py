@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cifar_resnet import forkserver
+
 
 @dataclass
 class ProcessTimes:
@@ -80,10 +82,11 @@ def describe_timings(timings: dict) -> str:
 
 
 def process_age() -> float | None:
-    """Seconds since this process started, from Linux's /proc (clock ticks, so 10 ms steps); None
-    where that is unavailable."""
+    """Seconds since the job's process started (the one Snakemake started, also where the fork server
+    runs the job), from Linux's /proc (clock ticks, so 10 ms steps); None where that is unavailable."""
+    process = forkserver.job_process or "self"
     try:
-        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        after_name = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
         started_after_boot = int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
         uptime = float(Path("/proc/uptime").read_text().split()[0])
     except (OSError, ValueError, IndexError):

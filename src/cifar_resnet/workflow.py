@@ -9,12 +9,15 @@ import os
 import sys
 from collections.abc import Callable
 
+from cifar_resnet import forkserver
 from cifar_resnet.errors import StudyError
 
 
 def run_job(snakemake, job: Callable[[], object], resumable: bool = False) -> None:
     """Run ``job`` with the rule's logging; a StudyError or Ctrl-C ends it with one line, no traceback.
-    ``resumable``: the job keeps its progress across a kill (training's resume state)."""
+    ``resumable``: the job keeps its progress across a kill (training's resume state). Where the
+    workflow runs a fork server, the job runs in a process forked from it, and this process waits."""
+    forkserver.hand_over(snakemake)
     terminal = logging.StreamHandler(sys.stderr)
     terminal.setLevel(
         logging.WARNING
@@ -25,6 +28,10 @@ def run_job(snakemake, job: Callable[[], object], resumable: bool = False) -> No
         handlers=[logging.FileHandler(snakemake.log[0]), terminal],
         force=True,
     )
+    if forkserver.job_process:
+        logging.getLogger("cifar_resnet").info(
+            "forked from the workflow's fork server for process %d", forkserver.job_process
+        )
     if "torch" in sys.modules:  # report jobs never import torch; importing it here would cost them seconds
         sys.modules["torch"].set_num_threads(max(1, snakemake.threads))
     # Garbage collections walk every object they track: frozen, the objects that the script's imports
