@@ -17,7 +17,7 @@ from cifar_resnet import forkserver
 class ProcessTimes:
     """Where this process's time went, in seconds. A resumed run's earlier processes are not included."""
 
-    startup: float | None  # process start to train_run: interpreter, imports, Snakemake's script preamble
+    startup: float | None  # the job's process start to train_run: interpreter, preamble, imports or hand-over
     setup: float = 0.0  # device, data onto the device, model, optimizer
     training: float = 0.0  # the epochs' step loops, this process's first step included
     validation: float = 0.0
