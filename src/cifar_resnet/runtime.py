@@ -129,7 +129,9 @@ class CompiledForward(torch.nn.Module):
 def share_compiled_code(folder: Path) -> None:
     """Keep Inductor's compiled code (its FX-graph and AOTAutograd caches) in ``folder``, which every
     job of a workflow shares, so that a job whose graphs another job compiled loads them instead of
-    compiling again. Call before the first compilation: Inductor reads these settings once."""
+    compiling again. Call before the first compilation, where Inductor reads the folder; it reads the
+    two switches, which force what is already torch's default, when first imported (in a forked job,
+    by the fork server)."""
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(folder).resolve())
     os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
     os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] = "1"
