@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -28,16 +30,18 @@ JOB = textwrap.dedent(
     from cifar_resnet import forkserver
     from cifar_resnet.timings import process_age
     forkserver.hand_over(snakemake)
-    where = [os.getpid(), forkserver.job_process, os.getcwd(), os.environ.get("JOB_SETTING"),
-             "torch" in sys.modules, snakemake["rule"], f"{process_age():.2f}"]
-    print("|".join(map(str, where)), flush=True)
-    print("to stderr", file=sys.stderr, flush=True)
-    if sys.argv[1] == "sleep":  # until a signal: SIGTERM ends it with 7, Ctrl-C with 130
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(7))
-        try:
+    # "sleep": until a signal, SIGTERM ending it with 7 and Ctrl-C with 130, both handled before the
+    # first line tells the test that it runs.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(7))
+    try:
+        where = [os.getpid(), forkserver.job_process, os.getcwd(), os.environ.get("JOB_SETTING"),
+                 "torch" in sys.modules, snakemake["rule"], f"{process_age():.2f}"]
+        print("|".join(map(str, where)), flush=True)
+        print("to stderr", file=sys.stderr, flush=True)
+        if sys.argv[1] == "sleep":
             time.sleep(60)
-        except KeyboardInterrupt:
-            sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
     sys.exit(int(sys.argv[2]))
     """
 )
@@ -121,6 +125,16 @@ def test_a_job_of_another_python_runs_in_its_own_process(server, tmp_path):
     out, _ = process.communicate(timeout=60)
     pid, job_process, *_ = out.split("|")
     assert int(pid) == process.pid and job_process == "None"
+
+
+def test_a_broken_request_is_declined_and_the_server_serves_on(server, tmp_path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.connect(os.environ[forkserver.ADDRESS_VARIABLE])
+        connection.sendall(struct.pack("!Q", 5) + b"junk!")
+        assert connection.recv(forkserver.STATUS.size) == forkserver.STATUS.pack(0)
+    process = job(tmp_path, "exit", "0")
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0 and int(out.split("|")[0]) != process.pid
 
 
 def test_a_signal_to_the_job_reaches_the_forked_process_and_ends_both(server, tmp_path):

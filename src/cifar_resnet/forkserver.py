@@ -229,6 +229,7 @@ class Server:
 
     def accept(self) -> None:
         connection, _ = self.listener.accept()
+        streams: list[int] = []
         try:
             connection.settimeout(10)
             header, streams, _, _ = socket.recv_fds(connection, 8, 3)
@@ -242,10 +243,9 @@ class Server:
             request = pickle.loads(payload)
             connection.settimeout(None)
         except (OSError, ValueError, pickle.UnpicklingError, struct.error):
-            connection.close()
-            return
-        if request["python"] != sys.executable or len(streams) != 3:
-            _send_status(connection, 0)  # another environment: the job runs itself
+            request = None
+        if request is None or request["python"] != sys.executable or len(streams) != 3:
+            _send_status(connection, 0)  # a broken request or another environment: the job runs itself
             connection.close()
             for stream in streams:
                 os.close(stream)
