@@ -68,14 +68,20 @@ def _send_status(connection: socket.socket, value: int) -> None:
         connection.sendall(STATUS.pack(value))
 
 
-def _receive_status(connection: socket.socket) -> int | None:
-    data = b""
-    while len(data) < STATUS.size:
-        chunk = connection.recv(STATUS.size - len(data))
+def _receive_exactly(connection: socket.socket, size: int) -> bytes | None:
+    """``size`` bytes from ``connection``, or None when the other side closes it first."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
         if not chunk:
             return None
         data += chunk
-    return STATUS.unpack(data)[0]
+    return bytes(data)
+
+
+def _receive_status(connection: socket.socket) -> int | None:
+    data = _receive_exactly(connection, STATUS.size)
+    return None if data is None else STATUS.unpack(data)[0]
 
 
 def _exit_status(wait_status: int) -> int:
@@ -123,7 +129,7 @@ def hand_over(snakemake) -> None:
     socket.send_fds(connection, [struct.pack("!Q", len(payload))], [0, 1, 2])
     connection.sendall(payload)
     forked = _receive_status(connection)
-    if not forked:  # declined (another Python) or failed to fork: this process runs the job itself
+    if not forked:  # declined, or the server is gone: this process runs the job itself
         connection.close()
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
@@ -234,25 +240,21 @@ class Server:
             connection.settimeout(10)
             header, streams, _, _ = socket.recv_fds(connection, 8, 3)
             (size,) = struct.unpack("!Q", header)
-            payload = bytearray()
-            while len(payload) < size:
-                chunk = connection.recv(size - len(payload))
-                if not chunk:
-                    raise ConnectionError("the job closed its connection")
-                payload += chunk
-            request = pickle.loads(payload)
+            payload = _receive_exactly(connection, size)
+            request = None if payload is None else pickle.loads(payload)
             connection.settimeout(None)
         except (OSError, ValueError, pickle.UnpicklingError, struct.error):
             request = None
         if request is None or request["python"] != sys.executable or len(streams) != 3:
-            _send_status(connection, 0)  # a broken request or another environment: the job runs itself
-            connection.close()
-            for stream in streams:
-                os.close(stream)
+            self.decline(connection, streams)  # a broken request, or another environment
             return
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # out of memory or processes: the server serves on
+            self.decline(connection, streams)
+            return
         if pid == 0:
             signal.set_wakeup_fd(-1)
             for signum in (signal.SIGCHLD, signal.SIGTERM):
@@ -266,6 +268,14 @@ class Server:
             os.close(stream)
         self.running[pid] = connection
         _send_status(connection, pid)
+
+    @staticmethod
+    def decline(connection: socket.socket, streams: list[int]) -> None:
+        """Tell the job's process to run the job itself."""
+        _send_status(connection, 0)
+        connection.close()
+        for stream in streams:
+            os.close(stream)
 
     def reap(self) -> None:
         while self.running:
