@@ -1,11 +1,11 @@
 import os
 import re
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
 from cifar_resnet import forkserver
 from cifar_resnet.config import Run, load_study
+from cifar_resnet.layout import LOGS, RESULTS, RESUME_FILE, RUN_DIR, RUN_NAME, run_path
 from cifar_resnet.files import check_csv, check_json, check_tensor_file
 from cifar_resnet.plots import CONFUSION_FIELDS, LEARNING_CURVE_COLUMNS
 from cifar_resnet.plots import DEPLOYMENT_PLOTS, plot_names
@@ -21,13 +21,6 @@ STUDY = load_study(
 DATA_ROOT = config["data"]["root"]
 REAL_DATASETS = downloaded_datasets()
 
-# Run paths are spelled here only: rules and helpers build them from RUN_DIR and RESUME_FILE. The
-# resume file lies outside the run directory because Snakemake deletes a failed job's outputs.
-RESULTS = "results"
-LOGS = f"{RESULTS}/{{dataset}}/logs"
-RUN_NAME = "{variant}/resnet{depth}/seed{seed}"
-RUN_DIR = f"{RESULTS}/{{dataset}}/runs/{RUN_NAME}"
-RESUME_FILE = f"{RESULTS}/{{dataset}}/resume/{RUN_NAME}.pt"
 PREPARED = f"{DATA_ROOT}/{{dataset}}/prepared.pt"
 
 # Threads of a training or evaluation job. Its data lives on its device, so on a GPU one thread
@@ -65,11 +58,6 @@ def run_of(wildcards) -> Run:
 
 def archive_path(dataset: str) -> str:
     return f"{DATA_ROOT}/{dataset}/{get_source(dataset).archive_name}"
-
-
-def run_path(pattern: str, run: Run) -> str:
-    """``pattern`` (RUN_DIR or RESUME_FILE and what follows) for one run."""
-    return pattern.format(**asdict(run))
 
 
 def pretrained_model(wildcards) -> list[str]:
