@@ -3,7 +3,6 @@ import re
 from functools import partial
 from pathlib import Path
 
-from cifar_resnet import forkserver
 from cifar_resnet.config import Run, load_study
 from cifar_resnet.layout import LOGS, RESULTS, RESUME_FILE, RUN_DIR, RUN_NAME, run_path
 from cifar_resnet.files import check_csv, check_json, check_tensor_file
@@ -154,17 +153,3 @@ if workflow.is_main_process:
     if UPDATES_README:
         check_markers(README)
 
-
-# The jobs run on this machine are forked from one process that has imported torch and the exporter
-# (cifar_resnet.forkserver): 1.2 s less per job, 2.7 s per export job, most of a short job's overhead.
-onstart:
-    if workflow.local_exec:
-        forkserver.start(Path(".snakemake/fork-server.log"))
-
-
-onsuccess:
-    forkserver.stop()
-
-
-onerror:
-    forkserver.stop()

@@ -3,14 +3,12 @@
 import logging
 from pathlib import Path
 
+from cifar_resnet.devices import claim_gpu
+from cifar_resnet.evaluate import evaluate_run
 from cifar_resnet.workflow import run_job
 
 
 def evaluate():
-    # Imported in the job: a fork server has them imported already.
-    from cifar_resnet.devices import claim_gpu
-    from cifar_resnet.evaluate import evaluate_run
-
     with claim_gpu(Path(snakemake.params.gpu_slots), log=logging.getLogger("cifar_resnet").info):
         evaluate_run(
             Path(snakemake.input.summary),

@@ -2,12 +2,11 @@
 
 from pathlib import Path
 
+from cifar_resnet.export import export_run
 from cifar_resnet.workflow import run_job
 
 
 def export():
-    from cifar_resnet.export import export_run  # in the job: a fork server has it imported already
-
     int8 = snakemake.output.get("int8")
     export_run(
         Path(snakemake.input.summary),

@@ -2,12 +2,11 @@
 
 from pathlib import Path
 
+from cifar_resnet.latency import latency_run
 from cifar_resnet.workflow import run_job
 
 
 def latency():
-    from cifar_resnet.latency import latency_run  # in the job: a fork server has it imported already
-
     int8 = snakemake.input.get("int8")
     latency_run(
         Path(snakemake.input.summary),

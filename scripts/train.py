@@ -3,6 +3,9 @@
 import logging
 from pathlib import Path
 
+from cifar_resnet.devices import claim_gpu
+from cifar_resnet.run import CHECKPOINT_INTERVAL_SECONDS, Outputs, train_run
+from cifar_resnet.runtime import share_compiled_code
 from cifar_resnet.workflow import run_job, whole_number_from_environment
 
 
@@ -12,11 +15,6 @@ def checkpoint_interval(default: float) -> float:
 
 
 def train():
-    # Imported in the job: a fork server has them imported already.
-    from cifar_resnet.devices import claim_gpu
-    from cifar_resnet.run import CHECKPOINT_INTERVAL_SECONDS, Outputs, train_run
-    from cifar_resnet.runtime import share_compiled_code
-
     for derived in snakemake.params.derived:  # made from the model Snakemake removed
         Path(derived).unlink(missing_ok=True)
     share_compiled_code(Path(snakemake.params.compile_cache))

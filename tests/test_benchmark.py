@@ -10,7 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
-from cifar_resnet import runtime, train
+from cifar_resnet import train
 from cifar_resnet.benchmark.data import MEAN, STD, synthetic_cifar, synthetic_data
 from cifar_resnet.benchmark.jobs import run_concurrent_jobs
 from cifar_resnet.benchmark.modes import ALL_MODES, Mode, packing_mode
@@ -25,8 +25,8 @@ from cifar_resnet.benchmark.settings import load_settings
 from cifar_resnet.benchmark.tables import ratio_to_classical, sharing_comparison
 from cifar_resnet.benchmark.timing import Protocol
 from cifar_resnet.models import ModelSpec, build_model
-from cifar_resnet.optimizer import make_optimizer
-from cifar_resnet.train import train_step
+from cifar_resnet.runtime import Runtime
+from cifar_resnet.train import make_optimizer, train_step
 
 ROOT = Path(__file__).parents[1]
 CONFIG, SCHEMA = ROOT / "config" / "config.yaml", ROOT / "config" / "schema.yaml"
@@ -102,11 +102,11 @@ def test_a_mode_runs_where_the_trainer_applies_its_switches_so_only_eager_on_the
     on_cpu = {**SETTINGS.runtime, "switches_on_cpu": True}
     for name in ALL_MODES:
         assert Mode.parse(name).unavailable_on(cuda, SETTINGS.runtime) is None
-        switches = Mode.parse(name).runtime(SETTINGS.runtime, CPU)  # the trainer runs eager fp32 NCHW
-        with runtime.autocast(CPU, switches):
+        # The trainer runs eager fp32 NCHW.
+        switches = Runtime.resolve(Mode.parse(name).runtime(SETTINGS.runtime, CPU), CPU)
+        with switches.autocast():
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
-        assert runtime.memory_format(CPU, switches) == torch.contiguous_format
-        assert not runtime.uses_compile(CPU, switches)
+        assert switches.memory_format == torch.contiguous_format and not switches.compile
         graphs = Mode.parse(name).cuda_graphs  # the one switch that stays on CUDA under switches_on_cpu
         assert (Mode.parse(name).unavailable_on(CPU, on_cpu) is None) is not graphs, name
     assert ALL_MODES[0] == "eager" and Mode().unavailable_on(CPU, SETTINGS.runtime) is None
@@ -128,7 +128,7 @@ def test_ours_times_a_real_trainer_through_the_trainers_own_step_loop(train_step
     trainer = train_steps_calls[0][0]
     assert isinstance(trainer, train.Trainer) and all(call[0] is trainer for call in train_steps_calls)
     assert not trainer.show_progress and trainer.batch_size == 8 and trainer.steps_per_epoch == 8
-    assert trainer.runtime == {**SETTINGS.runtime, **Mode().switches(), "device": "cpu"}
+    assert trainer.runtime == Runtime.resolve({**SETTINGS.runtime, **Mode().switches(), "device": "cpu"}, CPU)
     assert trainer.recipe["optimizer"] == SETTINGS.recipe["optimizer"]
     assert trainer.first_step_seconds is not None  # the trainer timed its first step, as in a job
     too_long = Protocol(batch_size=8, steps=3, warmup_steps=1)
@@ -203,16 +203,17 @@ def test_packed_step_of_two_models_equals_two_ordinary_steps():
     separate = [build_model(ModelSpec(8)) for _ in range(2)]
     for copy, model in zip(separate, models, strict=True):
         copy.load_state_dict(model.state_dict())
-    run_time, optimizer_settings = Mode().runtime(SETTINGS.runtime, CPU), SETTINGS.recipe["optimizer"]
-    packed = PackedModels(models, CPU, run_time, optimizer_settings)
-    optimizers = [make_optimizer(model.parameters(), optimizer_settings, CPU, run_time) for model in separate]
+    run_time = Runtime.resolve(Mode().runtime(SETTINGS.runtime, CPU), CPU)
+    optimizer_settings = SETTINGS.recipe["optimizer"]
+    packed = PackedModels(models, run_time, optimizer_settings)
+    optimizers = [make_optimizer(model.parameters(), optimizer_settings, run_time) for model in separate]
     mean, std = torch.tensor(MEAN), torch.tensor(STD)
     images, labels = synthetic_cifar(2 * 2 * 8, seed=1)
     images, labels = images.view(2, 2, 8, 3, 32, 32), labels.view(2, 2, 8)
     for step in range(2):  # the second step exercises momentum
         losses, _ = packed.step(images[step], labels[step], mean, std)
         for k, (model, optimizer) in enumerate(zip(separate, optimizers, strict=True)):
-            loss, _ = train_step(model, optimizer, images[step, k], labels[step, k], mean, std, CPU, run_time)
+            loss, _ = train_step(model, optimizer, images[step, k], labels[step, k], mean, std, run_time)
             torch.testing.assert_close(losses[k], loss)
     for k, model in enumerate(separate):
         state = packed.state_dict_of(k)

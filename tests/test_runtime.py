@@ -5,10 +5,11 @@ falls, evaluation agrees with eager fp32, and a stopped run resumes to identical
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
-from test_train import one_thread, outputs, run  # noqa: F401  (one_thread: autouse, for bit-identity)
+from test_train import one_thread, outputs, run, trainer_of  # noqa: F401  (one_thread: autouse)
 
 from cifar_resnet import checkpoint, datasets
 from cifar_resnet import runtime as runtime_module
@@ -16,9 +17,18 @@ from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Split, evaluate_split
 from cifar_resnet.files import load_tensors, read_json
 from cifar_resnet.models import ModelSpec, build_model
-from cifar_resnet.optimizer import make_optimizer
 from cifar_resnet.run import train_run
-from cifar_resnet.train import build_trainer, train_step
+from cifar_resnet.runtime import Runtime
+from cifar_resnet.train import make_optimizer, train_step
+
+CPU = torch.device("cpu")
+EAGER_FP32 = {"compile": False, "bf16": False, "channels_last": False, "cuda_graphs": False}
+
+
+def runtime_config(**settings) -> dict:
+    """A ``runtime`` section: eager fp32 on the CPU, with ``settings``."""
+    config = {**EAGER_FP32, "device": "cpu", "deterministic": False, "switches_on_cpu": False}
+    return {**config, "eval_batch_size": 1000, **settings}
 
 
 @pytest.mark.parametrize(
@@ -28,40 +38,38 @@ from cifar_resnet.train import build_trainer, train_step
 def test_cuda_graphs_compile_reduce_overhead_and_mark_every_step(
     monkeypatch, device, compile, cuda_graphs, graphed
 ):
-    runtime = {"compile": compile, "cuda_graphs": cuda_graphs, "switches_on_cpu": True}
+    config = runtime_config(compile=compile, cuda_graphs=cuda_graphs, switches_on_cpu=True)
+    runtime = Runtime.resolve(config, torch.device(device))
     compile_modes, step_marks = [], []
     monkeypatch.setattr(torch, "compile", lambda model, mode, **_: compile_modes.append(mode) or model)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: step_marks.append(1))
-    runtime_module.compile_model(torch.nn.Identity(), runtime)
-    runtime_module.mark_cuda_graph_step(torch.device(device), runtime)
-    assert compile_modes == ["reduce-overhead" if cuda_graphs else "default"]
+    runtime.forward_of(torch.nn.Identity())
+    runtime.mark_step()
+    assert compile_modes == ["reduce-overhead" if graphed else "default"]
     assert step_marks == ([1] if graphed else [])
+    assert runtime.not_applied == (() if graphed or not cuda_graphs else ("cuda_graphs",))
 
 
 def test_with_cuda_graphs_every_training_step_and_evaluation_batch_is_marked(monkeypatch):
     marks = []
-    monkeypatch.setattr(runtime_module, "applies", lambda switch, device, runtime: runtime[switch])  # CUDA
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    runtime = {"compile": True, "cuda_graphs": True, "bf16": False, "channels_last": False}
-    runtime["switches_on_cpu"] = False
-    cpu = torch.device("cpu")
+    # As on CUDA under compile with CUDA graphs, but eager here: only the marks are counted.
+    runtime = replace(Runtime.resolve(runtime_config(eval_batch_size=4), CPU), cuda_graphs=True)
     model = build_model(ModelSpec(8))
     adam = {"name": "adam", "lr": 0.01, "weight_decay": 0}
-    optimizer = make_optimizer(model.parameters(), adam, cpu, runtime)
+    optimizer = make_optimizer(model.parameters(), adam, runtime)
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(6) % 10
     mean, std = torch.full((3,), 120.0), torch.full((3,), 60.0)
     for _ in range(2):
-        train_step(model, optimizer, images, labels, mean, std, cpu, runtime)
+        train_step(model, optimizer, images, labels, mean, std, runtime)
     assert len(marks) == 2
-    evaluate_split(model, Split(images, labels), mean, std, 4, cpu, runtime)
+    evaluate_split(model, Split(images, labels), mean, std, runtime)
     assert len(marks) == 4  # two evaluation batches of at most 4
 
 
 # --- the switches on the CPU (runtime.switches_on_cpu): the code a GPU job runs ------------------
 
-CPU = torch.device("cpu")
-EAGER_FP32 = {"compile": False, "bf16": False, "channels_last": False, "cuda_graphs": False}
 # Evaluation under the switches against eager fp32 on the same weights, over the 80 validation images:
 # bf16 keeps 8 bits of mantissa, so the loss may move by a few per cent; fp32 compiled code reorders
 # sums only; on CUDA, fp32 convolutions run in TF32 (10 bits) in both.
@@ -86,11 +94,9 @@ def eager_fp32_validation(config, prepared, folder):
     """The validation loss and accuracy of ``folder``'s model, evaluated eagerly in fp32."""
     eager = {**config, "runtime": {**config["runtime"], **EAGER_FP32, "switches_on_cpu": False}}
     data = datasets.load_prepared(prepared, splits=("train", "val"))
-    trainer, _ = build_trainer(eager, data, None)
+    trainer = trainer_of(eager, data)
     trainer.model.load_state_dict(load_tensors(folder / "model.pt"))
-    result = evaluate_split(
-        trainer.model, trainer.val, trainer.mean, trainer.std, 32, trainer.device, eager["runtime"]
-    )
+    result = evaluate_split(trainer.model, trainer.val, trainer.mean, trainer.std, trainer.runtime)
     return result.loss, result.accuracy
 
 
@@ -109,17 +115,17 @@ def check_trained_and_evaluated(config, prepared, folder, precision):
 def test_without_switches_on_cpu_the_cpu_trains_eager_fp32_nchw_with_the_foreach_optimizer(study, prepared):
     config = run(study, "paper", depth=8)
     config["runtime"].update(compile=True, bf16=True, channels_last=True, switches_on_cpu=False)
-    trainer, _ = build_trainer(config, datasets.load_prepared(prepared), None)
+    trainer = trainer_of(config, datasets.load_prepared(prepared))
     assert trainer.forward is trainer.model and trainer.optimizer.defaults["foreach"]
     assert trainer.model.backbone[0].weight.is_contiguous()
-    ran = runtime_module.execution(CPU, config["runtime"], trainer.optimizer)
+    ran = trainer.runtime.execution(trainer.optimizer)
     assert ran["applied"] == [] and ran["not_applied"] == ["compile", "bf16", "channels_last"]
     assert ran["optimizer"] == "foreach"
 
 
 def test_under_switches_on_cpu_bf16_channels_last_and_the_fused_optimizer_act_on_the_cpu(study, prepared):
     config = switched(study, bf16=True, channels_last=True)
-    trainer, _ = build_trainer(config, datasets.load_prepared(prepared), None)
+    trainer = trainer_of(config, datasets.load_prepared(prepared))
     assert trainer.optimizer.defaults["fused"]
     formats = []
     for block in trainer.model.backbone:  # every activation stays NHWC, none falls back to NCHW
@@ -129,16 +135,13 @@ def test_under_switches_on_cpu_bf16_channels_last_and_the_fused_optimizer_act_on
             )
         )
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    with runtime_module.autocast(CPU, config["runtime"]):
-        logits = trainer.forward(
-            (images.float() / 255).contiguous(
-                memory_format=runtime_module.memory_format(CPU, config["runtime"])
-            )
-        )
+    with trainer.runtime.autocast():
+        channels_last_images = (images.float() / 255).contiguous(memory_format=trainer.runtime.memory_format)
+        logits = trainer.forward(channels_last_images)
     assert (
         logits.dtype == torch.bfloat16 and all(formats[:-1]) and len(formats) == len(trainer.model.backbone)
     )
-    ran = runtime_module.execution(CPU, config["runtime"], trainer.optimizer)
+    ran = trainer.runtime.execution(trainer.optimizer)
     assert ran["applied"] == ["bf16", "channels_last"] and ran["optimizer"] == "fused"
 
 
@@ -222,7 +225,7 @@ def test_a_failing_compilation_stops_the_run_in_one_sentence_instead_of_training
             print("a graph break")  # fullgraph=True refuses it
             return x
 
-    forward = runtime_module.compile_model(Untraceable(), switched(study, compile=True)["runtime"])
+    forward = runtime_module.CompiledForward(Untraceable(), cuda_graphs=False)
     with pytest.raises(StudyError, match=r"^torch.compile failed \(\w+: .*\); set runtime.compile to false"):
         forward(torch.zeros(2))
 

@@ -19,6 +19,7 @@ from cifar_resnet.evaluate import Evaluation, evaluate_run
 from cifar_resnet.files import load_tensors, read_json
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.run import Outputs, train_run
+from cifar_resnet.runtime import Runtime
 from cifar_resnet.selection import Monitor
 from cifar_resnet.train import build_trainer
 
@@ -275,13 +276,20 @@ def test_resume_file_of_another_config_is_not_used(study, prepared, tmp_path, ca
     assert summary["iterations"] == 3
 
 
+def trainer_of(config: dict, data: dict):
+    """The trainer a training job builds for ``config`` on ``data``, without a pretrained backbone."""
+    return build_trainer(config, data, None, Runtime.start(config["runtime"]))[0]
+
+
 def test_a_resume_file_of_another_optimizer_version_is_not_used(study, prepared, tmp_path, caplog):
-    """A resume state that torch.optim's optimizer wrote for the same configuration (this code before its
-    own optimizer): refused before the model is touched, and the run trains from the start."""
+    """A resume state with the optimizer state that this code's own optimizer wrote before it used
+    torch.optim, for the same configuration: refused before the model is touched, and the run trains
+    from the start."""
     config = run(study, "paper", duration=20)
     train(config, prepared, tmp_path / "clean")
-    trainer, _ = build_trainer(config, datasets.load_prepared(prepared, splits=("train", "val")), None)
-    foreign = torch.optim.SGD(trainer.model.parameters(), lr=0.1, momentum=0.9).state_dict()
+    trainer = trainer_of(config, datasets.load_prepared(prepared, splits=("train", "val")))
+    own = [{"momentum_buffer": torch.zeros_like(parameter)} for parameter in trainer.model.parameters()]
+    foreign = {"name": "sgd", "state": own}
     stale = {"config_hash": run_module.config_hash(config), "epoch": 1, "optimizer": foreign}
     torch.save({**stale, "model": {}}, tmp_path / "resume.pt")
     summary = train(config, prepared, tmp_path)
@@ -374,13 +382,14 @@ def test_the_resume_state_is_saved_once_the_checkpoint_interval_has_passed(
 def test_the_recipe_reaches_the_optimizer_and_the_initialisation(prepared):
     study = load_study(study_config(), SCHEMA)  # the paper's recipe, not the demo's shortened one
     data = datasets.load_prepared(prepared)
-    paper, _ = build_trainer(study.run_config(Run("demo", "paper", 20, 0)), data, None)
+    paper = trainer_of(study.run_config(Run("demo", "paper", 20, 0)), data)
     settings = paper.optimizer.defaults
-    assert (settings["name"], settings["momentum"], settings["weight_decay"]) == ("sgd", 0.9, 1e-4)
-    assert not settings["nesterov"] and paper.optimizer.param_groups[0]["lr"] == 0.1
+    assert isinstance(paper.optimizer, torch.optim.SGD)
+    assert (settings["momentum"], settings["weight_decay"], settings["nesterov"]) == (0.9, 1e-4, False)
+    assert paper.optimizer.param_groups[0]["lr"] == 0.1
     assert paper.schedule.at(0) == 0.1 and paper.batch_size == 128
-    nadam, _ = build_trainer(study.run_config(Run("demo", "nadam", 20, 0)), data, None)
-    assert nadam.optimizer.defaults["name"] == "nadam"
+    nadam = trainer_of(study.run_config(Run("demo", "nadam", 20, 0)), data)
+    assert isinstance(nadam.optimizer, torch.optim.NAdam) and nadam.optimizer.defaults["foreach"]
     # He initialisation: std sqrt(2 / fan_in) for the last stage's 3x3 convolutions (fan_in 576)
     weights = torch.cat(
         [m.weight.flatten() for m in paper.model.modules() if getattr(m, "in_channels", 0) == 64]
@@ -427,11 +436,9 @@ def test_a_tie_is_no_improvement():
     assert monitor.epochs_without_improvement == 1
 
 
-@pytest.mark.parametrize("variant", ["paper", "nadam"])
-def test_a_cpu_training_job_imports_neither_torch_dynamo_nor_torchvision(study, prepared, tmp_path, variant):
-    """Each costs about a second of a job that trains for five: torch._dynamo, which constructing a
-    torch.optim optimizer or reading the compile counters imports, and torchvision, for its version."""
-    (tmp_path / "run.json").write_text(json.dumps(run(study, variant)))
+def test_a_training_job_does_not_import_torchvision(study, prepared, tmp_path):
+    """Which it would for its version, which its metadata gives without the import (docs/benchmark.md)."""
+    (tmp_path / "run.json").write_text(json.dumps(run(study, "paper")))
     program = """
 import json, sys
 from pathlib import Path
@@ -439,9 +446,9 @@ from cifar_resnet.run import Outputs, train_run
 config, prepared, folder = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), Path(sys.argv[3])
 train_run(config, prepared, Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json"),
           folder / "resume.pt")
-print(json.dumps([name for name in ("torch._dynamo", "torchvision") if name in sys.modules]))
+print(json.dumps("torchvision" in sys.modules))
 """
     arguments = [str(tmp_path / "run.json"), str(prepared), str(tmp_path)]
     ran = subprocess.run([sys.executable, "-c", program, *arguments], capture_output=True, text=True)
     assert ran.returncode == 0, ran.stderr
-    assert json.loads(ran.stdout) == [] and (tmp_path / "train.json").exists()
+    assert json.loads(ran.stdout) is False and (tmp_path / "train.json").exists()

@@ -130,20 +130,6 @@ def test_demo_produces_every_output(demo_run):
     assert (workdir / "README.md").read_text() == (ROOT / "README.md").read_text()  # demo never splices
 
 
-def test_the_jobs_after_training_ran_forked_from_the_workflows_fork_server(demo_run):
-    """The server is ready seconds after the workflow starts (it imports torch and the exporter), so
-    the early jobs may run themselves; every job after a training runs in a forked process."""
-    workdir, _ = demo_run
-    logs = [
-        log
-        for stage in ("evaluate", "export", "latency")
-        for log in (workdir / "results/demo/logs").glob(f"{stage}/**/*.log")
-    ]
-    assert len(logs) == 3 * len(TINY["study"]["variants"])
-    for log in logs:
-        assert "forked from the workflow's fork server" in log.read_text(), log
-
-
 def test_every_deployed_model_is_the_evaluated_one(demo_run):
     workdir, _ = demo_run
     for variant in TINY["study"]["variants"]:

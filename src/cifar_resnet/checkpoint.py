@@ -1,7 +1,7 @@
-"""Checkpoints a run reads and writes besides its outputs: the resume state, everything a restarted job
-needs to continue bit-identically after its last saved epoch (one dict in one file, written atomically
-and refused when it belongs to another configuration), and the pretrained backbone a fine-tuning run
-starts from."""
+"""Checkpoints: the resume state, everything a restarted job needs to continue bit-identically after its
+last saved epoch (one dict in one file, written atomically and refused when it belongs to another
+configuration), the pretrained backbone a fine-tuning run starts from, and a trained run's selected
+model as evaluation and deployment load it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import load_checkpoint, load_tensors, save_tensors
+from cifar_resnet.files import check_json, load_checkpoint, load_tensors, save_tensors
+from cifar_resnet.models import CifarResNet, ModelSpec, build_model
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,15 @@ def read_resume_state(path: Path, expected_hash: str) -> dict | None:
 
 def restore(state: dict, model, optimizer, schedule, monitors: dict) -> None:
     """Put the saved state of ``save_resume_state`` back into the objects it came from; the optimizer's
-    first, which refuses (StudyError) a state it did not write before anything has changed."""
-    optimizer.load_state_dict(state["optimizer"])
+    first, refused (StudyError) before anything has changed when it is not a torch.optim state of this
+    optimizer (an earlier version of this code kept its own)."""
+    try:  # torch.optim checks the groups before it changes anything
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, ValueError) as error:
+        raise StudyError(
+            f"its optimizer state is not a torch.optim state of this run's {type(optimizer).__name__} "
+            f"({type(error).__name__}: {error})"
+        ) from None
     model.load_state_dict(state["model"])
     schedule.load_state_dict(state["schedule"])
     for name, monitor in monitors.items():
@@ -75,3 +83,12 @@ def load_pretrained_backbone(model, checkpoint_path: Path, freeze: bool) -> None
     if freeze:
         model.backbone.requires_grad_(False)
     log.info("backbone initialised from %s%s", checkpoint_path, " and frozen" if freeze else "")
+
+
+def load_trained_run(train_summary: Path, model_path: Path, num_classes: int) -> tuple[dict, CifarResNet]:
+    """A trained run's configuration (from its ``train.json``) and its selected model (``model.pt``), on
+    the CPU in eval mode."""
+    run_config = check_json(train_summary, ("config",))["config"]
+    model = build_model(ModelSpec.for_run(run_config, num_classes))
+    model.load_state_dict(load_checkpoint(model_path))
+    return run_config, model.eval()

@@ -13,17 +13,10 @@ import torch.nn.functional as F
 
 from cifar_resnet import datasets
 from cifar_resnet.augment import normalize
-from cifar_resnet.files import check_json, load_checkpoint, write_json
-from cifar_resnet.models import ModelSpec, build_model, count_parameters
-from cifar_resnet.runtime import (
-    autocast,
-    configure_backends,
-    mark_cuda_graph_step,
-    memory_format,
-    pads_last_batch,
-    select_device,
-    to_device,
-)
+from cifar_resnet.checkpoint import load_trained_run
+from cifar_resnet.files import write_json
+from cifar_resnet.models import count_parameters
+from cifar_resnet.runtime import Runtime
 from cifar_resnet.timings import process_age, work_timings
 
 log = logging.getLogger(__name__)
@@ -43,23 +36,23 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate_split(model, split: Split, mean, std, batch_size: int, device, runtime) -> Evaluation:
-    """Loss, accuracy and predictions over a whole split, in large batches, one host sync at the end.
-    Where the runtime says so, the last batch is padded to the others' size and the padding's logits
-    dropped (in eval mode each image's logits depend on that image alone)."""
+def evaluate_split(model, split: Split, mean, std, runtime: Runtime) -> Evaluation:
+    """Loss, accuracy and predictions over a whole split, in batches of the runtime's evaluation batch
+    size, one host sync at the end. Under compile the last batch is padded to the others' size and the
+    padding's logits dropped (in eval mode each image's logits depend on that image alone): static
+    shapes would compile again for it, and CUDA graphs record again (docs/benchmark.md)."""
     model.eval()
-    loss_sum = torch.zeros((), device=device)
+    loss_sum = torch.zeros((), device=runtime.device)
     predictions = torch.empty_like(split.labels)
-    batch_size = min(batch_size, len(split.labels))
-    pad = pads_last_batch(device, runtime)
+    batch_size = min(runtime.eval_batch_size, len(split.labels))
     for start in range(0, len(split.labels), batch_size):
         images = normalize(split.images[start : start + batch_size], mean, std)
         labels = split.labels[start : start + batch_size]
-        if pad and len(labels) < batch_size:
+        if runtime.compile and len(labels) < batch_size:
             images = F.pad(images, (0, 0, 0, 0, 0, 0, 0, batch_size - len(labels)))
-        mark_cuda_graph_step(device, runtime)
-        with autocast(device, runtime):
-            logits = model(images.contiguous(memory_format=memory_format(device, runtime)))[: len(labels)]
+        runtime.mark_step()
+        with runtime.autocast():
+            logits = model(images.contiguous(memory_format=runtime.memory_format))[: len(labels)]
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         predictions[start : start + batch_size] = logits.argmax(1)
     correct = (predictions == split.labels).sum()
@@ -95,28 +88,21 @@ def macs_per_image(model: torch.nn.Module) -> int:
 
 def evaluate_run(train_summary: Path, model_path: Path, prepared: Path, output: Path) -> dict:
     started, startup = time.perf_counter(), process_age()
-    run_config = check_json(train_summary, ("config",))["config"]
-    runtime = run_config["runtime"]
     data = datasets.load_prepared(prepared, splits=("test",))
-    spec = ModelSpec.for_run(run_config, data["num_classes"])
-    model = build_model(spec)
-    model.load_state_dict(load_checkpoint(model_path))
+    run_config, model = load_trained_run(train_summary, model_path, data["num_classes"])
     params = count_parameters(model, trainable_only=False)
     macs = macs_per_image(model)
 
-    device = select_device(runtime["device"])
-    configure_backends(device, runtime)
-    model = to_device(model, device, runtime)
+    runtime = Runtime.start(run_config["runtime"])
+    device = runtime.device
+    model = runtime.to_device(model)
     test = Split(data["test_images"].to(device), data["test_labels"].to(device))
     mean, std = data["mean"].to(device), data["std"].to(device)
-    batch_size = runtime["eval_batch_size"]
-    if (
-        device.type == "cuda"
-    ):  # one batch first: CUDA's lazy start and cuDNN's autotuning stay out of the timing
-        first_batch = Split(test.images[:batch_size], test.labels[:batch_size])
-        evaluate_split(model, first_batch, mean, std, batch_size, device, runtime)
+    if device.type == "cuda":  # one batch first: CUDA's lazy start and cuDNN's autotuning stay untimed
+        size = runtime.eval_batch_size
+        evaluate_split(model, Split(test.images[:size], test.labels[:size]), mean, std, runtime)
     inference_started = time.perf_counter()
-    result = evaluate_split(model, test, mean, std, batch_size, device, runtime)
+    result = evaluate_split(model, test, mean, std, runtime)
     seconds = time.perf_counter() - inference_started
 
     classes = data["num_classes"]

@@ -19,7 +19,7 @@ from cifar_resnet.errors import StudyError
 from cifar_resnet.files import atomic_output, save_tensors, write_json
 from cifar_resnet.models import ModelSpec
 from cifar_resnet.provenance import describe_device, git_commit, versions
-from cifar_resnet.runtime import compile_counts, execution
+from cifar_resnet.runtime import Runtime, compile_counts
 from cifar_resnet.selection import Monitor, monitors_of, watch
 from cifar_resnet.timings import ProcessTimes, describe_timings, process_age
 from cifar_resnet.train import Trainer, build_trainer, train_epoch
@@ -65,7 +65,7 @@ def train_run(
     times = ProcessTimes(startup=process_age())
     training = run_config["recipe"]["training"]
     data = datasets.load_prepared(prepared, splits=("train", "val"))
-    trainer, spec = build_trainer(run_config, data, pretrained)
+    trainer, spec = build_trainer(run_config, data, pretrained, Runtime.start(run_config["runtime"]))
     times.setup = time.perf_counter() - started
     monitors = monitors_of(training)
     progress = resume(trainer, monitors, resume_file, config_hash(run_config))
@@ -196,7 +196,7 @@ def write_outputs(
         "images_per_s": statistics.median([row["images_per_s"] for row in progress["history"]]),
         "device": describe_device(trainer.device),
         "execution": {
-            **execution(trainer.device, trainer.runtime, trainer.optimizer),
+            **trainer.runtime.execution(trainer.optimizer),
             **compile_counts(),
         },
         "threads": torch.get_num_threads(),

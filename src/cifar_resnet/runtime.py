@@ -1,24 +1,21 @@
-"""Where and how a model runs: the device, its backend settings, bf16 autocast, the memory format,
-torch.compile, CUDA graph replay and the optimizer's implementation. The trainer, the evaluation and
-the benchmark all take these decisions here, so a switch means the same thing in each. Every switch
-acts on CUDA; bf16, channels_last, compilation and the fused optimizer act on the CPU too when
-``runtime.switches_on_cpu`` says so (tests run the code a GPU job runs that way), and CUDA graphs act
-on CUDA only."""
+"""Where and how a model runs, decided once per job: ``Runtime`` holds the device and what the config's
+``runtime`` section means there (bf16 autocast, memory format, torch.compile, CUDA graph replay, the
+optimizer's fused kernels). The trainer, the evaluation and the benchmark take the same object, so a
+switch means the same thing in each. Every switch acts on CUDA; bf16, channels_last, compile and the
+fused optimizer act on the CPU too when ``runtime.switches_on_cpu`` says so (tests run the code a GPU
+job runs that way), and CUDA graphs act on CUDA, under compile, only."""
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from cifar_resnet.errors import StudyError
-
-if TYPE_CHECKING:  # the optimizer module builds on this one
-    from cifar_resnet.optimizer import Optimizer
 
 log = logging.getLogger(__name__)
 
@@ -46,72 +43,120 @@ def select_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def configure_backends(device: torch.device, runtime: dict) -> None:
-    if device.type != "cuda":
-        return
-    if runtime["deterministic"]:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # Set either way: the setting is global, and a process that builds several trainers (the benchmark,
-    # the tests) must not keep an earlier one's.
-    torch.use_deterministic_algorithms(runtime["deterministic"])
-    torch.backends.cudnn.benchmark = not runtime["deterministic"]
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+def applied_switches(config: dict, device: torch.device) -> tuple[str, ...]:
+    """The switches of the ``runtime`` section ``config`` that change what runs on ``device``."""
+    acting = switches_act_on(config, device)
+    compiled = acting and config["compile"]
+    return tuple(
+        switch
+        for switch in SWITCHES
+        if config[switch] and (compiled and device.type == "cuda" if switch == "cuda_graphs" else acting)
+    )
 
 
-def switches_act_on(device: torch.device, runtime: dict) -> bool:
+def switches_act_on(config: dict, device: torch.device) -> bool:
     """Whether bf16, channels_last, compile and the fused optimizer act on ``device``."""
-    return device.type == "cuda" or (device.type == "cpu" and runtime["switches_on_cpu"])
+    return device.type == "cuda" or (device.type == "cpu" and config["switches_on_cpu"])
 
 
-def applies(switch: str, device: torch.device, runtime: dict) -> bool:
-    """Whether ``runtime``'s ``switch`` (one of ``SWITCHES``) changes what runs on ``device``: each acts
-    on CUDA, all but CUDA graphs on the CPU under ``switches_on_cpu``, and CUDA graphs only under
-    compile."""
-    if switch == "cuda_graphs":
-        return device.type == "cuda" and applies("compile", device, runtime) and runtime["cuda_graphs"]
-    return switches_act_on(device, runtime) and runtime[switch]
+@dataclass(frozen=True)
+class Runtime:
+    """What a job's model runs with on its device, each switch already decided for that device."""
 
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # bf16 autocast, or none
+    memory_format: torch.memory_format
+    compile: bool
+    cuda_graphs: bool
+    fused_optimizer: bool  # fused kernels where the optimizer has them, else foreach
+    deterministic: bool  # deterministic CUDA kernels; the CPU always is
+    eval_batch_size: int
+    not_applied: tuple[str, ...]  # switches the config turns on that do not act on this device
 
-def inactive_switches(device: torch.device, runtime: dict) -> list[str]:
-    """The switches ``runtime`` turns on that do not act on ``device``: with them, a run there is the
-    same run as without them."""
-    return [switch for switch in SWITCHES if runtime[switch] and not applies(switch, device, runtime)]
+    @classmethod
+    def resolve(cls, config: dict, device: torch.device) -> Runtime:
+        """The runtime of the config's ``runtime`` section on ``device``."""
+        applied = applied_switches(config, device)
+        return cls(
+            device=device,
+            autocast_dtype=torch.bfloat16 if "bf16" in applied else None,
+            memory_format=torch.channels_last if "channels_last" in applied else torch.contiguous_format,
+            compile="compile" in applied,
+            cuda_graphs="cuda_graphs" in applied,
+            fused_optimizer=switches_act_on(config, device),
+            deterministic=config["deterministic"] and device.type == "cuda",
+            eval_batch_size=config["eval_batch_size"],
+            not_applied=tuple(s for s in SWITCHES if config[s] and s not in applied),
+        )
 
+    @classmethod
+    def start(cls, config: dict) -> Runtime:
+        """A job's runtime: the device its config asks for, with that device's backends configured."""
+        runtime = cls.resolve(config, select_device(config["device"]))
+        runtime.configure_backends()
+        return runtime
 
-def autocast(device: torch.device, runtime: dict):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=applies("bf16", device, runtime))
+    @property
+    def applied(self) -> list[str]:
+        flags = {"compile": self.compile, "bf16": self.autocast_dtype is not None}
+        flags |= {"channels_last": self.memory_format == torch.channels_last, "cuda_graphs": self.cuda_graphs}
+        return [switch for switch in SWITCHES if flags[switch]]
 
+    def configure_backends(self) -> None:
+        if self.device.type != "cuda":
+            return
+        if self.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # Set either way: the setting is global, and a process that builds several trainers (the
+        # benchmark, the tests) must not keep an earlier one's.
+        torch.use_deterministic_algorithms(self.deterministic)
+        torch.backends.cudnn.benchmark = not self.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
-def memory_format(device: torch.device, runtime: dict) -> torch.memory_format:
-    return torch.channels_last if applies("channels_last", device, runtime) else torch.contiguous_format
+    def autocast(self) -> AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_dtype is not None)
 
+    def to_device(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(device=self.device, memory_format=self.memory_format)
 
-def to_device(model: torch.nn.Module, device: torch.device, runtime: dict) -> torch.nn.Module:
-    return model.to(device=device, memory_format=memory_format(device, runtime))
+    def forward_of(self, model):
+        """What the trainer and the evaluation call: ``model`` (a module or a function) itself, or
+        compiled where the runtime says so."""
+        return CompiledForward(model, self.cuda_graphs) if self.compile else model
 
+    def mark_step(self) -> None:
+        """Tell CUDA graph replay that a new step begins: the previous step's outputs, which live in the
+        graphs' memory pool, may now be overwritten."""
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
 
-def uses_compile(device: torch.device, runtime: dict) -> bool:
-    return applies("compile", device, runtime)
+    def synchronize(self) -> None:
+        synchronize(self.device)
 
-
-def optimizer_implementation(device: torch.device, runtime: dict, fusable: bool) -> dict:
-    """The keyword that picks the optimizer's implementation: fused kernels where the switches act and
-    the optimizer has them (``fusable``), else foreach."""
-    return {"fused": True} if fusable and switches_act_on(device, runtime) else {"foreach": True}
+    def execution(self, optimizer: torch.optim.Optimizer) -> dict:
+        """What the config switched on and what actually ran, as a job logs it and records it in
+        ``train.json``."""
+        return {
+            "device": self.device.type,
+            "applied": self.applied,
+            "not_applied": list(self.not_applied),
+            "deterministic": self.deterministic,
+            "optimizer": "fused" if optimizer.defaults.get("fused") else "foreach",
+        }
 
 
 class CompiledForward(torch.nn.Module):
     """``model`` (a module or a function) under torch.compile (Inductor; with CUDA graphs when
-    ``runtime`` asks for them) as one whole graph per mode, with static shapes. A compilation that
-    fails, or a graph break, raises StudyError: a run whose config says compile never trains eagerly
-    under that name."""
+    ``cuda_graphs``) as one whole graph per mode, with static shapes. A compilation that fails, or a
+    graph break, raises StudyError: a run whose config says compile never trains eagerly under that
+    name."""
 
-    def __init__(self, model, runtime: dict):
+    def __init__(self, model, cuda_graphs: bool):
         super().__init__()
         import torch._dynamo.exc  # here, not per call: forward runs every training step
 
-        mode = "reduce-overhead" if runtime["cuda_graphs"] else "default"
+        mode = "reduce-overhead" if cuda_graphs else "default"
         self.compiled = torch.compile(model, mode=mode, fullgraph=True, dynamic=False)
         self.compile_error = torch._dynamo.exc.TorchDynamoException
 
@@ -126,58 +171,9 @@ class CompiledForward(torch.nn.Module):
             ) from error
 
 
-def share_compiled_code(folder: Path) -> None:
-    """Keep Inductor's compiled code (its FX-graph and AOTAutograd caches) in ``folder``, which every
-    job of a workflow shares, so that a job whose graphs another job compiled loads them instead of
-    compiling again. Call before the first compilation, where Inductor reads the folder; it reads the
-    two switches, which force what is already torch's default, when first imported (in a forked job,
-    by the fork server)."""
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(folder).resolve())
-    os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
-    os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] = "1"
-
-
-def compile_model(model, runtime: dict) -> CompiledForward:
-    return CompiledForward(model, runtime)
-
-
-def pads_last_batch(device: torch.device, runtime: dict) -> bool:
-    """Whether an evaluation pads its last, smaller batch to the full size: a compiled forward has
-    static shapes and would compile again for it (and CUDA graphs record again), which costs more than
-    the padded images (docs/benchmark.md)."""
-    return uses_compile(device, runtime)
-
-
-def forward_of(model: torch.nn.Module, device: torch.device, runtime: dict):
-    """What the trainer and the evaluation call: ``model`` itself, or compiled where the runtime says so."""
-    return compile_model(model, runtime) if uses_compile(device, runtime) else model
-
-
-def compile_counts() -> dict:
-    """What torch.compile did in this process: the graphs it compiled (train and eval mode are one
-    each; more means recompilation) and the graphs Inductor ran without the CUDA graphs it was asked
-    for (it logs why)."""
-    if "torch._dynamo" not in sys.modules:  # nothing was compiled; importing it to say so costs 0.9 s
-        return {"compiled_graphs": 0, "cuda_graph_skips": 0}
-    from torch._dynamo.utils import counters
-
-    return {
-        "compiled_graphs": counters["stats"]["unique_graphs"],
-        "cuda_graph_skips": counters["inductor"]["cudagraph_skips"],
-    }
-
-
-def execution(device: torch.device, runtime: dict, optimizer: Optimizer) -> dict:
-    """What ``runtime`` switched on and what actually ran on ``device``, as a job logs it and records it
-    in ``train.json``."""
-    implementations = [name for name in ("fused", "foreach") if optimizer.defaults.get(name)]
-    return {
-        "device": device.type,
-        "applied": [switch for switch in SWITCHES if applies(switch, device, runtime)],
-        "not_applied": inactive_switches(device, runtime),
-        "deterministic": runtime["deterministic"] and device.type == "cuda",
-        "optimizer": implementations[0] if implementations else "for-loop",
-    }
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def describe_execution(ran: dict) -> str:
@@ -190,13 +186,20 @@ def describe_execution(ran: dict) -> str:
     return text
 
 
-def mark_cuda_graph_step(device: torch.device, runtime: dict) -> None:
-    """Tell CUDA graph replay that a new step begins: the previous step's outputs, which live in the
-    graphs' memory pool, may now be overwritten."""
-    if applies("cuda_graphs", device, runtime):
-        torch.compiler.cudagraph_mark_step_begin()
+def share_compiled_code(folder: Path) -> None:
+    """Keep Inductor's compiled code (its FX-graph and AOTAutograd caches, both on by default) in
+    ``folder``, which every job of a workflow shares, so that a job whose graphs another job compiled
+    loads them instead of compiling again. Inductor reads the folder at the first compilation."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(folder).resolve())
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def compile_counts() -> dict:
+    """What torch.compile did in this process: the graphs it compiled (train and eval mode are one
+    each; more means recompilation) and the graphs Inductor ran without the CUDA graphs it was asked
+    for (it logs why)."""
+    from torch._dynamo.utils import counters  # imported already: torch.optim imports torch._dynamo
+
+    return {
+        "compiled_graphs": counters["stats"]["unique_graphs"],
+        "cuda_graph_skips": counters["inductor"]["cudagraph_skips"],
+    }

@@ -10,14 +10,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cifar_resnet import forkserver
-
 
 @dataclass
 class ProcessTimes:
     """Where this process's time went, in seconds. A resumed run's earlier processes are not included."""
 
-    startup: float | None  # the job's process start to train_run: interpreter, preamble, imports or hand-over
+    startup: float | None  # the job's process start to train_run: interpreter, preamble, imports
     setup: float = 0.0  # device, data onto the device, model, optimizer
     training: float = 0.0  # the epochs' step loops, this process's first step included
     validation: float = 0.0
@@ -82,11 +80,10 @@ def describe_timings(timings: dict) -> str:
 
 
 def process_age() -> float | None:
-    """Seconds since the job's process started (the one Snakemake started, also where the fork server
-    runs the job), from Linux's /proc (clock ticks, so 10 ms steps); None where that is unavailable."""
-    process = forkserver.job_process or "self"
+    """Seconds since this process started, from Linux's /proc (clock ticks, so 10 ms steps); None where
+    that is unavailable."""
     try:
-        after_name = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
         started_after_boot = int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
         uptime = float(Path("/proc/uptime").read_text().split()[0])
     except (OSError, ValueError, IndexError):

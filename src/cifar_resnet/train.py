@@ -21,19 +21,7 @@ from cifar_resnet.augment import augment, normalize
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Split, evaluate_split
 from cifar_resnet.models import CifarResNet, ModelSpec, build_model
-from cifar_resnet.optimizer import Optimizer, make_optimizer
-from cifar_resnet.runtime import (
-    autocast,
-    configure_backends,
-    describe_execution,
-    execution,
-    forward_of,
-    mark_cuda_graph_step,
-    memory_format,
-    select_device,
-    synchronize,
-    to_device,
-)
+from cifar_resnet.runtime import Runtime, describe_execution
 from cifar_resnet.schedule import LearningRate
 
 log = logging.getLogger(__name__)
@@ -45,21 +33,24 @@ class Trainer:
 
     model: CifarResNet
     forward: Callable  # the model, compiled where enabled
-    optimizer: Optimizer
+    optimizer: torch.optim.Optimizer
     schedule: LearningRate
     train: Split
     val: Split
     mean: torch.Tensor
     std: torch.Tensor
     recipe: dict
-    runtime: dict
-    device: torch.device
+    runtime: Runtime
     seed: int
     frozen: bool
     steps_per_epoch: int
     total_iterations: int
     show_progress: bool  # a step counter on the terminal, when there is one
     first_step_seconds: float | None = None  # this process's first step: compilation, autotuning
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
 
     @property
     def batch_size(self) -> int:
@@ -70,13 +61,26 @@ class Trainer:
         return math.ceil(self.total_iterations / self.steps_per_epoch)
 
 
-def build_trainer(run_config: dict, data: dict, pretrained: Path | None) -> tuple[Trainer, ModelSpec]:
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "nadam": torch.optim.NAdam}
+
+
+def make_optimizer(parameters, settings: dict, runtime: Runtime) -> torch.optim.Optimizer:
+    """The recipe's optimizer (``settings``), with fused kernels where the runtime allows them and the
+    optimizer has them (NAdam has none), else foreach."""
+    hyper = {"lr": settings["lr"], "weight_decay": settings["weight_decay"]}
+    if settings["name"] == "sgd":
+        hyper |= {"momentum": settings["momentum"], "nesterov": settings["nesterov"]}
+    fused = runtime.fused_optimizer and settings["name"] != "nadam"
+    return OPTIMIZERS[settings["name"]](parameters, **hyper, **{"fused" if fused else "foreach": True})
+
+
+def build_trainer(
+    run_config: dict, data: dict, pretrained: Path | None, runtime: Runtime
+) -> tuple[Trainer, ModelSpec]:
     """The trainer of ``run_config`` on ``data`` (``datasets.load_prepared``'s train and val splits,
-    on the CPU), its backbone loaded from ``pretrained`` where the recipe asks for it."""
-    recipe, runtime = run_config["recipe"], run_config["runtime"]
+    on the CPU) with ``runtime``, its backbone loaded from ``pretrained`` where the recipe asks for it."""
+    recipe, device = run_config["recipe"], runtime.device
     training = recipe["training"]
-    device = select_device(runtime["device"])
-    configure_backends(device, runtime)
     train = Split(data["train_images"].to(device), data["train_labels"].to(device))
     steps_per_epoch = len(train.labels) // training["batch_size"]
     if steps_per_epoch == 0:
@@ -86,15 +90,15 @@ def build_trainer(run_config: dict, data: dict, pretrained: Path | None) -> tupl
         )
     torch.manual_seed(run_config["seed"])
     spec = ModelSpec.for_run(run_config, data["num_classes"])
-    model = to_device(build_model(spec), device, runtime)
+    model = runtime.to_device(build_model(spec))
     frozen = bool(recipe.get("pretrained") and recipe["pretrained"]["freeze_backbone"])
     if pretrained is not None:
         checkpoint.load_pretrained_backbone(model, pretrained, frozen)
     trainer = Trainer(
         model=model,
-        forward=forward_of(model, device, runtime),
+        forward=runtime.forward_of(model),
         optimizer=make_optimizer(
-            [p for p in model.parameters() if p.requires_grad], recipe["optimizer"], device, runtime
+            [p for p in model.parameters() if p.requires_grad], recipe["optimizer"], runtime
         ),
         schedule=LearningRate(recipe, run_config["depth"], steps_per_epoch),
         train=train,
@@ -103,23 +107,22 @@ def build_trainer(run_config: dict, data: dict, pretrained: Path | None) -> tupl
         std=data["std"].to(device),
         recipe=recipe,
         runtime=runtime,
-        device=device,
         seed=run_config["seed"],
         frozen=frozen,
         steps_per_epoch=steps_per_epoch,
         total_iterations=training["duration"] * (steps_per_epoch if training["unit"] == "epochs" else 1),
         show_progress=sys.stderr.isatty(),
     )
-    log.info("%s", describe_execution(execution(device, runtime, trainer.optimizer)))
+    log.info("%s", describe_execution(runtime.execution(trainer.optimizer)))
     return trainer, spec
 
 
-def train_step(forward, optimizer, images, labels, mean, std, device, runtime):
+def train_step(forward, optimizer, images, labels, mean, std, runtime: Runtime):
     """One optimizer step on a uint8 batch; returns the detached loss and the logits, without waiting
     for the device. With CUDA graphs the logits live until the next step's forward."""
-    images = normalize(images, mean, std).contiguous(memory_format=memory_format(device, runtime))
-    mark_cuda_graph_step(device, runtime)
-    with autocast(device, runtime):
+    images = normalize(images, mean, std).contiguous(memory_format=runtime.memory_format)
+    runtime.mark_step()
+    with runtime.autocast():
         logits = forward(images)
     loss = F.cross_entropy(logits.float(), labels)
     optimizer.zero_grad()
@@ -184,12 +187,11 @@ def train_steps(trainer: Trainer, epoch: int, steps: int) -> StepsDone:
             labels,
             trainer.mean,
             trainer.std,
-            device,
             trainer.runtime,
         )
         correct += (logits.argmax(1) == labels).sum()
         if timing_first_step:  # one wait for the device per process, to time what the first step compiles
-            synchronize(device)
+            trainer.runtime.synchronize()
             trainer.first_step_seconds = time.perf_counter() - step_started
         if trainer.show_progress:
             print(f"\repoch {epoch}/{trainer.total_epochs} step {step + 1}/{steps}", end="", file=sys.stderr)
@@ -204,15 +206,7 @@ def train_epoch(trainer: Trainer, epoch: int) -> dict:
     steps = min(trainer.steps_per_epoch, trainer.total_iterations - first_iteration)
     done = train_steps(trainer, epoch, steps)
     seconds = time.perf_counter() - started
-    validation = evaluate_split(
-        trainer.forward,
-        trainer.val,
-        trainer.mean,
-        trainer.std,
-        trainer.runtime["eval_batch_size"],
-        trainer.device,
-        trainer.runtime,
-    )
+    validation = evaluate_split(trainer.forward, trainer.val, trainer.mean, trainer.std, trainer.runtime)
     val_seconds = time.perf_counter() - started - seconds
     if trainer.show_progress:
         print("\r", end="", file=sys.stderr)

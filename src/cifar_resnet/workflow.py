@@ -9,15 +9,12 @@ import os
 import sys
 from collections.abc import Callable
 
-from cifar_resnet import forkserver
 from cifar_resnet.errors import StudyError
 
 
 def run_job(snakemake, job: Callable[[], object], resumable: bool = False) -> None:
     """Run ``job`` with the rule's logging; a StudyError or Ctrl-C ends it with one line, no traceback.
-    ``resumable``: the job keeps its progress across a kill (training's resume state). Where the
-    workflow runs a fork server, the job runs in a process forked from it, and this process waits."""
-    forkserver.hand_over(snakemake)
+    ``resumable``: the job keeps its progress across a kill (training's resume state)."""
     terminal = logging.StreamHandler(sys.stderr)
     terminal.setLevel(
         logging.WARNING
@@ -28,17 +25,11 @@ def run_job(snakemake, job: Callable[[], object], resumable: bool = False) -> No
         handlers=[logging.FileHandler(snakemake.log[0]), terminal],
         force=True,
     )
-    if forkserver.job_process:
-        logging.getLogger("cifar_resnet").info(
-            "forked from the workflow's fork server for process %d", forkserver.job_process
-        )
     if "torch" in sys.modules:  # report jobs never import torch; importing it here would cost them seconds
         sys.modules["torch"].set_num_threads(max(1, snakemake.threads))
-    # Garbage collections walk every object they track: frozen, the objects that the script's imports
-    # created are left out of those during the job (the export job's lazy imports of the ONNX exporter
-    # and torch._dynamo: 0.2 s less) and the job's own objects out of the interpreter's last one
-    # (0.35 s after importing torch, 0.6 s with torch._dynamo, spent while Snakemake waits for the
-    # process to end), measured on a 2-core Xeon.
+    # Garbage collections walk every object they track: frozen, the objects of the imports are left out
+    # of the job's collections, and the job's own out of the interpreter's last one at exit, which
+    # Snakemake waits for (docs/benchmark.md).
     gc.freeze()
     try:
         job()

@@ -1,6 +1,6 @@
 """How our step runs: ``Mode`` names the trainer's runtime switches (compile, bf16, channels_last,
 CUDA graphs), and whether a mode runs on a device is the trainer's own decision
-(``runtime.inactive_switches``): a mode with a switch that does not act there would time another mode
+(``runtime.Runtime``'s ``not_applied``): a mode with a switch that does not act there would time another mode
 under its name."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cifar_resnet.runtime import inactive_switches
+from cifar_resnet.runtime import Runtime
 
 FLAGS = ("bf16", "channels_last", "cuda_graphs")  # what follows eager or compile in a mode's name
 
@@ -57,7 +57,7 @@ class Mode:
 
     def unavailable_on(self, device: torch.device, study_runtime: dict) -> str | None:
         """Why this mode is not run on ``device`` under the study's runtime section, or None when it is."""
-        inactive = inactive_switches(device, self.runtime(study_runtime, device))
+        inactive = Runtime.resolve(self.runtime(study_runtime, device), device).not_applied
         if inactive:
             return f"n/a on {device.type} (the trainer does not apply {', '.join(inactive)} there)"
         return None

@@ -19,9 +19,8 @@ from cifar_resnet.benchmark.modes import Mode, packing_mode
 from cifar_resnet.benchmark.pipelines import our_trainer, trainer_chunks
 from cifar_resnet.benchmark.settings import Settings
 from cifar_resnet.models import CifarResNet
-from cifar_resnet.optimizer import make_optimizer
-from cifar_resnet.runtime import autocast, compile_model, uses_compile
-from cifar_resnet.train import Trainer, check_finite, epoch_seed
+from cifar_resnet.runtime import Runtime
+from cifar_resnet.train import Trainer, check_finite, epoch_seed, make_optimizer
 
 
 class PackedModels:
@@ -44,15 +43,13 @@ class PackedModels:
     channels_last does not apply (the input is 5-D) and CUDA graphs are not offered.
     """
 
-    def __init__(
-        self, models: Sequence[CifarResNet], device: torch.device, runtime: dict, optimizer_settings: dict
-    ):
-        self.device, self.runtime = device, runtime
+    def __init__(self, models: Sequence[CifarResNet], runtime: Runtime, optimizer_settings: dict):
+        self.runtime = runtime
         self.template = copy.deepcopy(models[0]).to("meta").train()
         self.params, self.buffers = stack_module_state(list(models))
-        self.optimizer = make_optimizer(list(self.params.values()), optimizer_settings, device, runtime)
-        losses = vmap(self._loss, randomness="different")  # each model its own dropout masks
-        self.losses = compile_model(losses, runtime) if uses_compile(device, runtime) else losses
+        self.optimizer = make_optimizer(list(self.params.values()), optimizer_settings, runtime)
+        # Each model its own dropout masks.
+        self.losses = runtime.forward_of(vmap(self._loss, randomness="different"))
 
     def _loss(self, params, buffers, images, labels):
         logits = functional_call(self.template, (params, buffers), (images,))
@@ -60,7 +57,7 @@ class PackedModels:
 
     def step(self, images, labels, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of every model on its own uint8 batch [K,B,3,H,W]; returns losses [K], logits [K,B,C]."""
-        with autocast(self.device, self.runtime):
+        with self.runtime.autocast():
             losses, logits = self.losses(self.params, self.buffers, normalize(images, mean, std), labels)
         self.optimizer.zero_grad()
         losses.sum().backward()
@@ -95,7 +92,7 @@ def packed_chunks(trainers: Sequence[Trainer], seed: int) -> timing.RunChunk:
     first = trainers[0]
     device, batch_size, models = first.device, first.batch_size, len(trainers)
     optimizer_settings = first.recipe["optimizer"]
-    packed = PackedModels([trainer.model for trainer in trainers], device, first.runtime, optimizer_settings)
+    packed = PackedModels([trainer.model for trainer in trainers], first.runtime, optimizer_settings)
     images, labels, mean, std = first.train.images, first.train.labels, first.mean, first.std
     augmentation = first.recipe["augmentation"]
 

@@ -33,8 +33,7 @@ from cifar_resnet.benchmark.timing import (
     start_memory_count,
 )
 from cifar_resnet.models import ModelSpec, build_model
-from cifar_resnet.optimizer import make_optimizer
-from cifar_resnet.runtime import compile_counts, configure_backends, to_device
+from cifar_resnet.runtime import Runtime, compile_counts
 
 # --- ours: the trainer -------------------------------------------------------------------------
 
@@ -46,7 +45,7 @@ def our_trainer(
     dataset's dict, ``data.synthetic_data``), seeded with ``protocol.seed``, without its step counter."""
     runtime = mode.runtime(settings.runtime, device)
     run_config = settings.run_config(depth, runtime, protocol.seed, protocol.batch_size)
-    trainer, _ = train.build_trainer(run_config, data, pretrained=None)
+    trainer, _ = train.build_trainer(run_config, data, None, Runtime.start(runtime))
     trainer.show_progress = False
     return trainer
 
@@ -134,9 +133,9 @@ def classical_throughput(
 ) -> Measurement:
     """Images/s of the classical DataLoader pipeline, fp32 and eager, with the recipe's model, optimizer
     and augmentation."""
-    runtime = Mode().runtime(settings.runtime, device)
-    run_config = settings.run_config(depth, runtime, protocol.seed, protocol.batch_size)
-    configure_backends(device, runtime)
+    runtime_config = Mode().runtime(settings.runtime, device)
+    run_config = settings.run_config(depth, runtime_config, protocol.seed, protocol.batch_size)
+    runtime = Runtime.start(runtime_config)
     start_memory_count(device)
     loader = classical_loader(
         data["train_images"],
@@ -149,8 +148,8 @@ def classical_throughput(
     )
     batches = endless(loader)
     torch.manual_seed(protocol.seed)
-    model = to_device(build_model(ModelSpec.for_run(run_config, NUM_CLASSES)), device, runtime).train()
-    optimizer = make_optimizer(model.parameters(), settings.recipe["optimizer"], device, runtime)
+    model = runtime.to_device(build_model(ModelSpec.for_run(run_config, NUM_CLASSES))).train()
+    optimizer = train.make_optimizer(model.parameters(), settings.recipe["optimizer"], runtime)
 
     def run_chunk(_index: int, steps: int) -> None:
         running_loss = 0.0
