@@ -49,13 +49,14 @@ def test_python_m_runs_the_command_line(tmp_path):
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
     }
+    command = [sys.executable, "-m", "cifar_resnet.cli", *SMALL_CPU, "--config", "nowhere.yaml"]
     done = subprocess.run(
-        [sys.executable, "-m", "cifar_resnet.cli", "timings", str(tmp_path / "nowhere")],
+        [*command, "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         env=environment,
     )
-    assert done.returncode == 1 and "error: " in done.stderr and "nowhere does not exist" in done.stderr
+    assert done.returncode == 1 and "error: " in done.stderr and "nowhere.yaml does not exist" in done.stderr
 
 
 def test_small_run_writes_csv_and_plot_and_marks_the_modes_the_cpu_does_not_apply_na(

@@ -1,6 +1,6 @@
 """The GPU path on CUDA (``pytest -m cuda``; skipped without CUDA): a tiny training in every mode, two
 deterministic runs bit-identical, a killed job resumed identically, two jobs sharing one GPU, and the
-benchmark's smallest form. ``cifar-resnet gpu-check`` runs these first. They train through the same
+benchmark's smallest form. ``python -m tools.gpu_check`` runs these first. They train through the same
 helpers as the CPU tests of tests/test_runtime.py."""
 
 import itertools

@@ -1,4 +1,4 @@
-"""``cifar-resnet gpu-check``: its tiny CPU form end to end (the CUDA tests, skipped here; the
+"""``python -m tools.gpu_check``: its tiny CPU form end to end (the CUDA tests, skipped here; the
 benchmark; a real training job through Snakemake), resumed by the same command, and its budget."""
 
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cifar_resnet import cli, gpucheck
+from tools import gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ def checked(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gpu-check")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(ROOT)
-        cli.main(["gpu-check", str(folder / "out"), "--small", "--work", str(folder / "work")])
+        gpu_check.main([str(folder / "out"), "--small", "--work", str(folder / "work")])
     return folder
 
 
@@ -51,7 +51,7 @@ def test_the_small_form_runs_every_stage_and_packs_its_results_into_five_files(c
 def test_the_same_command_again_keeps_every_finished_result(checked, monkeypatch):
     monkeypatch.chdir(ROOT)
     before = (checked / "work" / "results/demo/runs/paper/resnet8/seed0/train.json").read_bytes()
-    cli.main(["gpu-check", str(checked / "again"), "--small", "--work", str(checked / "work")])
+    gpu_check.main([str(checked / "again"), "--small", "--work", str(checked / "work")])
     report = (checked / "again" / "gpu-check.md").read_text()
     assert "| CUDA tests " not in report and "finished: 16 skipped." in report  # not run again
     assert (checked / "work" / "benchmark.log").read_text().count("kept from the earlier run") == 5
@@ -70,7 +70,7 @@ time.sleep(60)
 def test_a_stage_past_its_share_of_the_budget_is_stopped_with_its_children(tmp_path):
     started = time.monotonic()
     command = [sys.executable, "-c", SLEEPER, str(tmp_path / "pid")]
-    stage = gpucheck.run_stage("sleeper", command, tmp_path, tmp_path / "log", started + 2)
+    stage = gpu_check.run_stage("sleeper", command, tmp_path, tmp_path / "log", started + 2)
     assert stage.outcome == "cut by the budget" and time.monotonic() - started < 30
     grandchild = int((tmp_path / "pid").read_text())
     for _ in range(50):  # until init has reaped it
@@ -83,10 +83,10 @@ def test_a_stage_past_its_share_of_the_budget_is_stopped_with_its_children(tmp_p
 
 
 def test_a_job_trains_the_papers_64k_iterations_where_they_fit_else_a_stated_shorter_duration():
-    assert gpucheck.job_duration(100_000, 200) == 64_000  # 82 s of steps + 60 s of overhead
-    assert gpucheck.job_duration(14_000, 200) == 15_000  # 140 s at 14,000 images/s: 15,312 iterations
-    assert gpucheck.job_duration(None, 200) == 1_000 and gpucheck.job_duration(10, 200) == 1_000
-    overrides = gpucheck.timing_overrides(gpucheck.FULL, 110, 16_000)
+    assert gpu_check.job_duration(100_000, 200) == 64_000  # 82 s of steps + 60 s of overhead
+    assert gpu_check.job_duration(14_000, 200) == 15_000  # 140 s at 14,000 images/s: 15,312 iterations
+    assert gpu_check.job_duration(None, 200) == 1_000 and gpu_check.job_duration(10, 200) == 1_000
+    overrides = gpu_check.timing_overrides(gpu_check.FULL, 110, 16_000)
     assert overrides["study"]["depths"] == [110]
     paper = overrides["variants"]["paper"]["overrides"]
     assert paper["training"]["duration"] == 16_000 and paper["schedule"]["milestones"] == [8_000, 12_000]

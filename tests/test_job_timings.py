@@ -1,17 +1,23 @@
-"""``cifar-resnet timings``: real jobs' train.json against the speed targets."""
+"""``python -m tools.timings``: real jobs' train.json against the speed targets."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from cifar_resnet import cli
-from cifar_resnet.benchmark.targets import (
+from cifar_resnet.files import read_json, write_json
+from tools.timings import (
     job_files,
     job_timings,
     job_types,
+    main,
     summaries,
     target_verdicts,
     workflow_wall_seconds,
 )
-from cifar_resnet.files import read_json, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_train_json(folder, variant, depth, iterations, train_seconds, job_seconds, overhead, **extra):
@@ -70,7 +76,7 @@ def test_job_timings_judge_the_full_paper_runs_against_the_targets(tmp_path):
 
 def test_job_timings_refuse_a_train_json_without_timings_and_a_missing_path(tmp_path, capsys):
     path = write_train_json(tmp_path, "paper", 20, 64_000, 80.0, 90.0, 0.1)
-    cli.main(["timings", str(tmp_path)])
+    main([str(tmp_path)])
     printed = capsys.readouterr().out
     assert "| ResNet-20 training" in printed and "| yes" in printed and "12.5%" not in printed
     summary = read_json(path)
@@ -79,16 +85,16 @@ def test_job_timings_refuse_a_train_json_without_timings_and_a_missing_path(tmp_
     with pytest.raises(
         SystemExit, match="train.json lacks timings; delete it and run the same snakemake command again"
     ):
-        cli.main(["timings", str(tmp_path)])
+        main([str(tmp_path)])
     with pytest.raises(SystemExit, match="nowhere does not exist"):
-        cli.main(["timings", str(tmp_path / "nowhere")])
+        main([str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit, match="no train.json to read"):
-        cli.main(["timings", str(tmp_path / "runs")])  # a folder without runs/*/resnet*/...
+        main([str(tmp_path / "runs")])  # a folder without runs/*/resnet*/...
 
 
 def test_timings_say_when_no_target_applies(tmp_path, capsys):
     write_train_json(tmp_path, "paper", 20, 50, 9.0, 12.0, 0.3)
-    cli.main(["timings", str(tmp_path)])
+    main([str(tmp_path)])
     assert "no target applies" in capsys.readouterr().out
 
 
@@ -108,10 +114,16 @@ def test_timings_say_where_each_job_types_time_went_and_the_workflows_wall_time(
     assert types.loc["evaluation", "overhead"] == pytest.approx(1 - 4.0 / 10.0)
     assert types.loc["training", "median_overhead"] == pytest.approx(0.44)
     assert workflow_wall_seconds(types.reset_index()) == pytest.approx(24.0)
-    cli.main(["timings", str(tmp_path)])
+    main([str(tmp_path)])
     printed = capsys.readouterr().out
     assert (
         "| evaluation |" in printed
         and "workflow: 24.0 s" in printed
         and "13.0 s of steady training" in printed
     )
+
+
+def test_python_m_runs_the_tool_from_the_repositorys_root(tmp_path):
+    command = [sys.executable, "-m", "tools.timings", str(tmp_path / "nowhere")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1 and "error: " in done.stderr and "nowhere does not exist" in done.stderr

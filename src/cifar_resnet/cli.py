@@ -1,13 +1,11 @@
-"""The project's commands beside the Snakemake workflow, as ``cifar-resnet COMMAND`` (or ``python -m
-cifar_resnet.cli COMMAND``):
+"""The ``cifar-resnet`` command (or ``python -m cifar_resnet.cli``): ``benchmark`` answers which mode
+trains fastest on this machine.
 
     cifar-resnet benchmark --depths 20 56 110 --steps 50 --repeats 5 --out results/benchmark
     cifar-resnet benchmark --small          # CI smoke run: under a minute on 2 CPU cores
-    cifar-resnet timings results/demo       # every run under results/demo/runs against the targets
-    cifar-resnet gpu-check OUT --budget 480 # on a GPU machine: CUDA tests, benchmark, jobs, in 8 minutes
-    cifar-resnet gpu-check OUT --small      # its tiny CPU form (CI runs it)
 
-See docs/benchmark.md.
+The GPU check and the speed targets' verdicts are the repository's tools (tools/ in a clone), not
+installed commands. See docs/benchmark.md.
 """
 
 from __future__ import annotations
@@ -18,15 +16,13 @@ import sys
 from pathlib import Path
 
 import torch
-from tabulate import tabulate
 
-from cifar_resnet import gpucheck
-from cifar_resnet.benchmark import runner, tables, targets
+from cifar_resnet.benchmark import runner, tables
 from cifar_resnet.benchmark.data import EPOCH_IMAGES
 from cifar_resnet.benchmark.modes import ALL_MODES, DEFAULT_MODES, Mode, packing_mode
 from cifar_resnet.benchmark.pipelines import default_workers
 from cifar_resnet.benchmark.settings import DEFAULT_CONFIG, load_settings
-from cifar_resnet.errors import StudyError
+from cifar_resnet.errors import exit_on_study_error
 from cifar_resnet.files import write_csv
 
 BENCHMARK = """Training speed of the CIFAR ResNets on this machine: a training job's step loop in each
@@ -34,14 +30,6 @@ mode, the classical DataLoader pipeline, and K models per device (packed into on
 other, or in K processes at once), as images/s, seconds per 45k-image epoch and peak device memory.
 Every pipeline trains the paper recipe of the study config. Writes OUT/benchmark.csv and
 OUT/benchmark.png, and prints the tables."""
-GPU_CHECK = """What the GPU path has left to prove, within a time budget and in this order: the CUDA
-tests, the benchmark at depths 20, 56 and 110 in the modes that decide the defaults (with the
-classical pipeline and K = 1, 3, 8), and one real training job per depth 20 and 110 through
-Snakemake with config/timing.yaml. Finished results stay in --work, so the same command resumes; OUT
-receives the report (gpu-check.md), the benchmark's CSV and plot, jobs.csv and logs.tar.gz."""
-TIMINGS = """Real training jobs against the speed targets of docs/benchmark.md, read from their
-train.json: training time, that time scaled to the paper's 64k iterations, images/s, the job's time
-from process start and its overhead, then a verdict per target."""
 # Figures from a --small run only show that everything runs; its batch sizes are not the recipe's.
 SMALL = {
     "depths": [20],
@@ -113,31 +101,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "benchmark", help="training throughput per depth and mode", description=BENCHMARK
     )
     add_benchmark_options(benchmark)
-    benchmark.set_defaults(run=run_benchmark)
-    timings = commands.add_parser("timings", help="real jobs against the speed targets", description=TIMINGS)
-    timings.add_argument("paths", nargs="+", type=Path, help="results/{dataset} folders or train.json files")
-    timings.set_defaults(run=run_timings)
-    check = commands.add_parser(
-        "gpu-check", help="the GPU path's checks in one budget", description=GPU_CHECK
-    )
-    check.add_argument("out", type=Path, help="folder for the report and its files")
-    check.add_argument("--budget", type=float, default=480.0, help="seconds for the whole check")
-    check.add_argument(
-        "--work", type=Path, default=Path("results/gpu-check"), help="kept between runs: the resumable state"
-    )
-    check.add_argument("--small", action="store_true", help="the tiny CPU form, in about a minute")
-    check.set_defaults(run=run_gpu_check)
     return parser, benchmark
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser, benchmark = build_parser()
-    args = parser.parse_known_args(argv)[0]
-    if args.command == "benchmark" and args.small:
+    if parser.parse_known_args(argv)[0].small:
         benchmark.set_defaults(**SMALL)
     args = parser.parse_args(argv)
-    if args.command != "benchmark":
-        return args
     if args.modes == ["all"]:
         args.modes = list(ALL_MODES)
     try:
@@ -151,10 +122,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        args.run(args)
-    except StudyError as error:
-        sys.exit(f"error: {error}")
+    with exit_on_study_error():
+        run_benchmark(args)
 
 
 def run_benchmark(args: argparse.Namespace) -> None:
@@ -197,46 +166,6 @@ def run_benchmark(args: argparse.Namespace) -> None:
     failed = runner.failures(frame)
     if not failed.empty:
         sys.exit(f"error: {len(failed)} measurement(s) failed; their rows say why: {failed['note'].iloc[0]}")
-
-
-def print_job_types(types) -> None:
-    """Seconds summed per job type, and the workflow's wall time against its steady training."""
-    shown = types.drop(columns=["started_at", "ended_at"]).assign(
-        overhead=types["overhead"].map("{:.1%}".format),
-        median_overhead=types["median_overhead"].map("{:.1%}".format),
-    )
-    print("\nwhere the jobs' time went (seconds, summed per job type; work: steady training or inference):\n")
-    print(tabulate(shown, headers="keys", tablefmt="github", showindex=False, floatfmt=",.1f"))
-    wall, training = targets.workflow_wall_seconds(types), types.set_index("job")["work"].get("training", 0.0)
-    print(
-        f"\nworkflow: {wall:,.1f} s from the first job's start to the last job's end, for {training:,.1f} s "
-        f"of steady training summed over the training jobs ({wall / training:.2f}x)"
-        if training
-        else f"\nworkflow: {wall:,.1f} s from the first job's start to the last job's end"
-    )
-
-
-def run_timings(args: argparse.Namespace) -> None:
-    summaries = targets.summaries(args.paths)
-    timings = targets.job_timings(summaries)
-    shown = timings.assign(overhead_fraction=timings["overhead_fraction"].map("{:.1%}".format))
-    print(tabulate(shown, headers="keys", tablefmt="github", showindex=False, floatfmt=",.1f"))
-    print_job_types(targets.job_types(summaries, targets.job_files(args.paths)))
-    verdicts = targets.target_verdicts(timings)
-    if verdicts.empty:
-        print(
-            "\nno target applies: they concern the paper variant's runs of the full 64k iterations "
-            "(config/timing.yaml trains them on a CIFAR-sized demo dataset)"
-        )
-    else:
-        print()
-        print(tables.github_table(verdicts))
-
-
-def run_gpu_check(args: argparse.Namespace) -> None:
-    report = gpucheck.gpu_check(args.out, args.work, args.budget, args.small)
-    print(report.read_text())
-    print(f"wrote {report} and its files in {args.out}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,7 @@ over several timed repeats reported (``timing``):
   architecture trained as one vmapped computation, by K trainers one after the other in one process,
   or by K processes at once sharing the device (as Snakemake jobs under $CIFAR_RESNET_JOBS_PER_GPU).
 
-``runner`` plans and measures the rows (resuming an interrupted run), ``tables`` shows them, and
-``targets`` judges real jobs' ``train.json`` against the speed targets (``cifar-resnet timings``).
+``runner`` plans and measures the rows (resuming an interrupted run), and ``tables`` shows them.
 
 Peak memory is ``torch.cuda.max_memory_allocated`` over one measurement, the device-resident dataset
 included for ``ours`` and the K-model pipelines; on the CPU it is not measured (NaN).

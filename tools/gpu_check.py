@@ -1,14 +1,11 @@
-"""``cifar-resnet gpu-check OUT``: what the GPU path has left to prove, in one command that keeps to a
-time budget. In order of value: the CUDA tests (``pytest -m cuda``), the benchmark in the modes that
-decide the runtime defaults, and one real training job per depth through Snakemake with
-config/timing.yaml (the paper's 64k iterations where the measured speed fits the budget, else a
-stated shorter duration). Each stage runs as a child process stopped at its share of the budget; what
-it finished stays in the work folder, and the same command continues from there. OUT receives five
-files: the report in Markdown, the benchmark's CSV and plot, the jobs' CSV and one archive of the
-logs. ``--small`` is the tiny CPU form that CI runs. See docs/benchmark.md."""
+"""``python -m tools.gpu_check OUT``: what the GPU path has left to prove, in one command that keeps to
+a time budget (GPU_CHECK says what it runs). Each stage runs as a child process stopped at its share of
+the budget; what it finished stays in the work folder, and the same command continues from there.
+``--small`` is the tiny CPU form that CI runs. See docs/benchmark.md."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -24,10 +21,20 @@ import pandas as pd
 import yaml
 
 import cifar_resnet
-from cifar_resnet.benchmark import runner, tables, targets
-from cifar_resnet.errors import StudyError
+from cifar_resnet.benchmark import runner, tables
+from cifar_resnet.config import Run
+from cifar_resnet.errors import StudyError, exit_on_study_error
 from cifar_resnet.files import atomic_output, read_json, write_csv, write_json, write_text
+from cifar_resnet.layout import LOGS, RESULTS, RUN_DIR, run_path
+from tools import timings
 
+GPU_CHECK = """What the GPU path has left to prove, within a time budget and in this order: the CUDA
+tests, the benchmark at depths 20, 56 and 110 in the modes that decide the defaults (with the
+classical pipeline and K = 1, 3, 8), and one real training job per depth 20 and 110 through
+Snakemake with config/timing.yaml. Finished results stay in --work, so the same command resumes; OUT
+receives the report (gpu-check.md), the benchmark's CSV and plot, jobs.csv and logs.tar.gz."""
+REPOSITORY = Path(__file__).resolve().parents[1]  # its Snakefile, config and tests
+DATASET = "demo"  # config/timing.yaml's
 TEST_SHARE, BENCHMARK_SHARE = 0.35, 0.35  # of the budget, each ending at its cumulative mark; jobs: the rest
 PACKING_SECONDS = 15.0  # kept back for writing OUT
 JOB_OVERHEAD_SECONDS = 60.0  # per job on top of its training steps: start-up, compilation, validation
@@ -127,8 +134,8 @@ def job_duration(images_per_s: float | None, seconds: float) -> int:
         return 1_000
     fits = (seconds - JOB_OVERHEAD_SECONDS) * images_per_s / PAPER_BATCH
     return (
-        targets.PAPER_ITERATIONS
-        if fits >= targets.PAPER_ITERATIONS
+        timings.PAPER_ITERATIONS
+        if fits >= timings.PAPER_ITERATIONS
         else max(1_000, int(fits) // 1_000 * 1_000)
     )
 
@@ -161,15 +168,12 @@ def timing_overrides(form: Form, depth: int, iterations: int) -> dict:
     return overrides
 
 
-def gpu_check(out: Path, work: Path, budget: float, small: bool, root: Path = Path(".")) -> Path:
+def gpu_check(out: Path, work: Path, budget: float, small: bool) -> Path:
     """Run the check into ``work`` (kept between runs: the same command resumes) and pack its results
     into ``out``; returns the report's path."""
     started = time.monotonic()
     deadline = started + budget - PACKING_SECONDS
     form = SMALL if small else FULL
-    root = root.resolve()
-    if not (root / "Snakefile").is_file():
-        raise StudyError(f"{root} holds no Snakefile; run the GPU check from the repository's root.")
     device = runner.resolve_device(form.device)
     if device.type != form.device:
         raise StudyError("CUDA is not available here; --small runs the check's tiny CPU form.")
@@ -193,7 +197,7 @@ def gpu_check(out: Path, work: Path, budget: float, small: bool, root: Path = Pa
             "tests/test_cuda.py",
         ]
         tests_log.unlink(missing_ok=True)
-        stage = run_stage("CUDA tests", command, root, tests_log, started + TEST_SHARE * budget)
+        stage = run_stage("CUDA tests", command, REPOSITORY, tests_log, started + TEST_SHARE * budget)
         stages.append(stage)
         if stage.outcome != "cut by the budget":
             state["tests"] = {"outcome": stage.outcome, "counts": test_outcomes(tests_log)}
@@ -211,7 +215,7 @@ def gpu_check(out: Path, work: Path, budget: float, small: bool, root: Path = Pa
     ]
     command += ["--resume"] if csv_path.exists() else []
     until = min(started + (TEST_SHARE + BENCHMARK_SHARE) * budget, deadline)
-    stages.append(run_stage("benchmark", command, root, work / "benchmark.log", until))
+    stages.append(run_stage("benchmark", command, REPOSITORY, work / "benchmark.log", until))
     benchmark = runner.read_results(csv_path) if csv_path.exists() else None
 
     for depth in form.depths:
@@ -220,21 +224,21 @@ def gpu_check(out: Path, work: Path, budget: float, small: bool, root: Path = Pa
             left = (deadline - time.monotonic()) / (len(form.depths) - form.depths.index(depth))
             state["durations"][key] = form.duration or job_duration(study_speed(benchmark, depth), left)
             write_json(state_path, state)
-        stages.append(run_job(form, root, work, depth, state["durations"][key], deadline))
+        stages.append(run_job(form, work, depth, state["durations"][key], deadline))
 
     return pack(out, work, form, device, stages, state, benchmark, time.monotonic() - started, budget)
 
 
-def run_job(form: Form, root: Path, work: Path, depth: int, iterations: int, deadline: float) -> Stage:
+def run_job(form: Form, work: Path, depth: int, iterations: int, deadline: float) -> Stage:
     """One training job of config/timing.yaml at ``depth`` through Snakemake, in ``work`` (resumed
     there by a later run: Snakemake skips what is done and the job continues from its resume state)."""
     config_link = work / "config"
     if not config_link.exists():
-        config_link.symlink_to(root / "config")
+        config_link.symlink_to(REPOSITORY / "config")
     overrides = work / f"job{depth}.yaml"
     write_text(overrides, yaml.safe_dump(timing_overrides(form, depth, iterations)))
-    target = f"results/demo/runs/paper/resnet{depth}/seed0/train.json"
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"), "--nolock"]
+    target = run_path(f"{RUN_DIR}/train.json", Run(DATASET, "paper", depth, 0))
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPOSITORY / "Snakefile"), "--nolock"]
     command += ["--cores", str(os.cpu_count() or 1), "--resources", "gpu=1", "--rerun-incomplete"]
     command += ["--configfile", "config/timing.yaml", overrides.name, "--", target]
     return run_stage(
@@ -256,8 +260,8 @@ def pack(
     """Write OUT: the report, the benchmark's CSV and plot, the jobs' CSV and the logs' archive (the
     stages' logs, the jobs' logs, train.json and history.csv)."""
     out.mkdir(parents=True, exist_ok=True)
-    summaries = sorted((work / "results" / "demo" / "runs").glob("*/resnet*/seed*/train.json"))
-    jobs = targets.job_timings(summaries) if summaries else None
+    summaries = timings.run_files(work / RESULTS / DATASET, "train.json")
+    jobs = timings.job_timings(summaries) if summaries else None
     lines = [
         "# GPU check",
         "",
@@ -294,7 +298,7 @@ def pack(
     else:
         shown = jobs.assign(overhead_fraction=jobs["overhead_fraction"].map("{:.1%}".format))
         lines += ["", tables.github_table(shown.round(1))]
-        verdicts = targets.target_verdicts(jobs)
+        verdicts = timings.target_verdicts(jobs)
         if not verdicts.empty:
             lines += ["", tables.github_table(verdicts)]
         write_csv(out / "jobs.csv", jobs)
@@ -323,9 +327,28 @@ def archive_logs(path: Path, work: Path, summaries: list[Path]) -> None:
         for log in [
             *work.glob("*.log"),
             *work.glob("job*.yaml"),
-            *(work / "results").glob("demo/logs/**/*.log"),
+            *(work / LOGS.format(dataset=DATASET)).glob("**/*.log"),
         ]:
             archive.add(log, arcname=str(log.relative_to(work)))
         for summary in summaries:
             for name in ("train.json", "history.csv"):
                 archive.add(summary.with_name(name), arcname=str(summary.with_name(name).relative_to(work)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tools.gpu_check", description=GPU_CHECK)
+    parser.add_argument("out", type=Path, help="folder for the report and its files")
+    parser.add_argument("--budget", type=float, default=480.0, help="seconds for the whole check")
+    parser.add_argument(
+        "--work", type=Path, default=Path("results/gpu-check"), help="kept between runs: the resumable state"
+    )
+    parser.add_argument("--small", action="store_true", help="the tiny CPU form, in about a minute")
+    args = parser.parse_args(argv)
+    with exit_on_study_error():
+        report = gpu_check(args.out, args.work, args.budget, args.small)
+    print(report.read_text())
+    print(f"wrote {report} and its files in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

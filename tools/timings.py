@@ -1,20 +1,26 @@
-"""Where a finished workflow's time went and how its jobs meet the speed targets of docs/benchmark.md,
-read from the runs' ``train.json``, ``eval.json``, ``export.json`` and ``deploy.json``: what
-``cifar-resnet timings`` prints. The
-benchmark times steps; these judge whole jobs (the paper's 64k iterations, the job's overhead, the five
-depths together)."""
+"""``python -m tools.timings results/demo``: where a finished workflow's time went and how its jobs meet
+the speed targets of docs/benchmark.md, read from the runs' ``train.json``, ``eval.json``,
+``export.json`` and ``deploy.json``. The benchmark times steps; these judge whole jobs (the paper's 64k
+iterations, the job's overhead, the five depths together)."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from tabulate import tabulate
 
-from cifar_resnet.errors import StudyError
+from cifar_resnet.benchmark.tables import github_table
+from cifar_resnet.errors import StudyError, exit_on_study_error
+from cifar_resnet.layout import run_dirs
 from cifar_resnet.summary import read_fields
 from cifar_resnet.timings import WORK_OF_JOB
 
+TIMINGS = """Real training jobs against the speed targets of docs/benchmark.md, read from their
+train.json: training time, that time scaled to the paper's 64k iterations, images/s, the job's time
+from process start and its overhead, then a verdict per target."""
 PAPER_ITERATIONS = 64_000
 TIMED_FIELDS = (
     "dataset",
@@ -28,10 +34,14 @@ TIMED_FIELDS = (
     "timings",
 )
 FIVE_DEPTHS = (20, 32, 44, 56, 110)
-RUNS_TRAIN = "runs/*/resnet*/seed*/train.json"
 # The file each job type other than training records its timings in.
 TIMINGS_FILE = {"evaluation": "eval.json", "export": "export.json", "latency": "deploy.json"}
 VERDICT_COLUMNS = ["dataset", "seed", "device", "target", "measured", "limit", "met"]
+
+
+def run_files(dataset_results: Path, name: str) -> list[Path]:
+    """The file ``name`` of every run under one ``results/{dataset}`` folder that has it."""
+    return [run_dir / name for run_dir in run_dirs(dataset_results) if (run_dir / name).is_file()]
 
 
 def summaries(paths: Sequence[Path]) -> list[Path]:
@@ -40,7 +50,7 @@ def summaries(paths: Sequence[Path]) -> list[Path]:
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(path.glob(RUNS_TRAIN))
+            found += run_files(path, "train.json")
         elif path.is_file():
             found.append(path)
         else:
@@ -52,12 +62,7 @@ def job_files(paths: Sequence[Path]) -> dict[str, list[Path]]:
     """Per job type other than training, its timings files of every run under each ``results/{dataset}``
     folder named."""
     return {
-        job: [
-            found
-            for path in map(Path, paths)
-            if path.is_dir()
-            for found in sorted(path.glob(f"runs/*/resnet*/seed*/{name}"))
-        ]
+        job: [found for path in map(Path, paths) if path.is_dir() for found in run_files(path, name)]
         for job, name in TIMINGS_FILE.items()
     }
 
@@ -169,3 +174,54 @@ def target_verdicts(timings: pd.DataFrame) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(verdicts, columns=VERDICT_COLUMNS)
+
+
+def number_table(frame: pd.DataFrame) -> str:
+    return tabulate(frame, headers="keys", tablefmt="github", showindex=False, floatfmt=",.1f")
+
+
+def print_job_types(types: pd.DataFrame) -> None:
+    """Seconds summed per job type, and the workflow's wall time against its steady training."""
+    shown = types.drop(columns=["started_at", "ended_at"]).assign(
+        overhead=types["overhead"].map("{:.1%}".format),
+        median_overhead=types["median_overhead"].map("{:.1%}".format),
+    )
+    print("\nwhere the jobs' time went (seconds, summed per job type; work: steady training or inference):\n")
+    print(number_table(shown))
+    wall, training = workflow_wall_seconds(types), types.set_index("job")["work"].get("training", 0.0)
+    print(
+        f"\nworkflow: {wall:,.1f} s from the first job's start to the last job's end, for {training:,.1f} s "
+        f"of steady training summed over the training jobs ({wall / training:.2f}x)"
+        if training
+        else f"\nworkflow: {wall:,.1f} s from the first job's start to the last job's end"
+    )
+
+
+def print_timings(paths: Sequence[Path]) -> None:
+    """Each training job's times, where each job type's time went, and a verdict per target."""
+    found = summaries(paths)
+    timings = job_timings(found)
+    shown = timings.assign(overhead_fraction=timings["overhead_fraction"].map("{:.1%}".format))
+    print(number_table(shown))
+    print_job_types(job_types(found, job_files(paths)))
+    verdicts = target_verdicts(timings)
+    if verdicts.empty:
+        print(
+            "\nno target applies: they concern the paper variant's runs of the full 64k iterations "
+            "(config/timing.yaml trains them on a CIFAR-sized demo dataset)"
+        )
+    else:
+        print()
+        print(github_table(verdicts))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tools.timings", description=TIMINGS)
+    parser.add_argument("paths", nargs="+", type=Path, help="results/{dataset} folders or train.json files")
+    args = parser.parse_args(argv)
+    with exit_on_study_error():
+        print_timings(args.paths)
+
+
+if __name__ == "__main__":
+    main()
