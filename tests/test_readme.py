@@ -133,6 +133,12 @@ def test_the_development_table_lists_every_module():
     assert listed == modules
 
 
+def test_the_development_section_lists_every_tool():
+    section = README.split("## Development", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `python -m tools\.(\w+)` \|", section, re.M))
+    assert listed == {path.stem for path in (ROOT / "tools").glob("*.py") if path.name != "__init__.py"}
+
+
 def test_the_readme_changes_whole_or_not_at_all(tmp_path):
     readme = tmp_path / "README.md"
     both = f"{VARIANTS_MARKERS[0]}\nold variants\n{VARIANTS_MARKERS[1]}\n{START}\nold results\n{END}\n"
