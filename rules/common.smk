@@ -33,7 +33,7 @@ README_BLOCK = f"{RESULTS}/readme_block.md"
 README = "README.md"
 DEPLOYS = config["deploy"]["enabled"]
 BUILDS_INT8 = DEPLOYS and config["deploy"]["int8"]
-# The latency job holds the threads its batch runs time with: by default every core of the machine,
+# The deployment job holds the threads its latency batch runs time with: by default every core of the machine,
 # which Snakemake caps at --cores.
 LATENCY_THREADS = config["deploy"]["latency"]["batch_threads"] or os.cpu_count()
 PLOTS = plot_names(DEPLOYS)
@@ -82,14 +82,13 @@ RUN_FILE_CHECKS = {
     "history.csv": partial(check_csv, numeric_columns=LEARNING_CURVE_COLUMNS),
     "train.json": partial(check_json, fields=(*TRAIN_FIELDS, "config")),
     "eval.json": partial(check_json, fields=(*EVAL_FIELDS, *CONFUSION_FIELDS)),
-    "export.json": check_json,
     "deploy.json": partial(check_json, fields=DEPLOY_FIELDS),
 }
 
 
 def primary_results() -> list[str]:
     """Every trained run's model.pt, history.csv and train.json and every study run's eval.json and,
-    when deploying, its exported models, export.json and deploy.json."""
+    when deploying, its exported models and deploy.json."""
     outputs = [
         run_path(f"{RUN_DIR}/{name}", run)
         for run in STUDY.trained_runs()
@@ -97,11 +96,7 @@ def primary_results() -> list[str]:
     ]
     per_run = [f"{RUN_DIR}/eval.json"]
     if DEPLOYS:
-        per_run += [
-            *deployed_models().values(),
-            f"{RUN_DIR}/export.json",
-            f"{RUN_DIR}/deploy.json",
-        ]
+        per_run += [*deployed_models().values(), f"{RUN_DIR}/deploy.json"]
     return outputs + [
         run_path(pattern, run) for run in STUDY.runs() for pattern in per_run
     ]

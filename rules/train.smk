@@ -26,13 +26,7 @@ rule train:
         # deployment of the model it replaces, so a failure never leaves them beside a missing model.
         derived=[
             f"{RUN_DIR}/{name}"
-            for name in (
-                "eval.json",
-                "model.onnx",
-                "model.int8.onnx",
-                "export.json",
-                "deploy.json",
-            )
+            for name in ("eval.json", "model.onnx", "model.int8.onnx", "deploy.json")
         ],
         gpu_slots=".snakemake/gpu-slots",
         # Inductor's compiled code, shared by every job: a graph is compiled once per workflow.

@@ -8,25 +8,24 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_resnet import datasets, quantize
+from cifar_resnet import datasets, latency, quantize
+from cifar_resnet.deploy import deploy_run
 from cifar_resnet.errors import StudyError
 from cifar_resnet.export import (
     DeployedModel,
     agreement,
     check_agreement,
     export_onnx,
-    export_run,
     onnx_logits,
     onnx_session,
     torch_logits,
 )
 from cifar_resnet.files import save_tensors, write_json
-from cifar_resnet.latency import latency_run
 from cifar_resnet.models import ModelSpec, build_model
 
 TOLERANCE = {"max_relative_logit_difference": 1e-4, "min_top1_agreement": 0.999}
-DEPLOY = {"tolerance": TOLERANCE, "calibration_images": 64}
 LATENCY = {"runs": 3, "warmup_runs": 1, "batch_size": 8}
+DEPLOY = {"tolerance": TOLERANCE, "calibration_images": 64, "latency": LATENCY}
 
 
 def with_trained_statistics(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -118,31 +117,42 @@ def run_files(prepared, study, tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def exported(run_files, prepared):
-    report = export_run(
+def deploy(run_files, prepared, folder, int8=True, deploy=DEPLOY, model="model.pt", threads=2) -> dict:
+    """``deploy_run`` of ``run_files``' model into ``folder``, as the deployment job runs it."""
+    return deploy_run(
         run_files / "train.json",
-        run_files / "model.pt",
+        run_files / model,
         prepared,
-        run_files / "model.onnx",
-        run_files / "model.int8.onnx",
-        run_files / "export.json",
-        DEPLOY,
+        folder / "model.onnx",
+        folder / "model.int8.onnx" if int8 else None,
+        folder / "deploy.json",
+        deploy,
+        threads,
     )
-    return run_files, report
 
 
-def test_export_run_writes_both_models_and_its_checks(exported):
-    folder, report = exported
-    assert json.loads((folder / "export.json").read_text()) == report
-    assert report["onnx_top1_agreement"] >= TOLERANCE["min_top1_agreement"]
-    assert report["num_test_images"] == 100
-    assert 0 < report["timings"]["export_seconds"] < report["timings"]["job_seconds"]
-    assert report["int8_error_difference"] == pytest.approx(
-        report["int8_test_error"] - report["onnx_test_error"]
+@pytest.fixture(scope="module")
+def deployed(run_files, prepared):
+    return run_files, deploy(run_files, prepared, run_files)
+
+
+def test_deploy_run_writes_both_models_their_checks_and_latencies(deployed):
+    folder, record = deployed
+    assert json.loads((folder / "deploy.json").read_text()) == record
+    assert record["onnx_top1_agreement"] >= TOLERANCE["min_top1_agreement"]
+    assert record["num_test_images"] == 100
+    assert 0 < record["timings"]["deploy_seconds"] < record["timings"]["job_seconds"]
+    assert record["int8_error_difference"] == pytest.approx(
+        record["int8_test_error"] - record["onnx_test_error"]
     )
     # the INT8 file holds 8-bit weights: well under half the float file
     assert (folder / "model.int8.onnx").stat().st_size < 0.5 * (folder / "model.onnx").stat().st_size
+    for engine in ("onnx", "int8", "eager"):
+        for setting in ("b1", "batch"):
+            assert 0 < record[f"{engine}_{setting}_ms"] <= record[f"{engine}_{setting}_p90_ms"]
+    assert record["cpu"] and record["logical_cores"] >= 1 and record["latency_threads"] == 2
+    assert record["onnx_bytes"] == (folder / "model.onnx").stat().st_size
+    assert record["int8_bytes"] == (folder / "model.int8.onnx").stat().st_size
 
 
 def test_int8_is_calibrated_on_training_images_only(run_files, prepared, tmp_path, monkeypatch):
@@ -153,15 +163,7 @@ def test_int8_is_calibrated_on_training_images_only(run_files, prepared, tmp_pat
         shutil.copy(float_path, int8_path)
 
     monkeypatch.setattr(quantize, "quantize_int8", record_calibration)
-    report = export_run(
-        run_files / "train.json",
-        run_files / "model.pt",
-        prepared,
-        tmp_path / "model.onnx",
-        tmp_path / "model.int8.onnx",
-        tmp_path / "export.json",
-        DEPLOY,
-    )
+    report = deploy(run_files, prepared, tmp_path)
     (images,) = calibrated
     data = datasets.load_prepared(prepared, splits=("train", "val", "test"))
     rows = {
@@ -180,65 +182,19 @@ def test_calibration_draws_distinct_images_the_same_for_every_run():
     assert torch.equal(first, second) and len(set(first.tolist())) == 30 and int(first.max()) < 100
 
 
-def test_latency_is_positive_and_recorded_with_its_machine(exported, prepared):
-    folder, _ = exported
-    record = latency_run(
-        folder / "train.json",
-        folder / "model.pt",
-        prepared,
-        folder / "model.onnx",
-        folder / "model.int8.onnx",
-        folder / "export.json",
-        folder / "deploy.json",
-        LATENCY,
-        threads=2,
-    )
-    assert json.loads((folder / "deploy.json").read_text()) == record
-    for engine in ("onnx", "int8", "eager"):
-        for setting in ("b1", "batch"):
-            assert 0 < record[f"{engine}_{setting}_ms"] <= record[f"{engine}_{setting}_p90_ms"]
-    assert record["cpu"] and record["logical_cores"] >= 1 and record["latency_threads"] == 2
-    assert record["onnx_bytes"] == (folder / "model.onnx").stat().st_size
-    assert record["int8_bytes"] == (folder / "model.int8.onnx").stat().st_size
-    assert record["int8_test_error"] == json.loads((folder / "export.json").read_text())["int8_test_error"]
-    assert 0 < record["timings"]["timing_seconds"] < record["timings"]["job_seconds"]
-
-
-def test_latency_without_int8_leaves_its_figures_empty(exported, prepared, tmp_path):
-    folder, _ = exported
-    write_json(
-        tmp_path / "export.json",
-        {
-            k: v
-            for k, v in json.loads((folder / "export.json").read_text()).items()
-            if not k.startswith("int8")
-        },
-    )
-    record = latency_run(
-        folder / "train.json",
-        folder / "model.pt",
-        prepared,
-        folder / "model.onnx",
-        None,
-        tmp_path / "export.json",
-        tmp_path / "deploy.json",
-        LATENCY,
-        threads=1,
-    )
+def test_without_int8_its_figures_are_empty(run_files, prepared, tmp_path):
+    record = deploy(run_files, prepared, tmp_path, int8=False, threads=1)
     assert record["int8_b1_ms"] is None and record["int8_bytes"] is None and record["int8_test_error"] is None
-    assert record["onnx_b1_ms"] > 0
+    assert record["onnx_b1_ms"] > 0 and not (tmp_path / "model.int8.onnx").exists()
 
 
-def test_a_corrupt_model_file_is_named_in_one_sentence(run_files, exported, prepared, tmp_path):
-    broken = tmp_path / "model.pt"
-    broken.write_bytes((run_files / "model.pt").read_bytes()[:200])
-    with pytest.raises(StudyError, match=r"model.pt is truncated or not a torch checkpoint"):
-        export_run(
-            run_files / "train.json", broken, prepared, tmp_path / "m.onnx", None, tmp_path / "e.json", DEPLOY
-        )
-    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "e.json").exists()
+def test_a_corrupt_model_file_is_named_in_one_sentence(run_files, deployed, prepared, tmp_path):
+    (tmp_path / "broken.pt").write_bytes((run_files / "model.pt").read_bytes()[:200])
+    with pytest.raises(StudyError, match=r"broken.pt is truncated or not a torch checkpoint"):
+        deploy(run_files, prepared, tmp_path, model=tmp_path / "broken.pt")
+    assert not list(tmp_path.glob("*.onnx")) and not (tmp_path / "deploy.json").exists()
 
-    folder, _ = exported
+    folder, _ = deployed
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes((folder / "model.onnx").read_bytes()[:300])
     with pytest.raises(
@@ -249,27 +205,16 @@ def test_a_corrupt_model_file_is_named_in_one_sentence(run_files, exported, prep
         onnx_session(tmp_path / "missing.onnx", threads=1)
 
 
-def test_a_latency_batch_larger_than_the_test_split_is_refused(exported, prepared, tmp_path):
-    folder, _ = exported
-    with pytest.raises(StudyError, match=r"deploy.latency.batch_size is 101, more than the 100 test images"):
-        latency_run(
-            folder / "train.json",
-            folder / "model.pt",
-            prepared,
-            folder / "model.onnx",
-            None,
-            folder / "export.json",
-            tmp_path / "deploy.json",
-            {**LATENCY, "batch_size": 101},
-            threads=1,
-        )
-
-
-def test_batch_one_runs_on_one_thread_and_the_batch_on_the_jobs_threads(
-    exported, prepared, tmp_path, monkeypatch
+def test_a_latency_batch_larger_than_the_test_split_is_refused_before_the_export(
+    run_files, prepared, tmp_path
 ):
-    from cifar_resnet import latency
+    too_large = {**DEPLOY, "latency": {**LATENCY, "batch_size": 101}}
+    with pytest.raises(StudyError, match=r"deploy.latency.batch_size is 101, more than the 100 test images"):
+        deploy(run_files, prepared, tmp_path, deploy=too_large)
+    assert not list(tmp_path.iterdir())
 
+
+def test_batch_one_runs_on_one_thread_and_the_batch_on_the_jobs_threads(deployed, monkeypatch):
     timed = []
 
     def record(path, images, threads, runs, warmup_runs):
@@ -277,15 +222,12 @@ def test_batch_one_runs_on_one_thread_and_the_batch_on_the_jobs_threads(
         return {"median_ms": 1.0, "p90_ms": 2.0}
 
     monkeypatch.setattr(latency, "onnx_latency", record)
-    folder, _ = exported
-    args = (
-        folder / "train.json",
-        folder / "model.pt",
-        prepared,
-        folder / "model.onnx",
-        folder / "model.int8.onnx",
+    folder, _ = deployed
+    images = torch.zeros(100, 3, 32, 32, dtype=torch.uint8)
+    model = DeployedModel(build_model(ModelSpec(8)), torch.zeros(3), torch.ones(3)).eval()
+    latency.measure_latency(
+        model, folder / "model.onnx", folder / "model.int8.onnx", images, LATENCY, threads=3
     )
-    latency.latency_run(*args, folder / "export.json", tmp_path / "deploy.json", LATENCY, threads=3)
     assert sorted(timed) == sorted(
         (name, batch, threads, 3, 1)
         for name in ("model.onnx", "model.int8.onnx")

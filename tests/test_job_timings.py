@@ -103,10 +103,10 @@ def test_timings_say_where_each_job_types_time_went_and_the_workflows_wall_time(
     write_train_json(tmp_path, "paper", 8, 50, 4.0, 8.0, 0.56)  # steady 3.5 s, 1000 to 1008
     write_eval_json(tmp_path, "paper", 20, 3.0, 6.0, started_at=1014.0)
     write_eval_json(tmp_path, "paper", 8, 1.0, 4.0, started_at=1020.0)  # ends last, at 1024
-    write_job_json(tmp_path / "runs/paper/resnet8/seed0/export.json", "export_seconds", 2.0, 5.0, 1008.0)
+    write_job_json(tmp_path / "runs/paper/resnet8/seed0/deploy.json", "deploy_seconds", 2.0, 5.0, 1008.0)
     types = job_types(summaries([tmp_path]), job_files([tmp_path])).set_index("job")
-    assert list(types.index) == ["training", "evaluation", "export"]
-    assert types.loc["export", "work"] == pytest.approx(2.0) and types.loc["export", "jobs"] == 1
+    assert list(types.index) == ["training", "evaluation", "deployment"]
+    assert types.loc["deployment", "work"] == pytest.approx(2.0) and types.loc["deployment", "jobs"] == 1
     assert types.loc["training", "jobs"] == 2 and types.loc["evaluation", "jobs"] == 2
     assert types.loc["training", "work"] == pytest.approx(13.0)
     assert types.loc["training", "overhead"] == pytest.approx(1 - 13.0 / 22.0)

@@ -104,7 +104,7 @@ def test_default_config_dry_runs_the_full_grid_with_pretraining_edges(tmp_path):
 
 FINETUNING = {"variant: frozen", "variant: finetune"}
 RUN_OUTPUTS = ("model.pt", "history.csv", "train.json", "eval.json")
-DEPLOYED = ("model.onnx", "model.int8.onnx", "export.json", "deploy.json")
+DEPLOYED = ("model.onnx", "model.int8.onnx", "deploy.json")
 # The demo's INT8 models stay this close to their float models (test error, percentage points).
 INT8_BOUND = 5.0
 
@@ -161,11 +161,11 @@ def test_the_readmes_deployment_snippet_classifies_an_image(demo_run, tmp_path):
         assert printed.strip() == class_names[onnx_logits(session, image[None].numpy()).argmax()]
 
 
-def test_a_latency_option_times_again_and_exports_nothing(demo_run):
+def test_a_latency_option_deploys_again_and_trains_nothing(demo_run):
     workdir, configs = demo_run
     runs = write_config(workdir, "runs.yaml", {"deploy": {"latency": {"runs": 7}}})
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs, runs).stdout)
-    assert counts == with_aggregates(latency=3)
+    assert counts == with_aggregates(deploy=3)
 
 
 def test_deploy_off_leaves_the_deployment_out_of_the_dag(tmp_path):
@@ -173,7 +173,7 @@ def test_deploy_off_leaves_the_deployment_out_of_the_dag(tmp_path):
     off = write_config(workdir, "off.yaml", {**TINY, "deploy": {"enabled": False}})
     output = snakemake(workdir, "-n", "--configfile", "config/demo.yaml", off).stdout
     counts = job_counts(output)
-    assert counts["train"] == 3 and "export" not in counts and "latency" not in counts
+    assert counts["train"] == 3 and "deploy" not in counts
     assert ".onnx" not in output and "deploy.json" not in output
 
 
@@ -181,7 +181,7 @@ def test_int8_off_exports_the_float_model_only(demo_run):
     workdir, configs = demo_run
     float_only = write_config(workdir, "float.yaml", {"deploy": {"int8": False}})
     output = snakemake(workdir, "-n", "--configfile", *configs, float_only).stdout
-    assert job_counts(output)["export"] == 3 and "train" not in job_counts(output)
+    assert job_counts(output)["deploy"] == 3 and "train" not in job_counts(output)
     assert "model.onnx" in output and "model.int8.onnx" not in output
 
 
@@ -222,7 +222,7 @@ def test_a_hyperparameter_change_reruns_exactly_that_variant(demo_run):
         workdir, "change.yaml", {"variants": {"dropout": {"overrides": {"model": {"dropout": 0.3}}}}}
     )
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs, change).stdout)
-    assert counts == with_aggregates(train=1, evaluate=1, export=1, latency=1)
+    assert counts == with_aggregates(train=1, evaluate=1, deploy=1)
 
 
 def test_a_paper_change_also_retrains_what_is_pretrained_from_it(demo_run):
@@ -443,7 +443,7 @@ def test_a_deleted_primary_result_is_rebuilt_with_only_what_depends_on_it(demo_r
     assert counts == with_aggregates(evaluate=1)
     (workdir / RUNS / "frozen/resnet20/seed0/model.pt").unlink()
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout)
-    assert counts == with_aggregates(train=1, evaluate=2, export=1, latency=1)
+    assert counts == with_aggregates(train=1, evaluate=2, deploy=1)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """``python -m tools.timings results/demo``: where a finished workflow's time went and how its jobs meet
-the speed targets of docs/benchmark.md, read from the runs' ``train.json``, ``eval.json``,
-``export.json`` and ``deploy.json``. The benchmark times steps; these judge whole jobs (the paper's 64k
+the speed targets of docs/benchmark.md, read from the runs' ``train.json``, ``eval.json``
+and ``deploy.json``. The benchmark times steps; these judge whole jobs (the paper's 64k
 iterations, the job's overhead, the five depths together)."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ TIMED_FIELDS = (
 )
 FIVE_DEPTHS = (20, 32, 44, 56, 110)
 # The file each job type other than training records its timings in.
-TIMINGS_FILE = {"evaluation": "eval.json", "export": "export.json", "latency": "deploy.json"}
+TIMINGS_FILE = {"evaluation": "eval.json", "deployment": "deploy.json"}
 VERDICT_COLUMNS = ["dataset", "seed", "device", "target", "measured", "limit", "met"]
 
 
@@ -70,8 +70,8 @@ def job_files(paths: Sequence[Path]) -> dict[str, list[Path]]:
 def job_types(summaries: Sequence, other_jobs: dict[str, Sequence]) -> pd.DataFrame:
     """Per job type (training, then those of ``other_jobs``, {job type: timings files}): the number of
     jobs, their summed start-up, setup, first step (training only) and work (steady training steps,
-    inference, export or timed runs) in seconds, the summed job time and the share of it spent outside
-    work, and the median job's overhead fraction."""
+    inference, or export, quantisation and timed runs) in seconds, the summed job time and the share of
+    it spent outside work, and the median job's overhead fraction."""
     rows = []
     for path in summaries:
         times = read_fields(Path(path), ("timings",))["timings"]

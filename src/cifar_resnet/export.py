@@ -1,5 +1,6 @@
-"""Deployment, first stage: a run's selected model to ONNX, the input normalisation folded into the
-graph, checked against PyTorch on the whole test split; then, where configured, its INT8 version.
+"""A run's selected model to ONNX, the input normalisation folded into the graph, and the helpers that
+run an ONNX model and compare its logits: the export is checked against PyTorch on the whole test
+split, not trusted.
 
 The deployed model takes what a camera or an image file gives: uint8 RGB images [batch, 3, 32, 32]
 with values 0 to 255 (batch of any size), and returns the logits.
@@ -7,30 +8,20 @@ with values 0 to 255 (batch of any size), and returns the logits.
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from cifar_resnet import datasets
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import atomic_output, check_json, load_checkpoint, write_json
-from cifar_resnet.models import ModelSpec, build_model
-from cifar_resnet.timings import process_age, work_timings
-
-log = logging.getLogger(__name__)
+from cifar_resnet.files import atomic_output
 
 # The first opset of the dynamo exporter's full operator coverage, and what onnxruntime runs everywhere.
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 INPUT_FORMAT = "uint8 RGB images [batch, 3, 32, 32], values 0-255; the normalisation is in the graph"
-# The exporter's and the quantiser's passes log each rewrite at INFO; the job's log keeps its own lines.
-TOOL_LOGGERS = ("onnx_ir", "onnxscript", "onnxruntime")
-# Batches of the agreement check (always on the CPU) that fit its caches: against batches of 500, 1.5x
-# PyTorch's and 1.2x onnxruntime's images/s (ResNet-20 on one thread of a 2-core Xeon).
+# Batches of the agreement check (always on the CPU) that fit a CPU's caches (docs/benchmark.md).
 CHECK_BATCH = 128
 
 
@@ -46,14 +37,6 @@ class DeployedModel(nn.Module):
 
     def forward(self, images):
         return self.model(images.float() * self.scale + self.shift)
-
-
-def deployed_model(train_summary: Path, model_path: Path, data: dict) -> DeployedModel:
-    """The run's selected model (model.pt) with the training split's normalisation, on the CPU."""
-    run_config = check_json(train_summary, ("config",))["config"]
-    model = build_model(ModelSpec.for_run(run_config, data["num_classes"]))
-    model.load_state_dict(load_checkpoint(model_path))
-    return DeployedModel(model, data["mean"], data["std"]).eval()
 
 
 def export_onnx(model: DeployedModel, path: Path) -> None:
@@ -138,60 +121,24 @@ def check_agreement(measured: dict, tolerance: dict, path: Path) -> None:
         )
 
 
-def export_run(
-    train_summary: Path,
-    model_path: Path,
-    prepared: Path,
-    onnx_path: Path,
-    int8_path: Path | None,
-    report_path: Path,
-    deploy: dict,
-) -> dict:
-    """Export a run's model, check it on the test split, quantise it when ``int8_path`` is given, and
-    write what was measured to ``report_path``."""
-    started, startup = time.perf_counter(), process_age()
-    for name in TOOL_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    data = datasets.load_prepared(prepared, splits=("train", "test") if int8_path else ("test",))
-    model = deployed_model(train_summary, model_path, data)
-    test_images, test_labels = data["test_images"], data["test_labels"].numpy()
-    exporting = time.perf_counter()
+def export_checked(
+    model: DeployedModel, onnx_path: Path, data: dict, tolerance: dict
+) -> tuple[dict, np.ndarray]:
+    """Export ``model`` to ``onnx_path`` and check it against PyTorch on ``data``'s test split; returns
+    what was measured and the ONNX model's test logits."""
+    test_images = data["test_images"]
     reference = torch_logits(model, test_images)
     export_onnx(model, onnx_path)
-    session = onnx_session(onnx_path, threads=torch.get_num_threads())
-    logits = onnx_logits(session, test_images.numpy())
+    logits = onnx_logits(onnx_session(onnx_path, threads=torch.get_num_threads()), test_images.numpy())
     measured = agreement(reference, logits)
-    check_agreement(measured, deploy["tolerance"], onnx_path)
+    check_agreement(measured, tolerance, onnx_path)
     report = {
         "input": INPUT_FORMAT,
         "opset": OPSET,
         "onnx_top1_agreement": measured["top1_agreement"],
         "onnx_max_logit_difference": measured["max_logit_difference"],
         "onnx_relative_logit_difference": measured["relative_logit_difference"],
-        "onnx_test_error": 100 * (1 - accuracy(logits, test_labels)),
-        "num_test_images": len(test_labels),
+        "onnx_test_error": 100 * (1 - accuracy(logits, data["test_labels"].numpy())),
+        "num_test_images": len(test_images),
     }
-    log.info(
-        "ONNX (opset %d) agrees with PyTorch on %.2f%% of %d test images, largest logit difference %.2g",
-        OPSET,
-        100 * measured["top1_agreement"],
-        len(test_labels),
-        measured["max_logit_difference"],
-    )
-    if int8_path:
-        from cifar_resnet.quantize import quantize_and_measure  # which builds on this module
-
-        report |= quantize_and_measure(onnx_path, int8_path, data, logits, deploy["calibration_images"])
-        report["int8_error_difference"] = report["int8_test_error"] - report["onnx_test_error"]
-        log.info(
-            "INT8 test error %.2f%% (float %.2f%%), calibrated on %d training images",
-            report["int8_test_error"],
-            report["onnx_test_error"],
-            deploy["calibration_images"],
-        )
-    ended = time.perf_counter()
-    report["timings"] = work_timings(
-        "export", startup, exporting - started, ended - exporting, ended - started
-    )
-    write_json(report_path, report)
-    return report
+    return report, logits

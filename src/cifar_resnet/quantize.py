@@ -1,4 +1,4 @@
-"""Deployment, second stage: static post-training INT8 quantisation of the exported model with
+"""Static post-training INT8 quantisation of the exported model with
 onnxruntime's quantisation tools.
 
 onnxruntime's tools, not PyTorch's PT2E flow: they quantise the very file that is deployed and

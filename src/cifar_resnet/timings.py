@@ -45,7 +45,7 @@ class ProcessTimes:
 
 
 # The work of each job type that is not training, as its timings name it.
-WORK_OF_JOB = {"evaluation": "inference_seconds", "export": "export_seconds", "latency": "timing_seconds"}
+WORK_OF_JOB = {"evaluation": "inference_seconds", "deployment": "deploy_seconds"}
 
 
 def work_timings(job_type: str, startup: float | None, setup: float, work: float, wall: float) -> dict:

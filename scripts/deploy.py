@@ -1,14 +1,15 @@
-"""Export one run's selected model to ONNX, check it on the test split and quantise it to INT8."""
+"""Export one run's selected model to ONNX, check it on the test split, quantise it to INT8 and time it
+on the CPU: the run's deploy.json."""
 
 from pathlib import Path
 
-from cifar_resnet.export import export_run
+from cifar_resnet.deploy import deploy_run
 from cifar_resnet.workflow import run_job
 
 
-def export():
+def deploy():
     int8 = snakemake.output.get("int8")
-    export_run(
+    deploy_run(
         Path(snakemake.input.summary),
         Path(snakemake.input.model),
         Path(snakemake.input.prepared),
@@ -16,7 +17,8 @@ def export():
         Path(int8) if int8 else None,
         Path(snakemake.output.report),
         snakemake.params.deploy,
+        snakemake.threads,
     )
 
 
-run_job(snakemake, export)
+run_job(snakemake, deploy)
