@@ -1,6 +1,6 @@
-# The CIFAR ResNet study: data -> one training job per (dataset, variant, depth, seed) -> evaluation
-# and deployment (ONNX, INT8, CPU latency) -> summary, accuracy table, plots, README block and
-# `snakemake --report report.html`.
+# The CIFAR ResNet study: data -> one training job per (dataset, variant, depth, seed), which ends
+# with the run's single evaluation on the test set -> one deployment job per run (ONNX, INT8, CPU
+# latency) -> summary, accuracy table, plots, README block and `snakemake --report report.html`.
 
 from snakemake.utils import min_version
 
@@ -16,7 +16,6 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
-include: "rules/evaluate.smk"
 include: "rules/deploy.smk"
 include: "rules/report.smk"
 

@@ -147,4 +147,3 @@ if workflow.is_main_process:
             RUN_FILE_CHECKS[Path(path).name](path)
     if UPDATES_README:
         check_markers(README)
-

@@ -1,5 +1,7 @@
-# One job per (dataset, variant, depth, seed). A fine-tuning run's input is its pretraining run's
-# model, so Snakemake trains that first and retrains both when the pretraining changes.
+# One job per (dataset, variant, depth, seed): the run's training, selected on its validation split,
+# then the single use of the test set on the selected model. A fine-tuning run's input is its
+# pretraining run's model, so Snakemake trains that first and retrains both when the pretraining
+# changes.
 
 
 rule train:
@@ -10,6 +12,7 @@ rule train:
         model=f"{RUN_DIR}/model.pt",
         history=f"{RUN_DIR}/history.csv",
         summary=f"{RUN_DIR}/train.json",
+        evaluation=f"{RUN_DIR}/eval.json",
     log:
         f"{LOGS}/train/{RUN_NAME}.log",
     conda:
@@ -22,11 +25,11 @@ rule train:
     params:
         run_config=lambda wildcards: STUDY.run_config(run_of(wildcards)),
         resume=RESUME_FILE,
-        # Snakemake removes a job's outputs before it starts: the job removes the evaluation and the
-        # deployment of the model it replaces, so a failure never leaves them beside a missing model.
+        # Snakemake removes a job's outputs before it starts: the job removes the deployment of the
+        # model it replaces, so a failure never leaves it beside a missing model.
         derived=[
             f"{RUN_DIR}/{name}"
-            for name in ("eval.json", "model.onnx", "model.int8.onnx", "deploy.json")
+            for name in ("model.onnx", "model.int8.onnx", "deploy.json")
         ],
         gpu_slots=".snakemake/gpu-slots",
         # Inductor's compiled code, shared by every job: a graph is compiled once per workflow.

@@ -74,11 +74,11 @@ JOB = """
 import json, sys
 from pathlib import Path
 from cifar_resnet.devices import claim_gpu
-from cifar_resnet.run import Outputs, train_run
+from cifar_resnet.run import Outputs, train_job
 config, prepared, folder, locks = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+names = ("model.pt", "history.csv", "train.json", "eval.json")
 with claim_gpu(Path(locks)):
-    train_run(config, prepared, Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json"),
-              folder / "resume.pt")
+    train_job(config, prepared, Outputs(*(folder / name for name in names)), folder / "resume.pt")
 """
 
 

@@ -17,7 +17,7 @@ from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Split, evaluate_split
 from cifar_resnet.files import load_tensors, read_json
 from cifar_resnet.models import ModelSpec, build_model
-from cifar_resnet.run import train_run
+from cifar_resnet.run import train_job
 from cifar_resnet.runtime import Runtime
 from cifar_resnet.train import make_optimizer, train_step
 
@@ -85,7 +85,8 @@ def switched(study, device="cpu", **switches) -> dict:
 
 
 def train_switched(config, prepared, folder, checkpoint_interval=60.0) -> dict:
-    return train_run(
+    """The training job with ``config``'s switches, its evaluation included."""
+    return train_job(
         config, prepared, outputs(folder), folder / "resume.pt", checkpoint_interval=checkpoint_interval
     )
 
@@ -163,7 +164,7 @@ def test_each_eager_switch_trains_and_evaluates_like_eager_fp32(
 def compiled_runs(study, prepared, tmp_path_factory):
     """Compile with bf16 and channels_last (the switches that interact): an uninterrupted run, and the
     same run stopped right after its resume state of epoch 2 was saved (as a kill then would), then
-    resumed by a fresh ``train_run``. In one process, so that the graphs are compiled once; the
+    resumed by a fresh ``train_job``. In one process, so that the graphs are compiled once; the
     trainer's real kill, in a separate process, is test_train's."""
     torch.set_num_threads(1)
     config = switched(study, compile=True, bf16=True, channels_last=True)

@@ -276,7 +276,7 @@ def test_demo_through_slurm_matches_a_local_run(tmp_path: Path):
         "--max-threads",
         "2",
     ]  # the CI node has 2 CPUs; the same count locally keeps the runs bit-identical
-    memory = ["--set-resources", "train:mem_mb=2000", "evaluate:mem_mb=2000", "prepare:mem_mb=1000"]
+    memory = ["--set-resources", "train:mem_mb=2000", "deploy:mem_mb=2000", "prepare:mem_mb=1000"]
     runs = {}
     for name, run in (("slurm", run_through_slurm), ("local", run_locally)):
         (tmp_path / name).mkdir()
@@ -287,7 +287,7 @@ def test_demo_through_slurm_matches_a_local_run(tmp_path: Path):
     local_dir, local_run = runs["local"]
     assert slurm_run.returncode == 0, slurm_run.describe()
     assert local_run.returncode == 0, local_run.describe()
-    assert len(slurm_run.job_ids) >= 4 and not slurm_run.leftover_jobs  # train x2, evaluate x2 at least
+    assert len(slurm_run.job_ids) >= 4 and not slurm_run.leftover_jobs  # train x2, deploy x2 at least
 
     summary = "results/demo/summary.csv"
     assert (slurm_dir / summary).read_text().splitlines()[0] == (

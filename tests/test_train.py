@@ -18,7 +18,7 @@ from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Evaluation, evaluate_run
 from cifar_resnet.files import load_tensors, read_json
 from cifar_resnet.models import ModelSpec, build_model
-from cifar_resnet.run import Outputs, train_run
+from cifar_resnet.run import Outputs, train_job, train_run
 from cifar_resnet.runtime import Runtime
 from cifar_resnet.selection import Monitor
 from cifar_resnet.train import build_trainer
@@ -48,7 +48,7 @@ def small(run_config, **training):
 
 
 def outputs(folder: Path) -> Outputs:
-    return Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json")
+    return Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json", folder / "eval.json")
 
 
 def run(study, variant, depth=20, seed=0, **training):
@@ -57,8 +57,9 @@ def run(study, variant, depth=20, seed=0, **training):
     return small(study.run_config(Run("demo", variant, depth, seed)), **training)
 
 
-def train(config, prepared, folder, pretrained=None, **options):
-    return train_run(
+def train(config, prepared, folder, pretrained=None, **options) -> dict:
+    """A training job's work: the run trained, then evaluated; returns the training's summary."""
+    return train_job(
         config, prepared, outputs(folder), folder / "resume.pt", pretrained=pretrained, **options
     )
 
@@ -202,12 +203,13 @@ def test_early_stopping_stops_patience_epochs_after_the_best(
 TRAIN_IN_SUBPROCESS = """
 import json, sys, torch
 from pathlib import Path
-from cifar_resnet.run import Outputs, train_run
+from cifar_resnet.run import Outputs, train_job
 from cifar_resnet.selection import Monitor
 torch.set_num_threads(1)
 config, prepared, folder = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-train_run(config, prepared, Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json"),
-          folder / "resume.pt", checkpoint_interval=0)
+names = ("model.pt", "history.csv", "train.json", "eval.json")
+outputs = Outputs(*(folder / name for name in names))
+train_job(config, prepared, outputs, folder / "resume.pt", checkpoint_interval=0)
 """
 
 
@@ -397,12 +399,23 @@ def test_the_recipe_reaches_the_optimizer_and_the_initialisation(prepared):
     assert weights.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.05)
 
 
-def test_training_never_reads_the_test_split(study, prepared, tmp_path):
+def test_training_never_reads_the_test_split(study, prepared, tmp_path, monkeypatch):
+    """The training reads a prepared file without the test split; the job's evaluation, which follows
+    the selection, is the first to load the test split."""
     data = load_tensors(prepared)
     without_test = {key: value for key, value in data.items() if not key.startswith("test_")}
     run_module.save_tensors(tmp_path / "prepared.pt", without_test)
-    summary = train(run(study, "paper"), tmp_path / "prepared.pt", tmp_path / "run")
-    assert summary["iterations"] == 3
+    folder = tmp_path / "run"
+    summary = train_run(run(study, "paper"), tmp_path / "prepared.pt", outputs(folder), folder / "resume.pt")
+    assert summary["iterations"] == 3 and not (folder / "eval.json").exists()
+    evaluated = []
+    monkeypatch.setattr(
+        run_module,
+        "evaluate_run",
+        lambda summary, model, *_: evaluated.append(model.exists() and summary.exists()),
+    )
+    train(run(study, "paper"), prepared, tmp_path / "job")
+    assert evaluated == [True]  # once, after the selected model and train.json were written
 
 
 def test_every_checkpoint_is_loaded_weights_only():
@@ -442,10 +455,10 @@ def test_a_training_job_does_not_import_torchvision(study, prepared, tmp_path):
     program = """
 import json, sys
 from pathlib import Path
-from cifar_resnet.run import Outputs, train_run
+from cifar_resnet.run import Outputs, train_job
 config, prepared, folder = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), Path(sys.argv[3])
-train_run(config, prepared, Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json"),
-          folder / "resume.pt")
+names = ("model.pt", "history.csv", "train.json", "eval.json")
+train_job(config, prepared, Outputs(*(folder / name for name in names)), folder / "resume.pt")
 print(json.dumps("torchvision" in sys.modules))
 """
     arguments = [str(tmp_path / "run.json"), str(prepared), str(tmp_path)]

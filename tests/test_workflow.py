@@ -81,7 +81,7 @@ def test_default_config_dry_runs_the_full_grid_with_pretraining_edges(tmp_path):
     workdir = copy_workflow(tmp_path)
     counts = job_counts(snakemake(workdir, "-n").stdout)
     # 12 variants x 5 depths x 3 seeds on CIFAR-10, plus the CIFAR-100 pretraining of frozen/finetune
-    assert counts["evaluate"] == 12 * 5 * 3
+    assert counts["deploy"] == 12 * 5 * 3  # the study runs; the training jobs evaluate every run
     assert counts["train"] == 12 * 5 * 3 + 5 * 3
     assert counts["download"] == 2 and counts["prepare"] == 2
 
@@ -222,7 +222,7 @@ def test_a_hyperparameter_change_reruns_exactly_that_variant(demo_run):
         workdir, "change.yaml", {"variants": {"dropout": {"overrides": {"model": {"dropout": 0.3}}}}}
     )
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs, change).stdout)
-    assert counts == with_aggregates(train=1, evaluate=1, deploy=1)
+    assert counts == with_aggregates(train=1, deploy=1)
 
 
 def test_a_paper_change_also_retrains_what_is_pretrained_from_it(demo_run):
@@ -239,7 +239,7 @@ def test_adding_a_seed_adds_only_its_jobs(demo_run):
     workdir, configs = demo_run
     seeds = write_config(workdir, "seeds.yaml", {"study": {"seeds": [0, 1]}})
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs, seeds).stdout)
-    assert counts["train"] == 3 and counts["evaluate"] == 3
+    assert counts["train"] == 3 and counts["deploy"] == 3
     assert "prepare" not in counts and "demo_archive" not in counts
 
 
@@ -247,7 +247,7 @@ def test_adding_a_depth_adds_only_its_jobs(demo_run):
     workdir, configs = demo_run
     depths = write_config(workdir, "depths.yaml", {"study": {"depths": [20, 8]}})
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs, depths).stdout)
-    assert counts["train"] == 3 and counts["evaluate"] == 3  # ResNet-8 of each variant, nothing at 20
+    assert counts["train"] == 3 and counts["deploy"] == 3  # ResNet-8 of each variant, nothing at 20
     assert "prepare" not in counts and "demo_archive" not in counts
 
 
@@ -440,10 +440,10 @@ def test_a_deleted_primary_result_is_rebuilt_with_only_what_depends_on_it(demo_r
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     (workdir / RUNS / "dropout/resnet20/seed0/eval.json").unlink()
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout)
-    assert counts == with_aggregates(evaluate=1)
+    assert counts == with_aggregates(train=1, deploy=1)
     (workdir / RUNS / "frozen/resnet20/seed0/model.pt").unlink()
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout)
-    assert counts == with_aggregates(train=1, evaluate=2, deploy=1)
+    assert counts == with_aggregates(train=1, deploy=1)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from cifar_resnet.checkpoint import load_trained_run
 from cifar_resnet.files import write_json
 from cifar_resnet.models import count_parameters
 from cifar_resnet.runtime import Runtime
-from cifar_resnet.timings import process_age, work_timings
+from cifar_resnet.timings import work_timings
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,10 @@ def macs_per_image(model: torch.nn.Module) -> int:
 
 
 def evaluate_run(train_summary: Path, model_path: Path, prepared: Path, output: Path) -> dict:
-    started, startup = time.perf_counter(), process_age()
+    """Evaluate a trained run's selected model on the test split and write ``eval.json``: the test
+    results, the confusion matrix, the model's size and the inference speed. Part of the training job,
+    after the model was selected and saved."""
+    started = time.perf_counter()
     data = datasets.load_prepared(prepared, splits=("test",))
     run_config, model = load_trained_run(train_summary, model_path, data["num_classes"])
     params = count_parameters(model, trainable_only=False)
@@ -125,7 +128,7 @@ def evaluate_run(train_summary: Path, model_path: Path, prepared: Path, output: 
         "device": str(device),
     }
     metrics["timings"] = work_timings(
-        "evaluation", startup, inference_started - started, seconds, time.perf_counter() - started
+        "evaluation", None, inference_started - started, seconds, time.perf_counter() - started
     )
     write_json(output, metrics)
     log.info(

@@ -1,6 +1,7 @@
-"""One run, from a fresh start or its resume state to its outputs: the epochs, the resume state saved
-at most once per checkpoint interval, model selection and early stopping, then the selected model,
-``history.csv`` and ``train.json``."""
+"""One run's training job, from a fresh start or its resume state to its outputs: the epochs, the resume
+state saved at most once per checkpoint interval, model selection and early stopping, then the selected
+model, ``history.csv`` and ``train.json``; and after that, the single use of the test set on the
+selected model, ``eval.json``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from cifar_resnet import checkpoint, datasets
 from cifar_resnet.config import config_hash
 from cifar_resnet.errors import StudyError
+from cifar_resnet.evaluate import evaluate_run
 from cifar_resnet.files import atomic_output, save_tensors, write_json
 from cifar_resnet.models import ModelSpec
 from cifar_resnet.provenance import describe_device, git_commit, versions
@@ -47,6 +49,24 @@ class Outputs:
     model: Path
     history: Path
     summary: Path
+    evaluation: Path
+
+
+def train_job(
+    run_config: dict,
+    prepared: Path,
+    outputs: Outputs,
+    resume_file: Path,
+    pretrained: Path | None = None,
+    checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS,
+) -> dict:
+    """Train the run (``train_run``, whose summary it returns), then evaluate its selected model on the
+    test split, which the training never reads. The resume state goes only after the evaluation: a job
+    stopped during it resumes where its training was last saved instead of training again."""
+    summary = train_run(run_config, prepared, outputs, resume_file, pretrained, checkpoint_interval)
+    evaluate_run(outputs.summary, outputs.model, prepared, outputs.evaluation)
+    resume_file.unlink(missing_ok=True)
+    return summary
 
 
 def train_run(
@@ -57,7 +77,8 @@ def train_run(
     pretrained: Path | None = None,
     checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS,
 ) -> dict:
-    """Train one run to ``outputs``, resuming from ``resume_file`` where an earlier process left it.
+    """Train one run to ``outputs`` (all but the evaluation), resuming from ``resume_file`` where an
+    earlier process left it, which stays until the job removes it.
     The resume state is saved after an epoch once ``checkpoint_interval`` seconds have passed since the
     last save, so a kill loses at most that much training, and short epochs on a fast GPU do not wait
     for a checkpoint each."""
@@ -97,7 +118,6 @@ def train_run(
         last_checkpoint = time.perf_counter()
         times.checkpoints += last_checkpoint - checkpoint_started
     summary = write_outputs(outputs, run_config, trainer, spec, progress, started, times)
-    resume_file.unlink(missing_ok=True)
     return summary
 
 
