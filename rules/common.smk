@@ -22,10 +22,10 @@ REAL_DATASETS = downloaded_datasets()
 
 PREPARED = f"{DATA_ROOT}/{{dataset}}/prepared.pt"
 
-# Threads of a training or evaluation job. Its data lives on its device, so on a GPU one thread
-# launches the kernels and the job needs few more. On the CPU, single-thread jobs side by side give
-# more images/s than one job on every core (two single-thread processes: 1.7x the images/s of one
-# two-thread process on 2 cores, the benchmark's `jobs` rows), and the grid has jobs to spare.
+# Threads of a training job. Its data lives on its device, so on a GPU one thread launches the
+# kernels and the job needs few more. On the CPU, single-thread jobs side by side give more images/s
+# than one job on every core (the benchmark's `jobs` rows, docs/benchmark.md), and the grid has jobs
+# to spare.
 JOB_THREADS = 1
 SUMMARY = f"{RESULTS}/{{dataset}}/summary.csv"
 ACCURACY_TABLE = f"{RESULTS}/{{dataset}}/tables/accuracy.md"
@@ -130,10 +130,17 @@ def final_outputs() -> list[str]:
     return outputs
 
 
+def run_compute(wildcards) -> int:
+    """A run's compute relative to the others' (depth x width squared). Its jobs' priority: the longest
+    start first, so that none is left running alone at the end."""
+    return (
+        int(wildcards.depth) * STUDY.recipes[wildcards.variant]["model"]["width"] ** 2
+    )
+
+
 def train_minutes(wildcards) -> int:
     """A SLURM time limit with room to spare for an H100-class GPU, scaled by depth and width."""
-    recipe = STUDY.recipes[wildcards.variant]
-    return 20 + int(wildcards.depth) * recipe["model"]["width"] ** 2 // 2
+    return 20 + run_compute(wildcards) // 2
 
 
 # Before any job starts: the files that jobs will read from earlier runs, and the README markers the

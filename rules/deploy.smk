@@ -13,6 +13,7 @@ rule deploy:
         report=f"{RUN_DIR}/deploy.json",
     log:
         f"{LOGS}/deploy/{RUN_NAME}.log",
+    priority: run_compute
     conda:
         "../envs/train.yaml"
     # Every thread the batch runs time with, so that no other job shares the cores being measured.

@@ -15,6 +15,7 @@ rule train:
         evaluation=f"{RUN_DIR}/eval.json",
     log:
         f"{LOGS}/train/{RUN_NAME}.log",
+    priority: run_compute
     conda:
         "../envs/train.yaml"
     threads: JOB_THREADS

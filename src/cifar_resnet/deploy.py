@@ -63,29 +63,13 @@ def deploy_run(
     )
     record |= {"int8_test_error": None, "int8_error_difference": None}
     if int8_path:
-        record |= quantize_and_measure(onnx_path, int8_path, data, logits, deploy["calibration_images"])
-        record["int8_error_difference"] = record["int8_test_error"] - record["onnx_test_error"]
-        log.info(
-            "INT8 test error %.2f%% (float %.2f%%), calibrated on %d training images",
-            record["int8_test_error"],
-            record["onnx_test_error"],
-            deploy["calibration_images"],
-        )
+        record |= int8_measured(onnx_path, int8_path, data, logits, deploy["calibration_images"], record)
     record |= measure_latency(model, onnx_path, int8_path, data["test_images"], latency, threads)
     ended = time.perf_counter()
-    record |= {
-        "onnx_bytes": onnx_path.stat().st_size,
-        "int8_bytes": int8_path.stat().st_size if int8_path else None,
-        "latency_batch_size": latency["batch_size"],
-        "latency_threads": threads,
-        "runs": latency["runs"],
-        "warmup_runs": latency["warmup_runs"],
-        "cpu": cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "onnxruntime_version": onnxruntime_version(),
-        "torch_version": torch.__version__,
-        "timings": work_timings("deployment", startup, working - started, ended - working, ended - started),
-    }
+    record |= how_measured(onnx_path, int8_path, latency, threads)
+    record["timings"] = work_timings(
+        "deployment", startup, working - started, ended - working, ended - started
+    )
     write_json(output, record)
     log.info(
         "batch 1, 1 thread: onnxruntime %.3f ms, INT8 %s, PyTorch eager %.3f ms (%s)",
@@ -97,7 +81,34 @@ def deploy_run(
     return record
 
 
-def onnxruntime_version() -> str:
+def int8_measured(
+    onnx_path, int8_path, data: dict, float_logits, calibration_images: int, record: dict
+) -> dict:
+    """The INT8 model quantised and measured, with its test error's difference to the float model's."""
+    measured = quantize_and_measure(onnx_path, int8_path, data, float_logits, calibration_images)
+    measured["int8_error_difference"] = measured["int8_test_error"] - record["onnx_test_error"]
+    log.info(
+        "INT8 test error %.2f%% (float %.2f%%), calibrated on %d training images",
+        measured["int8_test_error"],
+        record["onnx_test_error"],
+        calibration_images,
+    )
+    return measured
+
+
+def how_measured(onnx_path: Path, int8_path: Path | None, latency: dict, threads: int) -> dict:
+    """The models' sizes, the latency settings and the machine and libraries they were timed with."""
     import onnxruntime
 
-    return onnxruntime.__version__
+    return {
+        "onnx_bytes": onnx_path.stat().st_size,
+        "int8_bytes": int8_path.stat().st_size if int8_path else None,
+        "latency_batch_size": latency["batch_size"],
+        "latency_threads": threads,
+        "runs": latency["runs"],
+        "warmup_runs": latency["warmup_runs"],
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "onnxruntime_version": onnxruntime.__version__,
+        "torch_version": torch.__version__,
+    }

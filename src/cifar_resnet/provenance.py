@@ -29,7 +29,7 @@ def cpu_model() -> str:
 
 def versions() -> dict:
     """The libraries' versions, from their installed metadata: importing torchvision to ask it would cost
-    a training job 1.1 s."""
+    a training job a second (docs/benchmark.md)."""
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,

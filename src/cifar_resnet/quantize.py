@@ -4,9 +4,9 @@ onnxruntime's quantisation tools.
 onnxruntime's tools, not PyTorch's PT2E flow: they quantise the very file that is deployed and
 checked, after the exporter's graph optimisation (batch norm folded into the convolutions), and
 onnxruntime is the engine whose latency is measured. The format is QDQ with unsigned 8-bit
-activations and per-channel signed 8-bit weights (U8S8): on an x86 CPU with VNNI it ran the demo's
-ResNet-20 at batch 1 in 0.26 ms against 0.79 ms for signed activations (S8S8) and 0.51 ms in float,
-at the same test accuracy, and onnxruntime's ARM kernels take U8S8 too. Activation ranges are
+activations and per-channel signed 8-bit weights (U8S8): on an x86 CPU with VNNI it runs faster than
+signed activations (S8S8) at the same test accuracy (docs/benchmark.md), and onnxruntime's ARM kernels
+take U8S8 too. Activation ranges are
 calibrated (min-max) on images of the training split only: validation selects models and the test
 split is used once per model, so neither may tune the deployed one.
 """

@@ -52,18 +52,12 @@ class Outputs:
     evaluation: Path
 
 
-def train_job(
-    run_config: dict,
-    prepared: Path,
-    outputs: Outputs,
-    resume_file: Path,
-    pretrained: Path | None = None,
-    checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS,
-) -> dict:
-    """Train the run (``train_run``, whose summary it returns), then evaluate its selected model on the
-    test split, which the training never reads. The resume state goes only after the evaluation: a job
-    stopped during it resumes where its training was last saved instead of training again."""
-    summary = train_run(run_config, prepared, outputs, resume_file, pretrained, checkpoint_interval)
+def train_job(run_config: dict, prepared: Path, outputs: Outputs, resume_file: Path, **options) -> dict:
+    """Train the run (``train_run`` with its ``options``; returns its summary), then evaluate its
+    selected model on the test split, which the training never reads. The resume state goes only after
+    the evaluation: a job stopped during it resumes where its training was last saved instead of
+    training again."""
+    summary = train_run(run_config, prepared, outputs, resume_file, **options)
     evaluate_run(outputs.summary, outputs.model, prepared, outputs.evaluation)
     resume_file.unlink(missing_ok=True)
     return summary
