@@ -1,15 +1,11 @@
 import os
 import re
-from functools import partial
 from pathlib import Path
 
 from cifar_resnet.config import Run, load_study
 from cifar_resnet.layout import LOGS, RESULTS, RESUME_FILE, RUN_DIR, RUN_NAME, run_path
-from cifar_resnet.files import check_csv, check_json, check_tensor_file
-from cifar_resnet.plots import CONFUSION_FIELDS, LEARNING_CURVE_COLUMNS
 from cifar_resnet.plots import DEPLOYMENT_PLOTS, plot_names
-from cifar_resnet.readme import check_markers
-from cifar_resnet.summary import DEPLOY_FIELDS, EVAL_FIELDS, TRAIN_FIELDS
+from cifar_resnet.preflight import check_before_jobs
 from cifar_resnet.sources import DATASETS, downloaded_datasets, get_source
 
 STUDY = load_study(
@@ -76,16 +72,6 @@ def run_files(dataset: str, name: str) -> list[str]:
     return [run_path(f"{RUN_DIR}/{name}", run) for run in STUDY.runs(dataset)]
 
 
-# What the jobs that read a run's files need of each, checked as the workflow is read (at the end).
-RUN_FILE_CHECKS = {
-    "model.pt": check_tensor_file,
-    "history.csv": partial(check_csv, numeric_columns=LEARNING_CURVE_COLUMNS),
-    "train.json": partial(check_json, fields=(*TRAIN_FIELDS, "config")),
-    "eval.json": partial(check_json, fields=(*EVAL_FIELDS, *CONFUSION_FIELDS)),
-    "deploy.json": partial(check_json, fields=DEPLOY_FIELDS),
-}
-
-
 def primary_results() -> list[str]:
     """Every trained run's model.pt, history.csv and train.json and every study run's eval.json and,
     when deploying, its exported models and deploy.json."""
@@ -143,14 +129,7 @@ def train_minutes(wildcards) -> int:
     return 20 + run_compute(wildcards) // 2
 
 
-# Before any job starts: the files that jobs will read from earlier runs, and the README markers the
-# readme rule splices between. A corrupt file or a missing marker stops the workflow here with one
-# sentence, instead of in a job that Snakemake would first have cleared of its previous outputs. Only
-# the scheduling process checks: a cluster job reads this workflow again, and would read every run's
-# files again for each job.
+# Before any job starts (cifar_resnet.preflight). Only the scheduling process checks: a cluster job
+# reads this workflow again, and would read every run's files again for each job.
 if workflow.is_main_process:
-    for path in primary_results():
-        if Path(path).exists() and Path(path).name in RUN_FILE_CHECKS:
-            RUN_FILE_CHECKS[Path(path).name](path)
-    if UPDATES_README:
-        check_markers(README)
+    check_before_jobs(primary_results(), Path(README) if UPDATES_README else None)
