@@ -43,27 +43,12 @@ def select_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def applied_switches(config: dict, device: torch.device) -> tuple[str, ...]:
-    """The switches of the ``runtime`` section ``config`` that change what runs on ``device``."""
-    acting = switches_act_on(config, device)
-    compiled = acting and config["compile"]
-    return tuple(
-        switch
-        for switch in SWITCHES
-        if config[switch] and (compiled and device.type == "cuda" if switch == "cuda_graphs" else acting)
-    )
-
-
-def switches_act_on(config: dict, device: torch.device) -> bool:
-    """Whether bf16, channels_last, compile and the fused optimizer act on ``device``."""
-    return device.type == "cuda" or (device.type == "cpu" and config["switches_on_cpu"])
-
-
 @dataclass(frozen=True)
 class Runtime:
     """What a job's model runs with on its device, each switch already decided for that device."""
 
     device: torch.device
+    applied: tuple[str, ...]  # the switches that act on this device, in SWITCHES' order
     autocast_dtype: torch.dtype | None  # bf16 autocast, or none
     memory_format: torch.memory_format
     compile: bool
@@ -75,15 +60,20 @@ class Runtime:
 
     @classmethod
     def resolve(cls, config: dict, device: torch.device) -> Runtime:
-        """The runtime of the config's ``runtime`` section on ``device``."""
-        applied = applied_switches(config, device)
+        """The runtime of the config's ``runtime`` section on ``device``: bf16, channels_last, compile
+        and the fused optimizer act where the device is CUDA or ``switches_on_cpu`` holds, CUDA graphs
+        on CUDA under compile only."""
+        acting = device.type == "cuda" or (device.type == "cpu" and config["switches_on_cpu"])
+        graphs = device.type == "cuda" and acting and config["compile"]
+        applied = tuple(s for s in SWITCHES if config[s] and (graphs if s == "cuda_graphs" else acting))
         return cls(
             device=device,
+            applied=applied,
             autocast_dtype=torch.bfloat16 if "bf16" in applied else None,
             memory_format=torch.channels_last if "channels_last" in applied else torch.contiguous_format,
             compile="compile" in applied,
             cuda_graphs="cuda_graphs" in applied,
-            fused_optimizer=switches_act_on(config, device),
+            fused_optimizer=acting,
             deterministic=config["deterministic"] and device.type == "cuda",
             eval_batch_size=config["eval_batch_size"],
             not_applied=tuple(s for s in SWITCHES if config[s] and s not in applied),
@@ -95,12 +85,6 @@ class Runtime:
         runtime = cls.resolve(config, select_device(config["device"]))
         runtime.configure_backends()
         return runtime
-
-    @property
-    def applied(self) -> list[str]:
-        flags = {"compile": self.compile, "bf16": self.autocast_dtype is not None}
-        flags |= {"channels_last": self.memory_format == torch.channels_last, "cuda_graphs": self.cuda_graphs}
-        return [switch for switch in SWITCHES if flags[switch]]
 
     def configure_backends(self) -> None:
         if self.device.type != "cuda":
@@ -139,7 +123,7 @@ class Runtime:
         ``train.json``."""
         return {
             "device": self.device.type,
-            "applied": self.applied,
+            "applied": list(self.applied),
             "not_applied": list(self.not_applied),
             "deterministic": self.deterministic,
             "optimizer": "fused" if optimizer.defaults.get("fused") else "foreach",

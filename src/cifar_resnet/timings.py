@@ -63,19 +63,12 @@ def work_timings(job_type: str, startup: float | None, setup: float, work: float
 
 
 def describe_timings(timings: dict) -> str:
-    parts = {
-        "start-up": timings["startup_seconds"],
-        "setup": timings["setup_seconds"],
-        "first step": timings["first_step_seconds"],
-        "validation": timings["validation_seconds"],
-        "checkpoints": timings["checkpoint_seconds"],
-    }
-    listed = ", ".join(
-        f"{name} {'?' if value is None else f'{value:.2f}'} s" for name, value in parts.items()
-    )
+    parts = ("startup", "setup", "first_step", "validation", "checkpoint")
+    seconds = {part: timings[f"{part}_seconds"] for part in parts}
+    listed = ", ".join(f"{part} {'?' if s is None else f'{s:.2f}'} s" for part, s in seconds.items())
     return (
         f"job {timings['job_seconds']:.1f} s, overhead {100 * timings['overhead_fraction']:.1f}% "
-        f"outside steady training steps: {listed}"
+        f"outside steady training steps: {listed.replace('_', ' ')}"
     )
 
 
