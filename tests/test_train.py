@@ -418,6 +418,25 @@ def test_training_never_reads_the_test_split(study, prepared, tmp_path, monkeypa
     assert evaluated == [True]  # once, after the selected model and train.json were written
 
 
+def test_a_job_stopped_during_its_evaluation_resumes_instead_of_training_again(
+    study, prepared, tmp_path, monkeypatch, caplog
+):
+    caplog.set_level("INFO", logger="cifar_resnet")
+    config = run(study, "paper", unit="epochs", duration=3)
+
+    def stopped(*paths):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "evaluate_run", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, prepared, tmp_path, checkpoint_interval=0)
+    assert load_tensors(tmp_path / "resume.pt")["epoch"] == 2  # saved after every epoch but the last
+    train(config, prepared, tmp_path)
+    assert "resumed from" in caplog.text and (tmp_path / "eval.json").exists()
+    assert not (tmp_path / "resume.pt").exists()
+
+
 def test_every_checkpoint_is_loaded_weights_only():
     """torch.load is called in one place, files.load_tensors, and there with weights_only=True: no
     loader of the package can unpickle arbitrary objects."""

@@ -79,11 +79,19 @@ def demo_run(tmp_path_factory):
 
 def test_default_config_dry_runs_the_full_grid_with_pretraining_edges(tmp_path):
     workdir = copy_workflow(tmp_path)
-    counts = job_counts(snakemake(workdir, "-n").stdout)
+    output = snakemake(workdir, "-n").stdout
+    counts = job_counts(output)
     # 12 variants x 5 depths x 3 seeds on CIFAR-10, plus the CIFAR-100 pretraining of frozen/finetune
     assert counts["deploy"] == 12 * 5 * 3  # the study runs; the training jobs evaluate every run
     assert counts["train"] == 12 * 5 * 3 + 5 * 3
     assert counts["download"] == 2 and counts["prepare"] == 2
+    # The longest runs start first: a run's jobs have its compute, depth x width squared, as priority.
+    priorities = re.findall(
+        r"^rule (train|deploy):$.*?variant=([\w-]+), depth=(\d+).*?priority: (\d+)$", output, re.M | re.S
+    )
+    assert len(priorities) == counts["train"] + counts["deploy"]
+    width = {"wide": 4}
+    assert all(int(p) == int(depth) * width.get(variant, 1) ** 2 for _, variant, depth, p in priorities)
 
     dag = snakemake(workdir, "--dag").stdout
     labels = {
@@ -440,10 +448,10 @@ def test_a_deleted_primary_result_is_rebuilt_with_only_what_depends_on_it(demo_r
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     (workdir / RUNS / "dropout/resnet20/seed0/eval.json").unlink()
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout)
-    assert counts == with_aggregates(train=1, deploy=1)
+    assert counts == with_aggregates(train=1, deploy=1)  # the training job writes the evaluation
     (workdir / RUNS / "frozen/resnet20/seed0/model.pt").unlink()
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout)
-    assert counts == with_aggregates(train=1, deploy=1)
+    assert counts == with_aggregates(train=2, deploy=2)  # the dropout run's and the frozen run's
 
 
 @pytest.mark.parametrize(
