@@ -1,7 +1,8 @@
 """Where a job's time went: for training, start-up, setup, the first step, training, validation and
-checkpoints; for evaluation, start-up, setup and inference; and the fraction of the job spent outside
-its work (steady training steps, or inference). ``started_at`` (Unix time of the process start) lets
-a workflow's jobs be laid on one clock."""
+checkpoints; for the evaluation that ends a training job, setup and inference; for deployment,
+start-up, setup and its work; and the fraction spent outside the work (steady training steps,
+inference, or export and timing). ``started_at`` (Unix time of the start) lets a workflow's jobs be
+laid on one clock."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class ProcessTimes:
         }
 
 
-# The work of each job type that is not training, as its timings name it.
+# The work of each part of a workflow other than training, as its timings name it.
 WORK_OF_JOB = {"evaluation": "inference_seconds", "deployment": "deploy_seconds"}
 
 
