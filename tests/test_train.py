@@ -323,9 +323,9 @@ def test_cuda_demanded_but_absent_fails_and_auto_falls_back(study, prepared, tmp
 
 
 def test_evaluation_reports_every_metric(study, prepared, pretrained_paper, tmp_path):
-    metrics = evaluate_run(
-        pretrained_paper.with_name("train.json"), pretrained_paper, prepared, tmp_path / "e.json"
-    )
+    runtime = Runtime.start(run(study, "paper")["runtime"])
+    train_summary = pretrained_paper.with_name("train.json")
+    metrics = evaluate_run(train_summary, pretrained_paper, prepared, tmp_path / "e.json", runtime)
     assert metrics == read_json(tmp_path / "e.json")
     matrix = torch.tensor(metrics["confusion_matrix"])
     assert matrix.shape == (10, 10) and matrix.sum() == metrics["num_test_images"] == 100
@@ -406,7 +406,9 @@ def test_training_never_reads_the_test_split(study, prepared, tmp_path, monkeypa
     without_test = {key: value for key, value in data.items() if not key.startswith("test_")}
     run_module.save_tensors(tmp_path / "prepared.pt", without_test)
     folder = tmp_path / "run"
-    summary = train_run(run(study, "paper"), tmp_path / "prepared.pt", outputs(folder), folder / "resume.pt")
+    config = run(study, "paper")
+    runtime = Runtime.start(config["runtime"])
+    summary = train_run(config, tmp_path / "prepared.pt", outputs(folder), folder / "resume.pt", runtime)
     assert summary["iterations"] == 3 and not (folder / "eval.json").exists()
     evaluated = []
     monkeypatch.setattr(

@@ -63,7 +63,8 @@ def deploy_run(
     )
     record |= {"int8_test_error": None, "int8_error_difference": None}
     if int8_path:
-        record |= int8_measured(onnx_path, int8_path, data, logits, deploy["calibration_images"], record)
+        calibration = deploy["calibration_images"]
+        record |= int8_measured(onnx_path, int8_path, data, logits, calibration, record["onnx_test_error"])
     record |= measure_latency(model, onnx_path, int8_path, data["test_images"], latency, threads)
     ended = time.perf_counter()
     record |= how_measured(onnx_path, int8_path, latency, threads)
@@ -82,15 +83,15 @@ def deploy_run(
 
 
 def int8_measured(
-    onnx_path, int8_path, data: dict, float_logits, calibration_images: int, record: dict
+    onnx_path, int8_path, data: dict, float_logits, calibration_images: int, float_error: float
 ) -> dict:
     """The INT8 model quantised and measured, with its test error's difference to the float model's."""
     measured = quantize_and_measure(onnx_path, int8_path, data, float_logits, calibration_images)
-    measured["int8_error_difference"] = measured["int8_test_error"] - record["onnx_test_error"]
+    measured["int8_error_difference"] = measured["int8_test_error"] - float_error
     log.info(
         "INT8 test error %.2f%% (float %.2f%%), calibrated on %d training images",
         measured["int8_test_error"],
-        record["onnx_test_error"],
+        float_error,
         calibration_images,
     )
     return measured

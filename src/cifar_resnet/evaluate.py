@@ -86,17 +86,18 @@ def macs_per_image(model: torch.nn.Module) -> int:
     return sum(counted)
 
 
-def evaluate_run(train_summary: Path, model_path: Path, prepared: Path, output: Path) -> dict:
-    """Evaluate a trained run's selected model on the test split and write ``eval.json``: the test
-    results, the confusion matrix, the model's size and the inference speed. Part of the training job,
-    after the model was selected and saved."""
+def evaluate_run(
+    train_summary: Path, model_path: Path, prepared: Path, output: Path, runtime: Runtime
+) -> dict:
+    """Evaluate a trained run's selected model on the test split with the training job's ``runtime`` and
+    write ``eval.json``: the test results, the confusion matrix, the model's size and the inference
+    speed. Part of the training job, after the model was selected and saved."""
     started = time.perf_counter()
     data = datasets.load_prepared(prepared, splits=("test",))
-    run_config, model = load_trained_run(train_summary, model_path, data["num_classes"])
+    _, model = load_trained_run(train_summary, model_path, data["num_classes"])
     params = count_parameters(model, trainable_only=False)
     macs = macs_per_image(model)
 
-    runtime = Runtime.start(run_config["runtime"])
     device = runtime.device
     model = runtime.to_device(model)
     test = Split(data["test_images"].to(device), data["test_labels"].to(device))

@@ -54,11 +54,12 @@ class Outputs:
 
 def train_job(run_config: dict, prepared: Path, outputs: Outputs, resume_file: Path, **options) -> dict:
     """Train the run (``train_run`` with its ``options``; returns its summary), then evaluate its
-    selected model on the test split, which the training never reads. The resume state goes only after
-    the evaluation: a job stopped during it resumes where its training was last saved instead of
-    training again."""
-    summary = train_run(run_config, prepared, outputs, resume_file, **options)
-    evaluate_run(outputs.summary, outputs.model, prepared, outputs.evaluation)
+    selected model on the test split, which the training never reads, both with the one runtime the job
+    starts. The resume state goes only after the evaluation: a job stopped during it resumes where its
+    training was last saved instead of training again."""
+    runtime = Runtime.start(run_config["runtime"])
+    summary = train_run(run_config, prepared, outputs, resume_file, runtime, **options)
+    evaluate_run(outputs.summary, outputs.model, prepared, outputs.evaluation, runtime)
     resume_file.unlink(missing_ok=True)
     return summary
 
@@ -68,6 +69,7 @@ def train_run(
     prepared: Path,
     outputs: Outputs,
     resume_file: Path,
+    runtime: Runtime,
     pretrained: Path | None = None,
     checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS,
 ) -> dict:
@@ -80,7 +82,7 @@ def train_run(
     times = ProcessTimes(startup=process_age())
     training = run_config["recipe"]["training"]
     data = datasets.load_prepared(prepared, splits=("train", "val"))
-    trainer, spec = build_trainer(run_config, data, pretrained, Runtime.start(run_config["runtime"]))
+    trainer, spec = build_trainer(run_config, data, pretrained, runtime)
     times.setup = time.perf_counter() - started
     monitors = monitors_of(training)
     progress = resume(trainer, monitors, resume_file, config_hash(run_config))
@@ -94,7 +96,7 @@ def train_run(
         trainer.total_epochs,
         trainer.steps_per_epoch,
         trainer.batch_size,
-        trainer.device,
+        trainer.runtime.device,
     )
     last_checkpoint = time.perf_counter()
     while progress["epoch"] < trainer.total_epochs and not progress["stopped_early"]:
@@ -111,8 +113,7 @@ def train_run(
         )
         last_checkpoint = time.perf_counter()
         times.checkpoints += last_checkpoint - checkpoint_started
-    summary = write_outputs(outputs, run_config, trainer, spec, progress, started, times)
-    return summary
+    return write_outputs(outputs, run_config, trainer, spec, progress, started, times)
 
 
 def resume(trainer: Trainer, monitors: dict[str, Monitor], resume_file: Path, run_hash: str) -> dict:
@@ -208,7 +209,7 @@ def write_outputs(
         "selected_val_loss": selected_row["val_loss"],
         "stopped_early": progress["stopped_early"],
         "images_per_s": statistics.median([row["images_per_s"] for row in progress["history"]]),
-        "device": describe_device(trainer.device),
+        "device": describe_device(trainer.runtime.device),
         "execution": {
             **trainer.runtime.execution(trainer.optimizer),
             **compile_counts(),

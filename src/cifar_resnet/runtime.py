@@ -48,7 +48,6 @@ class Runtime:
     """What a job's model runs with on its device, each switch already decided for that device."""
 
     device: torch.device
-    applied: tuple[str, ...]  # the switches that act on this device, in SWITCHES' order
     autocast_dtype: torch.dtype | None  # bf16 autocast, or none
     memory_format: torch.memory_format
     compile: bool
@@ -68,7 +67,6 @@ class Runtime:
         applied = tuple(s for s in SWITCHES if config[s] and (graphs if s == "cuda_graphs" else acting))
         return cls(
             device=device,
-            applied=applied,
             autocast_dtype=torch.bfloat16 if "bf16" in applied else None,
             memory_format=torch.channels_last if "channels_last" in applied else torch.contiguous_format,
             compile="compile" in applied,
@@ -78,6 +76,13 @@ class Runtime:
             eval_batch_size=config["eval_batch_size"],
             not_applied=tuple(s for s in SWITCHES if config[s] and s not in applied),
         )
+
+    @property
+    def applied(self) -> tuple[str, ...]:
+        """The switches that act on this device, in SWITCHES' order."""
+        bf16, channels_last = self.autocast_dtype is not None, self.memory_format == torch.channels_last
+        acting = (self.compile, bf16, channels_last, self.cuda_graphs)  # in SWITCHES' order
+        return tuple(switch for switch, on in zip(SWITCHES, acting, strict=True) if on)
 
     @classmethod
     def start(cls, config: dict) -> Runtime:
@@ -99,7 +104,9 @@ class Runtime:
         torch.backends.cudnn.allow_tf32 = True
 
     def autocast(self) -> AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_dtype is not None)
+        return torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        )
 
     def to_device(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(device=self.device, memory_format=self.memory_format)
@@ -114,9 +121,6 @@ class Runtime:
         graphs' memory pool, may now be overwritten."""
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-
-    def synchronize(self) -> None:
-        synchronize(self.device)
 
     def execution(self, optimizer: torch.optim.Optimizer) -> dict:
         """What the config switched on and what actually ran, as a job logs it and records it in

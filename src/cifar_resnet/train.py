@@ -21,7 +21,7 @@ from cifar_resnet.augment import augment, normalize
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Split, evaluate_split
 from cifar_resnet.models import CifarResNet, ModelSpec, build_model
-from cifar_resnet.runtime import Runtime, describe_execution
+from cifar_resnet.runtime import Runtime, describe_execution, synchronize
 from cifar_resnet.schedule import LearningRate
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,6 @@ class Trainer:
     total_iterations: int
     show_progress: bool  # a step counter on the terminal, when there is one
     first_step_seconds: float | None = None  # this process's first step: compilation, autotuning
-
-    @property
-    def device(self) -> torch.device:
-        return self.runtime.device
 
     @property
     def batch_size(self) -> int:
@@ -156,7 +152,7 @@ def train_steps(trainer: Trainer, epoch: int, steps: int) -> StepsDone:
     """The first ``steps`` steps of ``epoch`` over a fresh permutation of the training split, augmented
     in one batched call. Nothing waits for the device except the closing finiteness check: losses and
     hits accumulate there."""
-    batch_size, device = trainer.batch_size, trainer.device
+    batch_size, device = trainer.batch_size, trainer.runtime.device
     first_iteration = (epoch - 1) * trainer.steps_per_epoch
     generator = torch.Generator(device=device).manual_seed(epoch_seed(trainer.seed, epoch))
     torch.manual_seed(epoch_seed(trainer.seed, epoch))  # dropout
@@ -191,7 +187,7 @@ def train_steps(trainer: Trainer, epoch: int, steps: int) -> StepsDone:
         )
         correct += (logits.argmax(1) == labels).sum()
         if timing_first_step:  # one wait for the device per process, to time what the first step compiles
-            trainer.runtime.synchronize()
+            synchronize(device)
             trainer.first_step_seconds = time.perf_counter() - step_started
         if trainer.show_progress:
             print(f"\repoch {epoch}/{trainer.total_epochs} step {step + 1}/{steps}", end="", file=sys.stderr)

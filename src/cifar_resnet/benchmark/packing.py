@@ -90,7 +90,7 @@ def packed_chunks(trainers: Sequence[Trainer], seed: int) -> timing.RunChunk:
     """``run_chunk(index, steps)`` for the trainers' models packed into one vmapped step, on the first
     trainer's data, with the recipe's optimizer at its base learning rate."""
     first = trainers[0]
-    device, batch_size, models = first.device, first.batch_size, len(trainers)
+    device, batch_size, models = first.runtime.device, first.batch_size, len(trainers)
     optimizer_settings = first.recipe["optimizer"]
     packed = PackedModels([trainer.model for trainer in trainers], first.runtime, optimizer_settings)
     images, labels, mean, std = first.train.images, first.train.labels, first.mean, first.std
