@@ -6,6 +6,7 @@ from cifar_resnet.config import Run, load_study
 from cifar_resnet.layout import LOGS, RESULTS, RESUME_FILE, RUN_DIR, RUN_NAME, run_path
 from cifar_resnet.plots import DEPLOYMENT_PLOTS, plot_names
 from cifar_resnet.preflight import check_before_jobs
+from cifar_resnet.report import write_report
 from cifar_resnet.sources import DATASETS, downloaded_datasets, get_source
 
 STUDY = load_study(
@@ -25,6 +26,11 @@ PREPARED = f"{DATA_ROOT}/{{dataset}}/prepared.pt"
 JOB_THREADS = 1
 SUMMARY = f"{RESULTS}/{{dataset}}/summary.csv"
 ACCURACY_TABLE = f"{RESULTS}/{{dataset}}/tables/accuracy.md"
+ACCURACY_HTML = f"{RESULTS}/{{dataset}}/tables/accuracy.html"
+ACCURACY_STATISTICS = f"{RESULTS}/{{dataset}}/tables/accuracy.csv"
+RUN_CURVES = f"{RESULTS}/{{dataset}}/plots/runs"
+# `snakemake report` writes it; a target rule takes no wildcards, so one path for every study.
+REPORT = f"{RESULTS}/report.html"
 README_BLOCK = f"{RESULTS}/readme_block.md"
 README = "README.md"
 DEPLOYS = config["deploy"]["enabled"]
@@ -109,6 +115,9 @@ def final_outputs() -> list[str]:
         outputs += [
             SUMMARY.format(dataset=dataset),
             ACCURACY_TABLE.format(dataset=dataset),
+            ACCURACY_HTML.format(dataset=dataset),
+            ACCURACY_STATISTICS.format(dataset=dataset),
+            RUN_CURVES.format(dataset=dataset),
         ]
         outputs += [plot_file(dataset, name) for name in PLOTS]
     if UPDATES_README:

@@ -1,4 +1,5 @@
-# Aggregation, the accuracy table, plots and the README block: small jobs on the submitting host.
+# Aggregation, the accuracy table, plots, the README block and the HTML report: small jobs on the
+# submitting host.
 
 
 README_DATASETS = [d for d in STUDY.datasets if d in REAL_DATASETS]
@@ -9,6 +10,7 @@ localrules:
     accuracy_table,
     plots,
     readme,
+    report,
 
 
 rule summarize:
@@ -19,7 +21,12 @@ rule summarize:
             run_files(wildcards.dataset, "deploy.json") if DEPLOYS else []
         ),
     output:
-        SUMMARY,
+        report(
+            SUMMARY,
+            caption="../report/summary.rst",
+            category="Data",
+            labels={"dataset": "{dataset}", "file": "summary.csv"},
+        ),
     log:
         f"{LOGS}/summarize.log",
     conda:
@@ -32,11 +39,18 @@ rule accuracy_table:
     input:
         SUMMARY,
     output:
-        report(
-            ACCURACY_TABLE,
+        markdown=ACCURACY_TABLE,
+        html=report(
+            ACCURACY_HTML,
             caption="../report/accuracy_table.rst",
             category="Accuracy",
             labels={"dataset": "{dataset}", "figure": "accuracy table"},
+        ),
+        statistics=report(
+            ACCURACY_STATISTICS,
+            caption="../report/accuracy_statistics.rst",
+            category="Data",
+            labels={"dataset": "{dataset}", "file": "accuracy.csv"},
         ),
     log:
         f"{LOGS}/accuracy_table.log",
@@ -65,6 +79,18 @@ rule plots:
             )
             for name in PLOTS
         },
+        run_curves=report(
+            directory(RUN_CURVES),
+            patterns=[f"{RUN_NAME}.png"],
+            caption="../report/run_curve.rst",
+            category="Learning curves",
+            labels={
+                "dataset": "{dataset}",
+                "depth": "{depth}",
+                "variant": "{variant}",
+                "seed": "{seed}",
+            },
+        ),
     log:
         f"{LOGS}/plots.log",
     conda:
@@ -95,3 +121,20 @@ rule readme:
         plots=[{name: plot_file(d, name) for name in PLOTS} for d in README_DATASETS],
     script:
         "../scripts/readme.py"
+
+
+rule report:
+    input:
+        final_outputs(),
+    output:
+        REPORT,
+    log:
+        f"{RESULTS}/logs/report.log",
+    run:
+        write_report(
+            output[0],
+            workflow.main_snakefile,
+            workflow.config_settings.configfiles,
+            workflow.config_settings.config_args or [],
+            log[0],
+        )

@@ -1,14 +1,18 @@
-"""The dataset's figures: error vs depth, learning curves, error vs parameters, confusion matrix and,
-when the rule declares it (deployed runs), error vs CPU latency.
+"""The dataset's figures: error vs depth, learning curves (all variants at one depth, and one figure per
+run in ``output.run_curves``), error vs parameters, confusion matrix and, when the rule declares it
+(deployed runs), error vs CPU latency.
 
 Only the files the rule declares are read: each run's history.csv and eval.json, found through
 ``params.runs``, the runs' (dataset, variant, depth, seed) in the order of those inputs."""
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import check_json
+from cifar_resnet.layout import RUN_NAME
 from cifar_resnet.plots import (
     CONFUSION_FIELDS,
     plot_confusion_matrix,
@@ -16,6 +20,7 @@ from cifar_resnet.plots import (
     plot_error_vs_latency,
     plot_error_vs_params,
     plot_learning_curves,
+    plot_run_curve,
     read_history,
 )
 from cifar_resnet.tables import PAPER_TABLE6_ERROR
@@ -48,15 +53,28 @@ def plots():
     if latency_plot:
         plot_error_vs_latency(summary, latency_plot)
 
+    history_files = by_run(snakemake.input.histories)
+    histories = {row.Index: read_history(declared(history_files, row)) for row in summary.itertuples()}
+    for row in summary.itertuples():
+        plot_run_curve(
+            histories[row.Index],
+            Path(output.run_curves)
+            / f"{RUN_NAME.format(variant=row.variant, depth=row.depth, seed=row.seed)}.png",
+            f"{row.variant} ResNet-{row.depth}, seed {row.seed}",
+            int(row.selected_epoch),
+            float(row.test_error),
+        )
+
     depth = snakemake.params.options["learning_curve_depth"] or int(summary["depth"].min())
     at_depth = summary[summary["depth"] == depth]
     first_seeds = at_depth[at_depth["seed"] == at_depth["seed"].min()]
-    history_files = by_run(snakemake.input.histories)
-    histories = {
-        f"{row.variant} / ResNet-{depth} / seed {row.seed}": read_history(declared(history_files, row))
-        for row in first_seeds.itertuples()
-    }
-    plot_learning_curves(histories, output.learning_curves)
+    plot_learning_curves(
+        {
+            f"{row.variant} / ResNet-{depth} / seed {row.seed}": histories[row.Index]
+            for row in first_seeds.itertuples()
+        },
+        output.learning_curves,
+    )
 
     shown = at_depth[at_depth["variant"] == baseline]
     shown = shown if len(shown) else at_depth[at_depth["variant"] == at_depth["variant"].iloc[0]]

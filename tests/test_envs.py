@@ -32,6 +32,7 @@ NEEDED = {
         "seaborn": "seaborn",
         "matplotlib": "matplotlib-base",  # matplotlib without the GUI toolkits
         "scipy": "scipy",
+        "statsmodels": "statsmodels",
         "tabulate": "tabulate",
         "pyyaml": "pyyaml",
         "jsonschema": "jsonschema",

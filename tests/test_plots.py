@@ -75,6 +75,26 @@ def test_plot_learning_curves_writes_a_png(tmp_path):
     assert_png(path)
 
 
+@fails_on_warnings
+def test_plot_run_curve_writes_a_png(tmp_path):
+    path = tmp_path / "runs/paper/resnet20/seed0.png"
+
+    plots.plot_run_curve(history(12, 0.9), path, "paper ResNet-20, seed 0", selected_epoch=12, test_error=9.5)
+
+    assert_png(path)
+
+
+def test_plot_run_curve_names_a_history_without_accuracy(tmp_path):
+    with pytest.raises(StudyError, match="paper ResNet-20, seed 0 lacks val_accuracy"):
+        plots.plot_run_curve(
+            history(3, 0.9).drop(columns="val_accuracy"),
+            tmp_path / "c.png",
+            "paper ResNet-20, seed 0",
+            3,
+            9.5,
+        )
+
+
 def test_plot_learning_curves_names_a_history_without_accuracy(tmp_path):
     broken = history(3, 0.9).drop(columns="val_accuracy")
 

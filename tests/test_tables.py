@@ -81,6 +81,8 @@ def test_accuracy_table_has_no_paper_columns_without_paper_errors(summary):
         "Variant",
         "n",
         "Test error %",
+        "95% CI",
+        "p (Holm)",
         "Rank",
         "Params",
         "MACs",
@@ -113,6 +115,70 @@ def test_error_statistics_keeps_the_numbers(summary):
     assert math.isnan(statistics.loc[(20, "single"), "std_error"])
     assert statistics.loc[(20, "better"), "p_value"] < 0.05 <= statistics.loc[(20, "noise"), "p_value"]
     assert statistics.loc[(20, "better"), "delta_vs_paper"] == pytest.approx(-2.65)
+
+
+def test_confidence_interval_is_t_based_over_the_seeds():
+    errors = {"paper": [1.0, 2.0, 3.0], "two": [4.0, 6.0], "single": [5.0]}
+    summary = pd.DataFrame(
+        [
+            summary_row(variant, 20, seed, error)
+            for variant, runs in errors.items()
+            for seed, error in enumerate(runs)
+        ]
+    )
+
+    table = tables.accuracy_table(summary)
+
+    # mean 2, std 1, n 3: 2 ± t(0.975, 2) / sqrt(3) = 2 ± 4.3027 / 1.7321 = 2 ± 2.4841
+    assert cell(table, 20, "paper", "95% CI") == "[-0.48, 4.48]"
+    # mean 5, std sqrt(2), n 2: 5 ± t(0.975, 1) * sqrt(2) / sqrt(2) = 5 ± 12.7062
+    assert cell(table, 20, "two", "95% CI") == "[-7.71, 17.71]"
+    assert cell(table, 20, "single", "95% CI") == "—"
+
+
+def test_holm_adjusts_the_tested_p_values_as_one_family():
+    p_values = pd.Series([0.01, 0.04, math.nan, 0.03])
+
+    adjusted = tables.holm_adjusted(p_values)
+
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1 = 0.03, 0.06, 0.04; then never below the one before: 0.06
+    assert adjusted[[0, 1, 3]].tolist() == pytest.approx([0.03, 0.06, 0.06])
+    assert math.isnan(adjusted[2])
+
+
+def test_a_mark_holds_only_after_the_correction_over_the_whole_table():
+    errors = {
+        (20, "paper"): [8.0, 8.2, 8.4],
+        (20, "marginal"): [8.6, 8.8, 9.0],
+        (20, "noise"): [8.1, 8.3, 8.5],
+        (32, "paper"): [7.0, 7.2, 7.4],
+        (32, "noise"): [7.1, 7.3, 7.5],
+    }
+    summary = pd.DataFrame(
+        [
+            summary_row(variant, depth, seed, error)
+            for (depth, variant), runs in errors.items()
+            for seed, error in enumerate(runs)
+        ]
+    )
+
+    statistics = tables.error_statistics(summary).set_index(["depth", "variant"])
+    table = tables.accuracy_table(summary)
+
+    # By hand: t = 0.6 / sqrt(2 * 0.04 / 3) = 3.6742 with 4 degrees of freedom (equal variances and
+    # sizes), two-sided p = 1 - sqrt(x) * (1 + (1 - x) / 2) with x = t^2 / (4 + t^2): 0.02131.
+    assert statistics.loc[(20, "marginal"), "p_value"] == pytest.approx(0.021312, abs=1e-6)
+    # Three tests over both depths; the smallest p is multiplied by 3: 0.0639, no longer below 0.05.
+    assert statistics.loc[(20, "marginal"), "p_holm"] == pytest.approx(3 * 0.021312, abs=1e-5)
+    assert statistics.loc[(20, "marginal"), "significance"] == "ns"
+    assert cell(table, 20, "marginal", "p (Holm)") == "0.064"
+    assert cell(table, 20, "marginal", "Test error %") == "8.80 ± 0.20 (ns)"
+    assert cell(table, 20, "paper", "p (Holm)") == "—"
+    # The same difference tested alone stays significant.
+    alone = summary[summary["variant"].isin(["paper", "marginal"]) & (summary["depth"] == 20)]
+    assert (
+        tables.error_statistics(alone).set_index("variant").loc["marginal", "significance"] == "significant"
+    )
 
 
 def test_accuracy_table_refuses_an_absent_baseline(summary):
@@ -198,12 +264,13 @@ def test_the_significance_level_decides_the_mark(alpha, marked):
     assert cell(table, 20, "tight", "Test error %").endswith(" (ns)") == marked
 
 
+@pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")  # scipy, on identical seeds
 def test_identical_seeds_on_both_sides_are_not_significant():
     statistics = tables.error_statistics(
         frame_of({"paper": [7.0, 7.0], "same": [7.0, 7.0]}), paper_errors=None
     )
     same = statistics[statistics["variant"] == "same"].iloc[0]
-    assert math.isnan(same["p_value"]) and same["significance"] == tables.NOT_SIGNIFICANT
+    assert same["p_value"] == 1.0 and same["significance"] == tables.NOT_SIGNIFICANT
 
 
 def test_a_p_value_equal_to_alpha_is_not_significant():

@@ -1,5 +1,6 @@
 """The real workflow, end to end, on a tiny demo configuration on the CPU, and its dry runs."""
 
+import base64
 import json
 import os
 import re
@@ -134,6 +135,14 @@ def test_demo_produces_every_output(demo_run):
     assert all(column in table.splitlines()[0] for column in ("CPU ms (b=1)", "INT8 error %", "Size"))
     for name in plot_names(deployed=True):
         assert (results / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run_curves = sorted(
+        path.relative_to(results / "plots/runs") for path in results.glob("plots/runs/**/*.png")
+    )
+    assert run_curves == sorted(
+        Path(variant, "resnet20", "seed0.png") for variant in TINY["study"]["variants"]
+    )
+    statistics = pd.read_csv(results / "tables" / "accuracy.csv")
+    assert {"ci_low", "ci_high", "p_value", "p_holm"} <= set(statistics.columns)
     assert not list((workdir / "results").glob("demo/resume/**/*.pt"))
     assert (workdir / "README.md").read_text() == (ROOT / "README.md").read_text()  # demo never splices
 
@@ -193,11 +202,42 @@ def test_int8_off_exports_the_float_model_only(demo_run):
     assert "model.onnx" in output and "model.int8.onnx" not in output
 
 
-def test_report_is_self_contained_html(demo_run):
+def report_results(path: Path) -> dict:
+    """The results a Snakemake report embeds, by path: labels, category, MIME type and content (bytes)."""
+    html = path.read_text()
+    embedded = re.search(r'<script id="results">\s*var results = (\{.*?\});?\s*</script>', html, re.S)
+    results = json.loads(embedded[1])
+    for result in results.values():
+        result["content"] = base64.b64decode(result["data_uri"].split("base64,", 1)[1])
+    return results
+
+
+def test_snakemake_report_target_shows_the_study_inline(demo_run):
+    workdir, configs = demo_run
+    output = snakemake(workdir, "report", "--configfile", *configs).stderr  # a real run logs to stderr
+    assert job_counts(output) == {"report": 1}  # everything else is done: only the report is built
+
+    results = report_results(workdir / "results/report.html")
+    table = results["results/demo/tables/accuracy.html"]
+    assert table["mime_type"] == "text/html"  # shown inline, not a download
+    html = table["content"].decode()
+    assert "<table" in html and "95% CI" in html and "p (Holm)" in html
+    assert html.count("</tr>") == 1 + len(TINY["study"]["variants"])  # the header, one row per variant
+    assert "Holm" in table["caption"] and "95 %" in table["caption"]
+
+    curves = {path: result for path, result in results.items() if "/plots/runs/" in path}
+    labels = [result["labels"] for result in curves.values()]
+    assert sorted(label["variant"] for label in labels) == sorted(TINY["study"]["variants"])
+    assert {(label["dataset"], label["depth"], label["seed"]) for label in labels} == {("demo", "20", "0")}
+    assert all(result["content"][:8] == b"\x89PNG\r\n\x1a\n" for result in curves.values())
+    summary = results["results/demo/summary.csv"]["content"].decode()
+    assert summary == (workdir / "results/demo/summary.csv").read_text()
+
+
+def test_report_flag_still_writes_the_report(demo_run):
     workdir, configs = demo_run
     snakemake(workdir, "--configfile", *configs, "--report", "report.html")
-    html = (workdir / "report.html").read_text()
-    assert "<html" in html and "accuracy.md" in html and "error_vs_depth.png" in html
+    assert "results/demo/tables/accuracy.html" in report_results(workdir / "report.html")
 
 
 def test_results_block_splices_into_a_copy_of_the_readme(demo_run, tmp_path):

@@ -1,6 +1,6 @@
-"""The figures of one dataset's runs: error vs depth, learning curves, error vs parameters, a
-confusion matrix and, for deployed runs, error vs CPU latency. Every function takes the path of the PNG
-it writes.
+"""The figures of one dataset's runs: error vs depth, learning curves (all variants at one depth, and
+each run's own), error vs parameters, a confusion matrix and, for deployed runs, error vs CPU latency.
+Every function takes the path of the PNG it writes.
 
 Plots are drawn on Agg figures created without pyplot, so they never touch pyplot's global state and
 need no closing.
@@ -154,6 +154,25 @@ def plot_learning_curves(histories: Mapping[str, pd.DataFrame], path: str | Path
         axes.set(xlabel="Epoch", ylabel="Error (%)", title="Learning curves")
         axes.set_ylim(bottom=0)
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
+
+
+def plot_run_curve(
+    history: pd.DataFrame, path: str | Path, title: str, selected_epoch: int, test_error: float
+) -> None:
+    """One run's train (dashed) and validation (solid) error per epoch, the epoch whose model was selected
+    (vertical line) and the selected model's test error (horizontal line)."""
+    curves = _error_curves(title, history)
+    with _plot(path, figsize=(6.5, 3.8)) as axes:
+        for split, style in (("validation", "-"), ("train", "--")):
+            curve = curves[curves["Split"] == split]
+            axes.plot(curve["epoch"], curve["error"], style, label=f"{split} error")
+        axes.axvline(selected_epoch, color="grey", linewidth=1, label=f"selected: epoch {selected_epoch}")
+        axes.axhline(
+            test_error, color="black", linestyle=":", linewidth=1, label=f"test error {test_error:.2f} %"
+        )
+        axes.set(xlabel="Epoch", ylabel="Error (%)", title=title)
+        axes.set_ylim(bottom=0)
+        axes.legend(loc="upper right")
 
 
 def _error_curves(label: str, history: pd.DataFrame) -> pd.DataFrame:
