@@ -451,17 +451,6 @@ def test_every_checkpoint_is_loaded_weights_only():
     assert calls == [("files.py", "True")]
 
 
-def test_the_readmes_model_loading_snippet_loads_a_trained_model(pretrained_paper):
-    snippet = (ROOT / "README.md").read_text().split("To load a model:\n\n```python\n", 1)[1].split("```")[0]
-    run_line = 'run = "results/cifar10/runs/paper/resnet20/seed0"\n'
-    assert run_line in snippet
-    namespace = {}
-    exec(snippet.replace(run_line, f"run = {str(pretrained_paper.parent)!r}\n"), namespace)
-    assert torch.equal(
-        namespace["model"].state_dict()["head.0.weight"], load_tensors(pretrained_paper)["head.0.weight"]
-    )
-
-
 def test_a_tie_is_no_improvement():
     """The earliest of equally good epochs stays selected, and a tie counts towards early stopping."""
     monitor = Monitor("val_accuracy")

@@ -113,7 +113,7 @@ def train_run(
         )
         last_checkpoint = time.perf_counter()
         times.checkpoints += last_checkpoint - checkpoint_started
-    return write_outputs(outputs, run_config, trainer, spec, progress, started, times)
+    return write_outputs(outputs, run_config, trainer, spec, data["class_names"], progress, started, times)
 
 
 def resume(trainer: Trainer, monitors: dict[str, Monitor], resume_file: Path, run_hash: str) -> dict:
@@ -180,11 +180,13 @@ def write_outputs(
     run_config: dict,
     trainer: Trainer,
     spec: ModelSpec,
+    class_names: list[str],
     progress: dict,
     started: float,
     times: ProcessTimes,
 ) -> dict:
-    """The selected model, the history and ``train.json`` (the run's summary, returned)."""
+    """The selected model, the history and ``train.json`` (the run's summary, returned), which also holds
+    what the model's input and output mean: the training split's normalisation and the class names."""
     final = {"epoch": progress["epoch"], "model": checkpoint.cpu_state(trainer.model)}
     selected = progress["selected"] or final
     selected_row = progress["history"][selected["epoch"] - 1]
@@ -199,6 +201,8 @@ def write_outputs(
         "config": run_config,
         "config_hash": progress["config_hash"],
         "model": vars(spec),
+        "normalization": {"mean": trainer.mean.tolist(), "std": trainer.std.tolist()},
+        "class_names": class_names,
         "train_seconds": progress["train_seconds"],
         "wall_seconds": wall_seconds,
         "timings": times.summary(wall_seconds, trainer.first_step_seconds),

@@ -1,0 +1,91 @@
+"""cifar_resnet.load_run: a finished run's model, ready to classify uint8 images in one call."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import run, train
+
+import cifar_resnet
+from cifar_resnet.datasets import load_prepared
+from cifar_resnet.errors import StudyError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def finished_run(prepared, study, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    torch.set_num_threads(1)
+    train(run(study, "paper", duration=4), prepared, folder)
+    return folder
+
+
+def test_the_loaded_model_normalises_uint8_images_with_the_training_splits_statistics(finished_run, prepared):
+    model = cifar_resnet.load_run(finished_run)
+    data = load_prepared(prepared, splits=("test",))
+    images = data["test_images"][:16]
+
+    expected = model.model(
+        (images.float() / 255 - data["mean"].view(1, 3, 1, 1)) / data["std"].view(1, 3, 1, 1)
+    )
+
+    torch.testing.assert_close(model(images), expected, rtol=1e-5, atol=1e-5)
+    assert not model.training and model.class_names == data["class_names"]
+
+
+def test_the_loaded_model_scores_the_runs_test_accuracy(finished_run, prepared):
+    model = cifar_resnet.load_run(finished_run)
+    data = load_prepared(prepared, splits=("test",))
+    evaluation = json.loads((finished_run / "eval.json").read_text())
+
+    with torch.no_grad():
+        accuracy = (model(data["test_images"]).argmax(1) == data["test_labels"]).float().mean().item()
+
+    assert accuracy == pytest.approx(evaluation["test_accuracy"], abs=1.5 / len(data["test_labels"]))
+    assert model.provenance["test_error"] == evaluation["test_error"]
+    assert (model.provenance["variant"], model.provenance["depth"], model.provenance["seed"]) == (
+        "paper",
+        20,
+        0,
+    )
+
+
+def test_a_train_json_without_the_inputs_normalisation_is_refused(finished_run, tmp_path):
+    for name in ("model.pt", "eval.json"):
+        (tmp_path / name).write_bytes((finished_run / name).read_bytes())
+    summary = json.loads((finished_run / "train.json").read_text())
+    del summary["normalization"]
+    (tmp_path / "train.json").write_text(json.dumps(summary))
+
+    with pytest.raises(StudyError, match="train.json lacks normalization.*retrain"):
+        cifar_resnet.load_run(tmp_path)
+
+
+def test_importing_the_package_does_not_import_torch():
+    code = "import sys, cifar_resnet; print('torch' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        == "False\n"
+    )
+
+
+def test_the_readmes_loading_snippet_classifies_with_a_finished_run(finished_run):
+    readme = (ROOT / "README.md").read_text()
+    snippet = readme.split("in Python (PyTorch only):\n\n```python\n", 1)[1].split("```")[0]
+    path = '"results/cifar10/runs/paper/resnet20/seed0"'
+    assert path in snippet
+
+    printed = subprocess.run(
+        [sys.executable, "-c", snippet.replace(path, repr(str(finished_run)))],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+
+    names = json.loads((finished_run / "eval.json").read_text())["class_names"]
+    assert all(name.strip(" '") in names for name in printed[0].strip("[]").split(","))
+    assert "'variant': 'paper'" in printed[1]
