@@ -217,6 +217,7 @@ def train_epoch(trainer: Trainer, epoch: int) -> dict:
         "seconds": seconds,
         "images_per_s": steps * trainer.batch_size / seconds,
         "val_seconds": val_seconds,
+        "epochs": trainer.total_epochs,  # planned: a running job's history says how far along it is
     }
 
 
