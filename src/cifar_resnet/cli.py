@@ -1,8 +1,9 @@
 """The ``cifar-resnet`` command (or ``python -m cifar_resnet.cli``): ``benchmark`` answers which mode
-trains fastest on this machine.
+trains fastest on this machine; ``status`` how far a study has come.
 
     cifar-resnet benchmark --depths 20 56 110 --steps 50 --repeats 5 --out results/benchmark
     cifar-resnet benchmark --small          # CI smoke run: under a minute on 2 CPU cores
+    cifar-resnet status --configfile config/demo.yaml
 
 The GPU check and the speed targets' verdicts are the repository's tools (tools/ in a clone), not
 installed commands. See docs/benchmark.md.
@@ -16,20 +17,26 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from cifar_resnet.benchmark import runner, tables
 from cifar_resnet.benchmark.data import EPOCH_IMAGES
 from cifar_resnet.benchmark.modes import ALL_MODES, DEFAULT_MODES, Mode, packing_mode
 from cifar_resnet.benchmark.pipelines import default_workers
-from cifar_resnet.benchmark.settings import DEFAULT_CONFIG, load_settings
+from cifar_resnet.benchmark.settings import DEFAULT_CONFIG, SCHEMA, load_settings
+from cifar_resnet.config import load_study
 from cifar_resnet.errors import exit_on_study_error
 from cifar_resnet.files import write_csv
+from cifar_resnet.status import describe, study_state, training_seconds_left
 
 BENCHMARK = """Training speed of the CIFAR ResNets on this machine: a training job's step loop in each
 mode, the classical DataLoader pipeline, and K models per device (packed into one step, one after the
 other, or in K processes at once), as images/s, seconds per 45k-image epoch and peak device memory.
 Every pipeline trains the paper recipe of the study config. Writes OUT/benchmark.csv and
 OUT/benchmark.png, and prints the tables."""
+STATUS = """How far the study in this directory has come, from its files alone (locally or under SLURM): every
+run that is training (epoch k of N, its time left), trained, or failed (with its log), the counts of
+runs done and waiting, and the training time left."""
 # Figures from a --small run only show that everything runs; its batch sizes are not the recipe's.
 SMALL = {
     "depths": [20],
@@ -101,14 +108,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "benchmark", help="training throughput per depth and mode", description=BENCHMARK
     )
     add_benchmark_options(benchmark)
+    status = commands.add_parser("status", help="how far a study has come", description=STATUS)
+    status.add_argument(
+        "--configfile",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="the configuration files given to snakemake with --configfile, applied over config/config.yaml",
+    )
     return parser, benchmark
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser, benchmark = build_parser()
-    if parser.parse_known_args(argv)[0].small:
+    if getattr(parser.parse_known_args(argv)[0], "small", False):
         benchmark.set_defaults(**SMALL)
     args = parser.parse_args(argv)
+    if args.command != "benchmark":
+        return args
     if args.modes == ["all"]:
         args.modes = list(ALL_MODES)
     try:
@@ -123,7 +140,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with exit_on_study_error():
-        run_benchmark(args)
+        (run_benchmark if args.command == "benchmark" else show_status)(args)
+
+
+def show_status(args: argparse.Namespace) -> None:
+    """Print the study's state, its configuration read as the workflow reads it, from the working
+    directory's files (run it where you run snakemake)."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    for path in args.configfile:
+        update_config(config, yaml.safe_load(path.read_text()))
+    study = load_study(config, SCHEMA)
+    states = study_state(study, deploys=config["deploy"]["enabled"])
+    print(describe(states, training_seconds_left(states, study)))
 
 
 def run_benchmark(args: argparse.Namespace) -> None:

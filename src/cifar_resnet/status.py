@@ -1,0 +1,132 @@
+"""A study's state from its files alone, while it runs or after: each run done, trained (its deployment
+to come), training (epoch k of N and its time left), waiting or failed (with its log), and the study's
+time left. It reads only what the jobs write (history.csv, train.json, eval.json, deploy.json and the job
+logs) and the configuration, so it answers the same locally and under SLURM, from any shell."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cifar_resnet.config import Run, Study
+from cifar_resnet.layout import LOGS, RUN_DIR, RUN_NAME, run_path
+
+# The line a job's log holds when the job failed: workflow.run_job logs its one sentence at this level.
+FAILURE_MARK = " ERROR "
+STATES = ("done", "trained", "training", "failed", "waiting")
+
+
+@dataclass
+class RunState:
+    run: Run
+    state: str
+    epoch: int | None = None
+    epochs: int | None = None
+    seconds_left: float | None = None  # the run's training time left, from its epochs so far
+    updated: float | None = None  # when its history.csv was last written (epoch seconds)
+    log: Path | None = None  # the failed job's log
+
+
+def run_state(run: Run, deploys: bool) -> RunState:
+    """One run's state from its files (paths relative to the study's working directory)."""
+    run_dir = Path(run_path(RUN_DIR, run))
+    logs = {job: Path(run_path(f"{LOGS}/{job}/{RUN_NAME}.log", run)) for job in ("train", "deploy")}
+    if (run_dir / "eval.json").exists():
+        if not deploys or (run_dir / "deploy.json").exists():
+            return RunState(run, "done")
+        return (
+            RunState(run, "failed", log=logs["deploy"])
+            if failed(logs["deploy"])
+            else RunState(run, "trained")
+        )
+    if failed(logs["train"]):
+        return RunState(run, "failed", log=logs["train"])
+    history = run_dir / "history.csv"
+    if not history.exists():
+        return RunState(run, "training" if logs["train"].exists() else "waiting")
+    rows = list(csv.DictReader(history.open()))
+    if not rows:
+        return RunState(run, "training")
+    last, epochs = rows[-1], int(rows[-1].get("epochs") or len(rows))
+    epoch_seconds = statistics.mean(float(row["seconds"]) + float(row["val_seconds"] or 0) for row in rows)
+    return RunState(
+        run,
+        "training",
+        epoch=int(last["epoch"]),
+        epochs=epochs,
+        seconds_left=(epochs - int(last["epoch"])) * epoch_seconds,
+        updated=history.stat().st_mtime,
+    )
+
+
+def failed(log: Path) -> bool:
+    return log.exists() and FAILURE_MARK in log.read_text(errors="replace")
+
+
+def study_state(study: Study, deploys: bool) -> list[RunState]:
+    """Every run the workflow trains, pretraining runs included, in the workflow's order."""
+    return [run_state(run, deploys) for run in study.trained_runs()]
+
+
+def training_seconds_left(states: list[RunState], study: Study) -> float | None:
+    """The study's training time left, as a wall time: the running runs' time left and the waiting runs'
+    estimated training time, shared among as many jobs as are training now. A waiting run is estimated
+    from the finished runs' wall time per unit of compute (depth times width squared); None before any
+    run has finished."""
+    done = [s for s in states if s.state in ("done", "trained")]
+    rates = [
+        json.loads(Path(run_path(f"{RUN_DIR}/train.json", s.run)).read_text())["wall_seconds"]
+        / compute(s.run, study)
+        for s in done
+    ]
+    if not rates:
+        return None
+    rate = statistics.median(rates)
+    running = [s for s in states if s.state == "training"]
+    waiting = [s for s in states if s.state == "waiting"]
+    work = sum(s.seconds_left or 0 for s in running) + sum(rate * compute(s.run, study) for s in waiting)
+    return work / max(1, len(running))
+
+
+def compute(run: Run, study: Study) -> int:
+    return run.depth * study.recipes[run.variant]["model"]["width"] ** 2
+
+
+def describe(states: list[RunState], seconds_left: float | None, now: float | None = None) -> str:
+    """The report ``cifar-resnet status`` prints: a line per run that is not waiting or done, then the
+    counts and the time left."""
+    now = time.time() if now is None else now
+    lines = []
+    for s in states:
+        name = f"{s.run.dataset}/{s.run.variant}/ResNet-{s.run.depth}/seed {s.run.seed}"
+        if s.state == "training" and s.epoch is not None:
+            lines.append(
+                f"training  {name}: epoch {s.epoch}/{s.epochs}, {duration(s.seconds_left)} left"
+                f" (history written {duration(now - s.updated)} ago)"
+            )
+        elif s.state == "training":
+            lines.append(f"training  {name}: starting")
+        elif s.state == "failed":
+            lines.append(f"failed    {name}: see {s.log}")
+        elif s.state == "trained":
+            lines.append(f"trained   {name}: its deployment is to come")
+    counts = {state: sum(s.state == state for s in states) for state in STATES}
+    lines.append(", ".join(f"{count} {state}" for state, count in counts.items()) + f" of {len(states)} runs")
+    if counts["done"] + counts["trained"] < len(states):
+        left = (
+            "unknown until a run has finished" if seconds_left is None else f"about {duration(seconds_left)}"
+        )
+        lines.append(f"training time left: {left} (deployments not included)")
+    return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
