@@ -1,6 +1,10 @@
 """What several test modules share: the summary of one dataset's runs (the table and plot tests),
 and a small prepared demo dataset with the demo study (the training and runtime tests)."""
 
+import http.server
+import threading
+from functools import partial
+
 import pandas as pd
 import pytest
 from test_config import SCHEMA, demo_config
@@ -44,3 +48,22 @@ def prepared(tmp_path_factory):
 @pytest.fixture(scope="module")
 def study():
     return load_study(demo_config(), SCHEMA)
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A folder served over HTTP on 127.0.0.1, and its base URL."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=folder))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()

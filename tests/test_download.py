@@ -3,35 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import socket
-import threading
-from functools import partial
 
 import numpy as np
 import pytest
 
 from cifar_resnet import download, sources
 from cifar_resnet.errors import StudyError
-
-
-@pytest.fixture
-def served(tmp_path):
-    """A folder served over HTTP on 127.0.0.1, and its base URL."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=folder))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
 
 
 def md5_of(data: bytes) -> str:

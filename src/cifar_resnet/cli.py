@@ -1,9 +1,11 @@
 """The ``cifar-resnet`` command (or ``python -m cifar_resnet.cli``): ``benchmark`` answers which mode
-trains fastest on this machine; ``status`` how far a study has come.
+trains fastest on this machine; ``status`` how far a study has come; ``release`` packs finished runs for
+torch.hub.
 
     cifar-resnet benchmark --depths 20 56 110 --steps 50 --repeats 5 --out results/benchmark
     cifar-resnet benchmark --small          # CI smoke run: under a minute on 2 CPU cores
     cifar-resnet status --configfile config/demo.yaml
+    cifar-resnet release release/ results/cifar10/runs/paper/resnet*/seed*
 
 The GPU check and the speed targets' verdicts are the repository's tools (tools/ in a clone), not
 installed commands. See docs/benchmark.md.
@@ -27,6 +29,7 @@ from cifar_resnet.benchmark.settings import DEFAULT_CONFIG, SCHEMA, load_setting
 from cifar_resnet.config import load_study
 from cifar_resnet.errors import exit_on_study_error
 from cifar_resnet.files import write_csv
+from cifar_resnet.release import release_runs
 from cifar_resnet.status import describe, study_state, training_seconds_left
 
 BENCHMARK = """Training speed of the CIFAR ResNets on this machine: a training job's step loop in each
@@ -34,9 +37,13 @@ mode, the classical DataLoader pipeline, and K models per device (packed into on
 other, or in K processes at once), as images/s, seconds per 45k-image epoch and peak device memory.
 Every pipeline trains the paper recipe of the study config. Writes OUT/benchmark.csv and
 OUT/benchmark.png, and prints the tables."""
-STATUS = """How far the study in this directory has come, from its files alone (locally or under SLURM): every
-run that is training (epoch k of N, its time left), trained, or failed (with its log), the counts of
+STATUS = """How far the study in this directory has come, from its files alone (locally or under SLURM):
+every run that is training (epoch k of N, its time left), trained, or failed (with its log), the counts of
 runs done and waiting, and the training time left."""
+RELEASE = """Pack finished runs into a new folder to attach to a GitHub release (or serve from any web server)
+and load with torch.hub (hubconf.py): per run its weights with the architecture, normalisation, class names
+and provenance in one file named with its sha256, its ONNX and INT8 models, a model card; manifest.json
+and SHA256SUMS for the folder."""
 # Figures from a --small run only show that everything runs; its batch sizes are not the recipe's.
 SMALL = {
     "depths": [20],
@@ -116,6 +123,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         default=[],
         help="the configuration files given to snakemake with --configfile, applied over config/config.yaml",
     )
+    release = commands.add_parser("release", help="pack finished runs for torch.hub", description=RELEASE)
+    release.add_argument("out", type=Path, help="the release folder to create")
+    release.add_argument("runs", type=Path, nargs="+", help="the runs' folders (results/DATASET/runs/...)")
     return parser, benchmark
 
 
@@ -140,7 +150,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with exit_on_study_error():
-        (run_benchmark if args.command == "benchmark" else show_status)(args)
+        {"benchmark": run_benchmark, "status": show_status, "release": make_release}[args.command](args)
+
+
+def make_release(args: argparse.Namespace) -> None:
+    manifest = release_runs(args.runs, args.out)
+    print(f"released {len(manifest['models'])} model(s) in {args.out}; attach its files to a release")
 
 
 def show_status(args: argparse.Namespace) -> None:

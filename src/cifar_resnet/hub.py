@@ -1,8 +1,12 @@
-"""What a user takes away: a finished run's selected model, ready to classify images in one call."""
+"""What a user takes away: a finished run's selected model, or a released one (``cifar_resnet.release``,
+``hubconf.py``), ready to classify images in one call."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from urllib.parse import urljoin
+from urllib.request import urlopen
 
 import torch
 
@@ -10,6 +14,7 @@ from cifar_resnet.checkpoint import load_trained_run
 from cifar_resnet.errors import StudyError
 from cifar_resnet.export import DeployedModel
 from cifar_resnet.files import check_json
+from cifar_resnet.models import ModelSpec, build_model
 
 # What load_run reads from the run's train.json and eval.json.
 TRAIN_FIELDS = ("dataset", "variant", "depth", "seed", "config_hash", "git_commit", "versions")
@@ -42,3 +47,42 @@ def load_run(run_dir: str | Path) -> DeployedModel:
         field: evaluation[field] for field in EVAL_FIELDS
     }
     return model.eval()
+
+
+def load_released(manifest_url: str, dataset: str, variant: str, depth: int, seed: int) -> DeployedModel:
+    """A released model (``cifar_resnet.release``) from the release whose ``manifest.json`` is at
+    ``manifest_url``: its weights file is downloaded once into torch.hub's cache and verified against the
+    sha256 its name carries. The same model as ``load_run`` gives for the run."""
+    manifest = _read_manifest(manifest_url)
+    name = f"{dataset}-{variant}-resnet{depth}-seed{seed}"
+    entry = manifest.get("models", {}).get(name)
+    if entry is None:
+        released = ", ".join(sorted(manifest.get("models", {}))) or "none"
+        raise StudyError(f"The release at {manifest_url} has no model {name}; it has: {released}.")
+    weights = entry["files"]["weights"]
+    try:
+        checkpoint = torch.hub.load_state_dict_from_url(
+            urljoin(manifest_url, weights), map_location="cpu", check_hash=True, weights_only=True
+        )
+    except RuntimeError as error:
+        if "invalid hash value" not in str(error):
+            raise
+        raise StudyError(
+            f"{weights} from {manifest_url} does not match the sha256 in its name: the download is damaged or"
+            f" was altered; it was not loaded and is removed from torch.hub's cache."
+        ) from None
+    network = build_model(ModelSpec(**checkpoint["spec"]))
+    network.load_state_dict(checkpoint["state_dict"])
+    normalization = checkpoint["normalization"]
+    model = DeployedModel(network, torch.tensor(normalization["mean"]), torch.tensor(normalization["std"]))
+    model.class_names = list(checkpoint["class_names"])
+    model.provenance = dict(checkpoint["provenance"])
+    return model.eval()
+
+
+def _read_manifest(url: str) -> dict:
+    try:
+        with urlopen(url, timeout=60) as response:  # noqa: S310 (the user names the release)
+            return json.loads(response.read())
+    except (OSError, ValueError) as error:
+        raise StudyError(f"Cannot read the release manifest {url} ({error}).") from None

@@ -1,0 +1,196 @@
+"""A release of chosen runs: a self-describing folder to attach to a GitHub release and load with
+``torch.hub`` (``hubconf.py``). Per run it holds the weights with everything needed to use them (the
+architecture, the input's normalisation, the class names, the provenance) in one file whose name carries
+the start of its sha256, as ``torch.hub.load_state_dict_from_url(check_hash=True)`` verifies; the ONNX
+and INT8 models where the run was deployed; a model card; and for the folder a manifest (``manifest.json``)
+and ``SHA256SUMS``, which ``sha256sum -c`` checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+from cifar_resnet.errors import StudyError
+from cifar_resnet.files import check_json, load_checkpoint, save_tensors, write_json, write_text
+from cifar_resnet.hub import EVAL_FIELDS, INPUT_FIELDS, TRAIN_FIELDS
+
+MANIFEST = "manifest.json"
+CHECKSUMS = "SHA256SUMS"
+DEPLOYED = {"onnx": "model.onnx", "int8": "model.int8.onnx"}
+
+
+def model_name(record: dict) -> str:
+    """The released name of a run: ``{dataset}-{variant}-resnet{depth}-seed{seed}``."""
+    return f"{record['dataset']}-{record['variant']}-resnet{record['depth']}-seed{record['seed']}"
+
+
+def release_runs(run_dirs: list[Path], out: Path) -> dict:
+    """Pack the finished runs in ``run_dirs`` into the new folder ``out``; returns the manifest. The folder
+    is built beside ``out`` and renamed into place when complete."""
+    out = Path(out)
+    if out.exists():
+        raise StudyError(f"{out} exists; name a new folder for the release, or delete that one.")
+    if not run_dirs:
+        raise StudyError(
+            "No runs to release: name their folders, e.g. results/cifar10/runs/paper/resnet20/seed0."
+        )
+    building = out.with_name(f".{out.name}.building")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    models = {}
+    for run_dir in map(Path, run_dirs):
+        entry = release_run(run_dir, building)
+        if entry["name"] in models:
+            raise StudyError(f"{run_dir} is the same run as another one named; release each run once.")
+        models[entry["name"]] = entry
+    manifest = {"models": models}
+    write_json(building / MANIFEST, manifest)
+    files = sorted(path for path in building.iterdir() if path.name != CHECKSUMS)
+    write_text(building / CHECKSUMS, "".join(f"{sha256(path)}  {path.name}\n" for path in files))
+    building.rename(out)
+    return manifest
+
+
+def release_run(run_dir: Path, folder: Path) -> dict:
+    """One run's files in ``folder``; returns its manifest entry."""
+    summary = check_json(run_dir / "train.json", ("config", "model", "train_seconds", *TRAIN_FIELDS))
+    missing = [field for field in INPUT_FIELDS if field not in summary]
+    if missing:
+        raise StudyError(
+            f"{run_dir / 'train.json'} lacks {', '.join(missing)}: it was written by an older version of the"
+            " training; delete it and run the workflow again to retrain that run before releasing it."
+        )
+    evaluation = check_json(run_dir / "eval.json", (*EVAL_FIELDS, "params", "macs"))
+    name = model_name(summary)
+    checkpoint = {
+        "state_dict": load_checkpoint(run_dir / "model.pt"),
+        "spec": summary["model"],
+        "normalization": summary["normalization"],
+        "class_names": summary["class_names"],
+        "provenance": {field: summary[field] for field in TRAIN_FIELDS}
+        | {field: evaluation[field] for field in EVAL_FIELDS},
+    }
+    unnamed = folder / f"{name}.pt"
+    save_tensors(unnamed, checkpoint)
+    digest = sha256(unnamed)
+    weights = unnamed.rename(folder / f"{name}-{digest[:12]}.pt").name
+    files = {"weights": weights}
+    deployment = run_dir / "deploy.json"
+    for kind, file in DEPLOYED.items():
+        if (run_dir / file).exists():
+            files[kind] = f"{name}.{file.removeprefix('model.')}"
+            shutil.copyfile(run_dir / file, folder / files[kind])
+    files["card"] = f"{name}.md"
+    entry = {
+        "name": name,
+        **{field: summary[field] for field in ("dataset", "variant", "depth", "seed")},
+        "files": files,
+        "sha256": {"weights": digest},
+        "test_error": evaluation["test_error"],
+    }
+    write_text(
+        folder / files["card"],
+        model_card(
+            entry, summary, evaluation, check_json(deployment) if deployment.exists() else None, run_dir
+        ),
+    )
+    return entry
+
+
+def seed_errors(run_dir: Path) -> list[float]:
+    """The test errors of the run and of the other finished seeds of its dataset, variant and depth (the
+    sibling folders ``seed*`` of the workflow's layout)."""
+    paths = {path.resolve() for path in run_dir.parent.glob("seed*/eval.json")} | {
+        (run_dir / "eval.json").resolve()
+    }
+    return [check_json(path, ("test_error",))["test_error"] for path in sorted(paths)]
+
+
+def model_card(entry: dict, summary: dict, evaluation: dict, deployment: dict | None, run_dir: Path) -> str:
+    """The model card: what the model is, how well it does, how fast, where it comes from, how to load it."""
+    config, errors = summary["config"], seed_errors(run_dir)
+    spread = f" ± {statistics.stdev(errors):.2f}" if len(errors) > 1 else ""
+    normalization = summary["normalization"]
+    lines = [
+        f"# {entry['dataset']} ResNet-{entry['depth']}, variant `{entry['variant']}`, seed {entry['seed']}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Test error | {evaluation['test_error']:.2f} % (this seed); "
+        f"{statistics.mean(errors):.2f}{spread} % over {len(errors)} seed(s), mean ± std |",
+        f"| Parameters, MACs per image | {evaluation['params']:,}, {evaluation['macs']:,} |",
+        f"| Training | {summary['epochs']} epochs ({summary['iterations']} iterations), selected epoch "
+        f"{summary['selected_epoch']}, {summary['train_seconds']:.0f} s on {summary['device']} |",
+    ]
+    if deployment:
+        lines += [
+            f"| CPU latency, batch 1, 1 thread (median) | onnxruntime float {deployment['onnx_b1_ms']:.2f} ms"
+            + (f", INT8 {deployment['int8_b1_ms']:.2f} ms" if "int8" in entry["files"] else "")
+            + f", PyTorch eager {deployment['eager_b1_ms']:.2f} ms, on {deployment['cpu']} |",
+        ]
+        if "int8" in entry["files"]:
+            lines.append(f"| INT8 test error | {deployment['int8_test_error']:.2f} % |")
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"{entry['dataset']}: trained on the training split "
+        f"({1 - config['data']['validation_fraction']:.0%} of the training set,"
+        f" split seed {config['data']['split_seed']}), selected on the validation split,"
+        " tested once on the test set. Input: uint8 RGB images `[batch, 3, 32, 32]`, values 0 to 255; the"
+        f" model normalises them itself with the training split's mean {fmt(normalization['mean'])} and std"
+        f" {fmt(normalization['std'])} (on the 0 to 1 scale). Classes: {', '.join(summary['class_names'])}.",
+        "",
+        "## Recipe",
+        "",
+        "```json",
+        json.dumps(config["recipe"], indent=2, sort_keys=True),
+        "```",
+        "",
+        "## Provenance",
+        "",
+        f"Configuration hash {summary['config_hash']}, git commit {summary['git_commit']}, versions "
+        + ", ".join(f"{package} {version}" for package, version in sorted(summary["versions"].items()))
+        + ".",
+        "",
+        "## Files",
+        "",
+        *[f"- `{file}`" for file in entry["files"].values()],
+        "",
+        "`SHA256SUMS` lists every file's sha256 (`sha256sum -c SHA256SUMS`).",
+        "",
+        "## How to load it",
+        "",
+        "```python",
+        "import torch",
+        "",
+        f'model = torch.hub.load("OWNER/REPO", "resnet{entry["depth"]}", variant="{entry["variant"]}", '
+        f'seed={entry["seed"]}, dataset="{entry["dataset"]}",',
+        '                       release="https://…/manifest.json")  # this folder\'s URL',
+        "logits = model(images)  # uint8 [batch, 3, 32, 32]",
+        "print(model.class_names[logits.argmax(1)[0]])",
+        "```",
+        "",
+    ]
+    if "onnx" in entry["files"]:
+        lines += [
+            f'Without PyTorch: `onnxruntime.InferenceSession("{entry["files"]["onnx"]}")`, input `images`'
+            " (uint8, as above), output the logits.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def fmt(values: list[float]) -> str:
+    return "(" + ", ".join(f"{value:.4f}" for value in values) + ")"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

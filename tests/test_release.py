@@ -1,0 +1,87 @@
+"""cifar-resnet release and hubconf.py: finished runs packed for torch.hub, downloaded and verified."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_hub import finished_run  # noqa: F401 (a fixture)
+
+import cifar_resnet
+from cifar_resnet.datasets import load_prepared
+from cifar_resnet.errors import StudyError
+from cifar_resnet.release import CHECKSUMS, MANIFEST, release_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "demo-paper-resnet20-seed0"
+
+
+@pytest.fixture
+def released(finished_run, served, tmp_path, monkeypatch):  # noqa: F811
+    """The finished run released into the served folder; its manifest's URL."""
+    folder, url = served
+    release_runs([finished_run], folder / "v1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # an empty torch.hub cache
+    return folder / "v1", f"{url}/v1/{MANIFEST}"
+
+
+def test_the_release_holds_each_file_with_its_sha256(released):
+    folder, _ = released
+    manifest = json.loads((folder / MANIFEST).read_text())
+    entry = manifest["models"][NAME]
+    weights = folder / entry["files"]["weights"]
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+
+    assert weights.name == f"{NAME}-{digest[:12]}.pt" and entry["sha256"]["weights"] == digest
+    sums = dict(line.split("  ")[::-1] for line in (folder / CHECKSUMS).read_text().splitlines())
+    assert set(sums) == {path.name for path in folder.iterdir()} - {CHECKSUMS}
+    assert all(hashlib.sha256((folder / name).read_bytes()).hexdigest() == sums[name] for name in sums)
+    card = (folder / entry["files"]["card"]).read_text()
+    assert f"| Test error | {entry['test_error']:.2f} % (this seed)" in card and '"resnet20"' in card
+
+
+def test_torch_hub_loads_the_released_model_as_load_run_does(released, finished_run, prepared):  # noqa: F811
+    _, manifest_url = released
+    images = load_prepared(prepared, splits=("test",))["test_images"]
+
+    model = torch.hub.load(str(ROOT), "resnet20", source="local", dataset="demo", release=manifest_url)
+
+    with torch.no_grad():
+        assert torch.equal(model(images), cifar_resnet.load_run(finished_run)(images))
+    assert model.provenance == cifar_resnet.load_run(finished_run).provenance
+    assert model.class_names == json.loads((finished_run / "train.json").read_text())["class_names"]
+
+
+def test_a_tampered_weights_file_is_refused_in_one_sentence_and_not_cached(released, tmp_path):
+    folder, manifest_url = released
+    weights = next(folder.glob(f"{NAME}-*.pt"))
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+    with pytest.raises(StudyError, match=f"{weights.name} .* does not match the sha256 in its name"):
+        torch.hub.load(str(ROOT), "resnet20", source="local", dataset="demo", release=manifest_url)
+    assert not list((tmp_path / "torch-home").rglob("*.pt"))
+
+
+def test_a_model_the_release_lacks_is_named_with_what_it_has(released):
+    _, manifest_url = released
+    with pytest.raises(StudyError, match=f"no model demo-paper-resnet32-seed0; it has: {NAME}"):
+        torch.hub.load(str(ROOT), "resnet32", source="local", dataset="demo", release=manifest_url)
+
+
+def test_the_release_folder_must_be_new(finished_run, tmp_path):  # noqa: F811
+    (tmp_path / "v1").mkdir()
+    with pytest.raises(StudyError, match="v1 exists"):
+        release_runs([finished_run], tmp_path / "v1")
+
+
+def test_the_command_releases_the_runs_named(finished_run, tmp_path):  # noqa: F811
+    out = tmp_path / "release"
+    command = [sys.executable, "-m", "cifar_resnet.cli", "release", str(out), str(finished_run)]
+    printed = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert f"released 1 model(s) in {out}" in printed
+    assert sorted(path.suffix for path in out.iterdir()) == ["", ".json", ".md", ".pt"]
