@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 from test_summary import summary_row
 
+import cifar_resnet
 from cifar_resnet.export import onnx_logits, onnx_session
 from cifar_resnet.files import load_tensors
 from cifar_resnet.plots import plot_names
@@ -176,6 +177,45 @@ def test_the_readmes_deployment_snippet_classifies_an_image(demo_run, tmp_path):
             [sys.executable, "-c", code], capture_output=True, text=True, check=True
         ).stdout
         assert printed.strip() == class_names[onnx_logits(session, image[None].numpy()).argmax()]
+
+
+def test_load_run_predicts_what_the_onnx_model_predicts(demo_run):
+    workdir, _ = demo_run
+    images = load_tensors(workdir / "resources/demo/prepared.pt")["test_images"]
+    for variant in TINY["study"]["variants"]:
+        run = workdir / RUNS / variant / "resnet20" / "seed0"
+        with torch.no_grad():
+            predicted = cifar_resnet.load_run(run)(images).argmax(1).numpy()
+        exported = onnx_logits(onnx_session(run / "model.onnx", threads=1), images.numpy()).argmax(1)
+        assert (predicted == exported).all(), variant
+
+
+def test_a_release_of_the_demo_loads_through_torch_hub_with_the_recorded_accuracy(
+    demo_run, served, tmp_path, monkeypatch
+):
+    workdir, _ = demo_run
+    folder, url = served
+    runs = [str(workdir / RUNS / variant / "resnet20" / "seed0") for variant in TINY["study"]["variants"]]
+    subprocess.run(
+        [sys.executable, "-m", "cifar_resnet.cli", "release", str(folder / "v1"), *runs], check=True
+    )
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    data = load_tensors(workdir / "resources/demo/prepared.pt")
+
+    model = torch.hub.load(
+        str(ROOT),
+        "resnet20",
+        source="local",
+        variant="dropout",
+        dataset="demo",
+        release=f"{url}/v1/manifest.json",
+    )
+
+    with torch.no_grad():
+        accuracy = (model(data["test_images"]).argmax(1) == data["test_labels"]).double().mean().item()
+    recorded = json.loads((workdir / RUNS / "dropout/resnet20/seed0/eval.json").read_text())["test_accuracy"]
+    assert accuracy == pytest.approx(recorded, abs=1e-9)
+    assert model.provenance["variant"] == "dropout" and list((tmp_path / "torch-home").rglob("*.pt"))
 
 
 def test_a_latency_option_deploys_again_and_trains_nothing(demo_run):
@@ -352,6 +392,46 @@ def test_a_killed_workflow_resumes_its_training_job_to_identical_results(tmp_pat
     expected, resumed = load_tensors(uninterrupted / model), load_tensors(workdir / model)
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
     assert not resume_file.exists()
+
+
+THREE_SEEDS = {**TINY, "study": {**TINY["study"], "variants": ["paper"], "seeds": [0, 1, 2]}}
+COUNTS = re.compile(
+    r"^(\d+) done, (\d+) trained, (\d+) training, (\d+) failed, (\d+) waiting of 3 runs$", re.M
+)
+
+
+@pytest.mark.slow
+def test_status_of_a_killed_demo_shows_done_training_and_waiting_runs_then_it_resumes(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    three = write_config(workdir, "three.yaml", THREE_SEEDS)
+    command = [str(SNAKEMAKE), "--cores", "1", "--configfile", "config/demo.yaml", three]
+    status = [sys.executable, "-m", "cifar_resnet.cli", "status", "--configfile", "config/demo.yaml", three]
+    runs = workdir / RUNS / "paper" / "resnet20"
+
+    def one_trained_and_one_training() -> bool:
+        trained = [run for run in runs.glob("seed*") if (run / "eval.json").exists()]
+        training = [
+            run for run in runs.glob("seed*") if (run / "history.csv").exists() and run not in trained
+        ]
+        return bool(trained and training)
+
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    process = subprocess.Popen(command, cwd=workdir, start_new_session=True, **quiet)
+    deadline = time.monotonic() + 600
+    while not one_trained_and_one_training() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+    printed = subprocess.run(status, cwd=workdir, capture_output=True, text=True, check=True).stdout
+    done, trained, training, failed, waiting = map(int, COUNTS.search(printed).groups())
+    assert done + trained == 1 and training == 1 and failed == 0 and waiting == 1, printed
+    assert re.search(r"^training  demo/paper/ResNet-20/seed \d: epoch \d+/\d+, ", printed, re.M), printed
+
+    subprocess.run([*command, "--unlock"], cwd=workdir, check=True, capture_output=True)
+    subprocess.run(command, cwd=workdir, check=True, capture_output=True)
+    printed = subprocess.run(status, cwd=workdir, capture_output=True, text=True, check=True).stdout
+    assert COUNTS.search(printed).groups() == ("3", "0", "0", "0", "0"), printed
 
 
 def test_the_readme_rule_splices_a_real_datasets_results(tmp_path):
