@@ -301,6 +301,12 @@ def test_demo_through_slurm_matches_a_local_run(tmp_path: Path):
         assert all(torch.equal(remote[key], local[key]) for key in local), variant
         metrics = [json_metrics(d / run_dir / "eval.json") for d in (slurm_dir, local_dir)]
         assert metrics[0] == metrics[1], variant
+    # cifar-resnet status reads the files the SLURM jobs wrote as it reads a local run's
+    status = [sys.executable, "-m", "cifar_resnet.cli", "status", *configs]
+    printed = subprocess.run(status, cwd=slurm_dir, capture_output=True, text=True, check=True).stdout
+    assert re.search(r"^(\d+) done, 0 trained, 0 training, 0 failed, 0 waiting of \1 runs$", printed, re.M), (
+        printed
+    )
 
 
 def json_metrics(path: Path) -> dict:
