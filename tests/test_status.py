@@ -97,4 +97,4 @@ def test_the_command_prints_the_study_with_the_overlay_given(tmp_path, monkeypat
     printed = capsys.readouterr().out.splitlines()
     assert printed[-2] == "1 done, 0 trained, 0 training, 0 failed, 3 waiting of 4 runs"
     # nothing runs: paper ResNet-20 200 s, wide (the demo's width 2) 8 * 4 * 10 + 20 * 4 * 10 = 1120 s
-    assert printed[-1] == "training time left: about 22 min (deployments not included)"
+    assert printed[-1] == "training time left: about 22.0 min (deployments not included)"

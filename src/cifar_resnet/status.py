@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cifar_resnet.config import Run, Study
 from cifar_resnet.layout import LOGS, RUN_DIR, RUN_NAME, run_path
+from cifar_resnet.tables import format_duration
 
 # The line a job's log holds when the job failed: workflow.run_job logs its one sentence at this level.
 FAILURE_MARK = " ERROR "
@@ -105,8 +106,8 @@ def describe(states: list[RunState], seconds_left: float | None, now: float | No
         name = f"{s.run.dataset}/{s.run.variant}/ResNet-{s.run.depth}/seed {s.run.seed}"
         if s.state == "training" and s.epoch is not None:
             lines.append(
-                f"training  {name}: epoch {s.epoch}/{s.epochs}, {duration(s.seconds_left)} left"
-                f" (history written {duration(now - s.updated)} ago)"
+                f"training  {name}: epoch {s.epoch}/{s.epochs}, {format_duration(s.seconds_left)} left"
+                f" (history written {format_duration(now - s.updated)} ago)"
             )
         elif s.state == "training":
             lines.append(f"training  {name}: starting")
@@ -118,15 +119,9 @@ def describe(states: list[RunState], seconds_left: float | None, now: float | No
     lines.append(", ".join(f"{count} {state}" for state, count in counts.items()) + f" of {len(states)} runs")
     if counts["done"] + counts["trained"] < len(states):
         left = (
-            "unknown until a run has finished" if seconds_left is None else f"about {duration(seconds_left)}"
+            "unknown until a run has finished"
+            if seconds_left is None
+            else f"about {format_duration(seconds_left)}"
         )
         lines.append(f"training time left: {left} (deployments not included)")
     return "\n".join(lines)
-
-
-def duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
