@@ -336,6 +336,40 @@ def test_evaluation_reports_every_metric(study, prepared, pretrained_paper, tmp_
     assert len(metrics["per_class_accuracy"]) == 10 and metrics["inference_images_per_s"] > 0
 
 
+def test_evaluation_reads_the_test_split_by_its_content(study, prepared, pretrained_paper, tmp_path):
+    """With the test split cut to the validation split's size, only their images and labels tell them
+    apart: eval.json's confusion matrix and loss must be the model's on the test split's."""
+    data = load_tensors(prepared)
+    size = len(data["val_labels"])
+    data["test_images"], data["test_labels"] = data["test_images"][:size], data["test_labels"][:size]
+    run_module.save_tensors(tmp_path / "prepared.pt", data)
+    runtime = Runtime.start(run(study, "paper")["runtime"])
+    train_summary = pretrained_paper.with_name("train.json")
+    metrics = evaluate_run(
+        train_summary, pretrained_paper, tmp_path / "prepared.pt", tmp_path / "e.json", runtime
+    )
+    model = build_model(ModelSpec(20))
+    model.load_state_dict(load_tensors(pretrained_paper))
+
+    def outcome(split: str) -> tuple[list, float]:
+        """The model's confusion matrix and mean loss on ``split``, in one batch."""
+        images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+        with torch.no_grad():
+            logits = model.eval()(
+                (images.float() / 255 - data["mean"][:, None, None]) / data["std"][:, None, None]
+            )
+        confusion = torch.zeros(10, 10, dtype=torch.long)
+        for label, prediction in zip(labels.tolist(), logits.argmax(1).tolist(), strict=True):
+            confusion[label, prediction] += 1
+        return confusion.tolist(), torch.nn.functional.cross_entropy(logits, labels).item()
+
+    (test_confusion, test_loss), (_, val_loss) = outcome("test"), outcome("val")
+    assert val_loss != pytest.approx(test_loss, rel=1e-3)  # the splits differ where the check looks
+    assert metrics["num_test_images"] == size
+    assert metrics["confusion_matrix"] == test_confusion
+    assert metrics["test_loss"] == pytest.approx(test_loss, rel=1e-5)
+
+
 def test_train_json_says_where_the_jobs_time_went(study, prepared, tmp_path, caplog):
     caplog.set_level("INFO", logger="cifar_resnet")
     summary = train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=0)
