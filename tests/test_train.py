@@ -473,6 +473,47 @@ def test_a_job_stopped_during_its_evaluation_resumes_instead_of_training_again(
     assert not (tmp_path / "resume.pt").exists()
 
 
+def test_a_run_stopped_between_epochs_resumes_its_selection_and_early_stopping(
+    study, prepared, tmp_path, monkeypatch
+):
+    """The monitors' state travels in the resume state: stopped after its third epoch and resumed, a run
+    selects and stops where an uninterrupted one does. Monitors started afresh at epoch 4 would select
+    epoch 5 and never stop early."""
+    config = run(study, "paper", depth=8, unit="epochs", duration=6, selection="best_val_accuracy")
+    config["recipe"]["training"]["early_stopping"] = {"monitor": "val_loss", "patience": 3}
+    losses, accuracies = [2.0, 1.5, 1.6, 1.7, 1.8, 1.9], [0.3, 0.8, 0.6, 0.5, 0.7, 0.9]
+    scripted(monkeypatch, losses, accuracies)
+    uninterrupted = train(config, prepared, tmp_path / "uninterrupted")
+    assert (uninterrupted["selected_epoch"], uninterrupted["epochs"], uninterrupted["stopped_early"]) == (
+        2,
+        5,
+        True,
+    )
+
+    epoch_of_run = run_module.train_epoch
+
+    def stopped_in_epoch_4(trainer, epoch):
+        if epoch == 4:
+            raise KeyboardInterrupt
+        return epoch_of_run(trainer, epoch)
+
+    scripted(monkeypatch, losses, accuracies)
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "train_epoch", stopped_in_epoch_4)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, prepared, tmp_path, checkpoint_interval=0)
+    assert load_tensors(tmp_path / "resume.pt")["epoch"] == 3
+    scripted(monkeypatch, losses[3:], accuracies[3:])  # the validation of epochs 4 to 6
+    resumed = train(config, prepared, tmp_path)
+    for key in ("selected_epoch", "epochs", "stopped_early", "selected_val_accuracy"):
+        assert resumed[key] == uninterrupted[key], key
+    expected, model = (
+        load_tensors(tmp_path / "uninterrupted" / "model.pt"),
+        load_tensors(tmp_path / "model.pt"),
+    )
+    assert all(torch.equal(expected[k], model[k]) for k in expected)
+
+
 def test_every_checkpoint_is_loaded_weights_only():
     """torch.load is called in one place, files.load_tensors, and there with weights_only=True: no
     loader of the package can unpickle arbitrary objects."""
