@@ -24,6 +24,7 @@ def checked(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_the_small_form_runs_every_stage_and_packs_its_results_into_five_files(checked):
     out = checked / "out"
     assert sorted(path.name for path in out.iterdir()) == [
@@ -48,6 +49,7 @@ def test_the_small_form_runs_every_stage_and_packs_its_results_into_five_files(c
     assert "results/demo/logs/train/paper/resnet8/seed0.log" in names
 
 
+@pytest.mark.slow
 def test_the_same_command_again_keeps_every_finished_result(checked, monkeypatch):
     monkeypatch.chdir(ROOT)
     before = (checked / "work" / "results/demo/runs/paper/resnet8/seed0/train.json").read_bytes()

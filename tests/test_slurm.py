@@ -265,6 +265,7 @@ def test_failing_job_is_reported(slurm_workflow: Path):
     assert f"SLURM-job '{jobid}' failed" in run.output, run.describe()
 
 
+@pytest.mark.slow
 def test_demo_through_slurm_matches_a_local_run(tmp_path: Path):
     """The real workflow (demo data, paper + the frozen pretrain -> fine-tune chain) through SLURM gives
     the same weights and metrics as the same configuration run locally."""

@@ -336,6 +336,40 @@ def test_evaluation_reports_every_metric(study, prepared, pretrained_paper, tmp_
     assert len(metrics["per_class_accuracy"]) == 10 and metrics["inference_images_per_s"] > 0
 
 
+def test_evaluation_reads_the_test_split_by_its_content(study, prepared, pretrained_paper, tmp_path):
+    """With the test split cut to the validation split's size, only their images and labels tell them
+    apart: eval.json's confusion matrix and loss must be the model's on the test split's."""
+    data = load_tensors(prepared)
+    size = len(data["val_labels"])
+    data["test_images"], data["test_labels"] = data["test_images"][:size], data["test_labels"][:size]
+    run_module.save_tensors(tmp_path / "prepared.pt", data)
+    runtime = Runtime.start(run(study, "paper")["runtime"])
+    train_summary = pretrained_paper.with_name("train.json")
+    metrics = evaluate_run(
+        train_summary, pretrained_paper, tmp_path / "prepared.pt", tmp_path / "e.json", runtime
+    )
+    model = build_model(ModelSpec(20))
+    model.load_state_dict(load_tensors(pretrained_paper))
+
+    def outcome(split: str) -> tuple[list, float]:
+        """The model's confusion matrix and mean loss on ``split``, in one batch."""
+        images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+        with torch.no_grad():
+            logits = model.eval()(
+                (images.float() / 255 - data["mean"][:, None, None]) / data["std"][:, None, None]
+            )
+        confusion = torch.zeros(10, 10, dtype=torch.long)
+        for label, prediction in zip(labels.tolist(), logits.argmax(1).tolist(), strict=True):
+            confusion[label, prediction] += 1
+        return confusion.tolist(), torch.nn.functional.cross_entropy(logits, labels).item()
+
+    (test_confusion, test_loss), (_, val_loss) = outcome("test"), outcome("val")
+    assert val_loss != pytest.approx(test_loss, rel=1e-3)  # the splits differ where the check looks
+    assert metrics["num_test_images"] == size
+    assert metrics["confusion_matrix"] == test_confusion
+    assert metrics["test_loss"] == pytest.approx(test_loss, rel=1e-5)
+
+
 def test_train_json_says_where_the_jobs_time_went(study, prepared, tmp_path, caplog):
     caplog.set_level("INFO", logger="cifar_resnet")
     summary = train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=0)
@@ -437,6 +471,47 @@ def test_a_job_stopped_during_its_evaluation_resumes_instead_of_training_again(
     train(config, prepared, tmp_path)
     assert "resumed from" in caplog.text and (tmp_path / "eval.json").exists()
     assert not (tmp_path / "resume.pt").exists()
+
+
+def test_a_run_stopped_between_epochs_resumes_its_selection_and_early_stopping(
+    study, prepared, tmp_path, monkeypatch
+):
+    """The monitors' state travels in the resume state: stopped after its third epoch and resumed, a run
+    selects and stops where an uninterrupted one does. Monitors started afresh at epoch 4 would select
+    epoch 5 and never stop early."""
+    config = run(study, "paper", depth=8, unit="epochs", duration=6, selection="best_val_accuracy")
+    config["recipe"]["training"]["early_stopping"] = {"monitor": "val_loss", "patience": 3}
+    losses, accuracies = [2.0, 1.5, 1.6, 1.7, 1.8, 1.9], [0.3, 0.8, 0.6, 0.5, 0.7, 0.9]
+    scripted(monkeypatch, losses, accuracies)
+    uninterrupted = train(config, prepared, tmp_path / "uninterrupted")
+    assert (uninterrupted["selected_epoch"], uninterrupted["epochs"], uninterrupted["stopped_early"]) == (
+        2,
+        5,
+        True,
+    )
+
+    epoch_of_run = run_module.train_epoch
+
+    def stopped_in_epoch_4(trainer, epoch):
+        if epoch == 4:
+            raise KeyboardInterrupt
+        return epoch_of_run(trainer, epoch)
+
+    scripted(monkeypatch, losses, accuracies)
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "train_epoch", stopped_in_epoch_4)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, prepared, tmp_path, checkpoint_interval=0)
+    assert load_tensors(tmp_path / "resume.pt")["epoch"] == 3
+    scripted(monkeypatch, losses[3:], accuracies[3:])  # the validation of epochs 4 to 6
+    resumed = train(config, prepared, tmp_path)
+    for key in ("selected_epoch", "epochs", "stopped_early", "selected_val_accuracy"):
+        assert resumed[key] == uninterrupted[key], key
+    expected, model = (
+        load_tensors(tmp_path / "uninterrupted" / "model.pt"),
+        load_tensors(tmp_path / "model.pt"),
+    )
+    assert all(torch.equal(expected[k], model[k]) for k in expected)
 
 
 def test_every_checkpoint_is_loaded_weights_only():

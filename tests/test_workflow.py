@@ -71,6 +71,8 @@ def write_config(workdir: Path, name: str, config: dict) -> str:
     return name
 
 
+# The tests that run the workflow end to end (demo_run's, minutes) are marked slow, so that
+# `pytest -m "not slow"` is a quick inner loop; the dry runs stay in it.
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
@@ -119,6 +121,7 @@ DEPLOYED = ("model.onnx", "model.int8.onnx", "deploy.json")
 INT8_BOUND = 5.0
 
 
+@pytest.mark.slow
 def test_demo_produces_every_output(demo_run):
     workdir, _ = demo_run
     results = workdir / "results" / "demo"
@@ -148,6 +151,7 @@ def test_demo_produces_every_output(demo_run):
     assert (workdir / "README.md").read_text() == (ROOT / "README.md").read_text()  # demo never splices
 
 
+@pytest.mark.slow
 def test_every_deployed_model_is_the_evaluated_one(demo_run):
     workdir, _ = demo_run
     for variant in TINY["study"]["variants"]:
@@ -159,6 +163,7 @@ def test_every_deployed_model_is_the_evaluated_one(demo_run):
         assert deployed["onnx_top1_agreement"] >= 0.999 and deployed["onnx_b1_ms"] > 0
 
 
+@pytest.mark.slow
 def test_the_readmes_deployment_snippet_classifies_an_image(demo_run, tmp_path):
     workdir, _ = demo_run
     readme = (ROOT / "README.md").read_text()
@@ -179,6 +184,7 @@ def test_the_readmes_deployment_snippet_classifies_an_image(demo_run, tmp_path):
         assert printed.strip() == class_names[onnx_logits(session, image[None].numpy()).argmax()]
 
 
+@pytest.mark.slow
 def test_load_run_predicts_what_the_onnx_model_predicts(demo_run):
     workdir, _ = demo_run
     images = load_tensors(workdir / "resources/demo/prepared.pt")["test_images"]
@@ -190,6 +196,7 @@ def test_load_run_predicts_what_the_onnx_model_predicts(demo_run):
         assert (predicted == exported).all(), variant
 
 
+@pytest.mark.slow
 def test_a_release_of_the_demo_loads_through_torch_hub_with_the_recorded_accuracy(
     demo_run, served, tmp_path, monkeypatch
 ):
@@ -218,6 +225,7 @@ def test_a_release_of_the_demo_loads_through_torch_hub_with_the_recorded_accurac
     assert model.provenance["variant"] == "dropout" and list((tmp_path / "torch-home").rglob("*.pt"))
 
 
+@pytest.mark.slow
 def test_a_latency_option_deploys_again_and_trains_nothing(demo_run):
     workdir, configs = demo_run
     runs = write_config(workdir, "runs.yaml", {"deploy": {"latency": {"runs": 7}}})
@@ -234,6 +242,7 @@ def test_deploy_off_leaves_the_deployment_out_of_the_dag(tmp_path):
     assert ".onnx" not in output and "deploy.json" not in output
 
 
+@pytest.mark.slow
 def test_int8_off_exports_the_float_model_only(demo_run):
     workdir, configs = demo_run
     float_only = write_config(workdir, "float.yaml", {"deploy": {"int8": False}})
@@ -252,6 +261,7 @@ def report_results(path: Path) -> dict:
     return results
 
 
+@pytest.mark.slow
 def test_snakemake_report_target_shows_the_study_inline(demo_run):
     workdir, configs = demo_run
     output = snakemake(workdir, "report", "--configfile", *configs).stderr  # a real run logs to stderr
@@ -274,12 +284,14 @@ def test_snakemake_report_target_shows_the_study_inline(demo_run):
     assert summary == (workdir / "results/demo/summary.csv").read_text()
 
 
+@pytest.mark.slow
 def test_report_flag_still_writes_the_report(demo_run):
     workdir, configs = demo_run
     snakemake(workdir, "--configfile", *configs, "--report", "report.html")
     assert "results/demo/tables/accuracy.html" in report_results(workdir / "report.html")
 
 
+@pytest.mark.slow
 def test_results_block_splices_into_a_copy_of_the_readme(demo_run, tmp_path):
     workdir, _ = demo_run
     readme = tmp_path / "README.md"
@@ -299,11 +311,13 @@ def test_results_block_splices_into_a_copy_of_the_readme(demo_run, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_complete_run_has_nothing_to_do(demo_run):
     workdir, configs = demo_run
     assert job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout) == {}
 
 
+@pytest.mark.slow
 def test_a_hyperparameter_change_reruns_exactly_that_variant(demo_run):
     workdir, configs = demo_run
     change = write_config(
@@ -313,6 +327,7 @@ def test_a_hyperparameter_change_reruns_exactly_that_variant(demo_run):
     assert counts == with_aggregates(train=1, deploy=1)
 
 
+@pytest.mark.slow
 def test_a_paper_change_also_retrains_what_is_pretrained_from_it(demo_run):
     workdir, configs = demo_run
     change = write_config(
@@ -323,6 +338,7 @@ def test_a_paper_change_also_retrains_what_is_pretrained_from_it(demo_run):
     assert "variant=frozen" in output.replace(" ", "")
 
 
+@pytest.mark.slow
 def test_adding_a_seed_adds_only_its_jobs(demo_run):
     workdir, configs = demo_run
     seeds = write_config(workdir, "seeds.yaml", {"study": {"seeds": [0, 1]}})
@@ -331,6 +347,7 @@ def test_adding_a_seed_adds_only_its_jobs(demo_run):
     assert "prepare" not in counts and "demo_archive" not in counts
 
 
+@pytest.mark.slow
 def test_adding_a_depth_adds_only_its_jobs(demo_run):
     workdir, configs = demo_run
     depths = write_config(workdir, "depths.yaml", {"study": {"depths": [20, 8]}})
@@ -339,6 +356,7 @@ def test_adding_a_depth_adds_only_its_jobs(demo_run):
     assert "prepare" not in counts and "demo_archive" not in counts
 
 
+@pytest.mark.slow
 def test_a_plot_option_reruns_only_the_plots(demo_run):
     workdir, configs = demo_run
     plots = write_config(workdir, "plots.yaml", {"report": {"plots": {"learning_curve_depth": 20}}})
@@ -348,6 +366,7 @@ def test_a_plot_option_reruns_only_the_plots(demo_run):
     }
 
 
+@pytest.mark.slow
 def test_a_config_error_stops_before_any_job(demo_run):
     workdir, configs = demo_run
     bad = write_config(workdir, "bad.yaml", {"study": {"depths": [21]}})
@@ -359,6 +378,7 @@ def test_a_config_error_stops_before_any_job(demo_run):
 RESUMABLE = {**TINY, "study": {**TINY["study"], "variants": ["paper"]}}  # 64 iterations: 8 epochs of 8
 
 
+@pytest.mark.slow
 def test_a_killed_workflow_resumes_its_training_job_to_identical_results(tmp_path):
     """Snakemake deletes a failed job's outputs, not its resume file: after a kill, `--unlock` and the
     same command (the default profile reruns incomplete jobs) continue from the saved epoch."""
@@ -543,12 +563,14 @@ def refused(workdir: Path, *args: str) -> str:
         "latency batch",
     ],
 )
+@pytest.mark.slow
 def test_a_bad_value_is_refused_before_any_job_and_every_output_stays(demo_run, overlay, message):
     workdir, configs = demo_run
     bad = write_config(workdir, "bad.yaml", overlay)
     assert message in refused(workdir, "--configfile", *configs, bad)
 
 
+@pytest.mark.slow
 def test_a_string_from_the_command_line_is_said_to_be_one(demo_run):
     workdir, configs = demo_run
     output = refused(workdir, "--configfile", *configs, "--config", "study={depths: [20, 32]}")
@@ -564,6 +586,7 @@ def copy_of(demo_run, tmp_path: Path) -> Path:
 RUNS = Path("results/demo/runs")
 
 
+@pytest.mark.slow
 def test_a_deleted_primary_result_is_rebuilt_with_only_what_depends_on_it(demo_run, tmp_path):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     (workdir / RUNS / "dropout/resnet20/seed0/eval.json").unlink()
@@ -583,6 +606,7 @@ def test_a_deleted_primary_result_is_rebuilt_with_only_what_depends_on_it(demo_r
         ("deploy.json", lambda data: data[:-20], "is not valid JSON"),
     ],
 )
+@pytest.mark.slow
 def test_a_corrupt_primary_result_is_named_before_any_job(demo_run, tmp_path, name, corrupt, problem):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     path = RUNS / "paper/resnet20/seed0" / name
@@ -607,6 +631,7 @@ def test_readme_markers_are_checked_before_any_job(tmp_path):
     assert readme.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_training_job_that_fails_leaves_no_evaluation_of_the_model_it_replaced(demo_run, tmp_path):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     diverging = write_config(
