@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -369,4 +370,29 @@ def test_bad_deploy_options_are_refused_by_name(section, value):
     config = demo_config()
     config["deploy"] = merge(config["deploy"], section)
     with pytest.raises(StudyError, match=value):
+        load_study(config, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("where", "name"),
+    [
+        ("variants", "../outside"),
+        ("study.variants", "a/b"),
+        ("study.datasets", "../demo"),
+        ("variants", ".hidden"),
+    ],
+)
+def test_a_name_that_would_lead_a_path_elsewhere_is_refused(where, name):
+    config = demo_config()
+    if where == "variants":
+        config["variants"][name] = dict(
+            config["variants"]["paper"]
+        )  # defined, as a pretraining source may be
+    else:
+        section, key = where.split(".")
+        config[section][key] = [*config[section][key], name]
+
+    with pytest.raises(
+        StudyError, match=rf"invalid name {re.escape(repr(name))} at {where}.*letters, digits"
+    ):
         load_study(config, SCHEMA)

@@ -150,6 +150,8 @@ def check_against(schema: dict, instance: dict, what: str, command_line: dict | 
             f"{where} is {error.instance!r}, a string, because --config passes nested values as text; "
             "give nested values in a YAML file with --configfile (see the README's Configuration)."
         )
+    if error.validator == "pattern" and "description" in error.schema:  # a name: say what a name may hold
+        raise StudyError(f"{what}: invalid name {error.instance!r} at {where}. {error.schema['description']}")
     raise StudyError(f"{what}: invalid value at {where}: {error.message}.")
 
 
