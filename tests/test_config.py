@@ -396,3 +396,14 @@ def test_a_name_that_would_lead_a_path_elsewhere_is_refused(where, name):
         StudyError, match=rf"invalid name {re.escape(repr(name))} at {where}.*letters, digits"
     ):
         load_study(config, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"), [("study", "seeds", [0, 1.0]), ("study", "depths", [20.0])]
+)
+def test_an_integer_setting_written_as_a_float_is_refused(section, key, value):
+    config = demo_config()
+    config[section][key] = value
+
+    with pytest.raises(StudyError, match=rf"at {section}\.{key}\[\d\]: .* is not of type 'integer'"):
+        load_study(config, SCHEMA)

@@ -139,8 +139,18 @@ def load_study(config: dict, schema_path: str | Path, command_line: dict | None 
     return study
 
 
+# JSON Schema counts 1.0 as an integer; a seed, a depth or a size written 1.0 would then become "seed1.0"
+# in a path or a float in a job, so an integer setting must be written as one.
+StrictValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda checker, instance: isinstance(instance, int) and not isinstance(instance, bool)
+    ),
+)
+
+
 def check_against(schema: dict, instance: dict, what: str, command_line: dict | None = None) -> None:
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(instance))
+    error = jsonschema.exceptions.best_match(StrictValidator(schema).iter_errors(instance))
     if error is None:
         return
     where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
