@@ -2,13 +2,14 @@ import os
 import re
 from pathlib import Path
 
-from cifar_resnet.config import Run, load_study
+from cifar_resnet.config import Run, check_unique_keys, load_study
 from cifar_resnet.layout import LOGS, RESULTS, RESUME_FILE, RUN_DIR, RUN_NAME, run_path
 from cifar_resnet.plots import DEPLOYMENT_PLOTS, plot_names
 from cifar_resnet.preflight import check_before_jobs
 from cifar_resnet.report import write_report
 from cifar_resnet.sources import DATASETS, downloaded_datasets, get_source
 
+check_unique_keys(workflow.configfiles)
 STUDY = load_study(
     config,
     Path(workflow.basedir) / "config" / "schema.yaml",

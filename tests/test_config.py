@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifar_resnet.config import Run, load_study, merge
+from cifar_resnet.config import Run, check_unique_keys, load_study, merge
 from cifar_resnet.errors import StudyError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -407,3 +407,13 @@ def test_an_integer_setting_written_as_a_float_is_refused(section, key, value):
 
     with pytest.raises(StudyError, match=rf"at {section}\.{key}\[\d\]: .* is not of type 'integer'"):
         load_study(config, SCHEMA)
+
+
+def test_a_key_given_twice_in_a_configuration_file_is_refused_with_its_line(tmp_path):
+    single, double = tmp_path / "single.yaml", tmp_path / "double.yaml"
+    single.write_text("study:\n  seeds: [0]\n  depths: [20]\n")
+    double.write_text("study:\n  seeds: [0]\n  depths: [20]\n  seeds: [1]\n")
+
+    check_unique_keys([ROOT / "config" / "config.yaml", ROOT / "config" / "demo.yaml", single])
+    with pytest.raises(StudyError, match=r"double.yaml, line 4: the key 'seeds' is given twice"):
+        check_unique_keys([single, double])

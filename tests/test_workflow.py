@@ -233,6 +233,14 @@ def test_a_latency_option_deploys_again_and_trains_nothing(demo_run):
     assert counts == with_aggregates(deploy=3)
 
 
+def test_a_key_given_twice_in_an_overlay_stops_the_workflow_before_any_job(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    (workdir / "twice.yaml").write_text("study:\n  seeds: [0]\n  seeds: [0, 1]\n")
+    result = snakemake(workdir, "-n", "--configfile", "config/demo.yaml", "twice.yaml", check=False)
+    assert result.returncode != 0 and "Job stats" not in result.stdout
+    assert "twice.yaml, line 3: the key 'seeds' is given twice; keep one of them." in result.stdout
+
+
 def test_deploy_off_leaves_the_deployment_out_of_the_dag(tmp_path):
     workdir = copy_workflow(tmp_path)
     off = write_config(workdir, "off.yaml", {**TINY, "deploy": {"enabled": False}})

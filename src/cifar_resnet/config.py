@@ -149,6 +149,37 @@ StrictValidator = jsonschema.validators.extend(
 )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a mapping giving a key twice is an error, not the last one winning."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {key!r} is given twice", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def check_unique_keys(paths: Iterable[str | Path]) -> None:
+    """Refuse a configuration file in which a mapping gives a key twice: YAML loaders, Snakemake's among
+    them, keep the last value silently."""
+    for path in paths:
+        try:
+            yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)
+        except yaml.constructor.ConstructorError as error:
+            raise StudyError(
+                f"{path}, line {error.problem_mark.line + 1}: {error.problem}; keep one of them."
+            ) from None
+
+
 def check_against(schema: dict, instance: dict, what: str, command_line: dict | None = None) -> None:
     error = jsonschema.exceptions.best_match(StrictValidator(schema).iter_errors(instance))
     if error is None:
