@@ -417,3 +417,13 @@ def test_a_key_given_twice_in_a_configuration_file_is_refused_with_its_line(tmp_
     check_unique_keys([ROOT / "config" / "config.yaml", ROOT / "config" / "demo.yaml", single])
     with pytest.raises(StudyError, match=r"double.yaml, line 4: the key 'seeds' is given twice"):
         check_unique_keys([single, double])
+
+
+def test_a_fraction_above_one_is_refused():
+    config = demo_config()
+    config["deploy"] = {"tolerance": {"max_relative_logit_difference": 7}}
+
+    with pytest.raises(
+        StudyError, match=r"deploy.tolerance.max_relative_logit_difference: 7 is greater than"
+    ):
+        load_study(config, SCHEMA)
