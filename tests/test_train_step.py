@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_config import SCHEMA, demo_config
-from test_train import scripted
+from test_train import one_thread, scripted  # noqa: F401 (one_thread: an autouse fixture, one thread per test)
 
 from cifar_resnet.config import Run, load_study, merge
 from cifar_resnet.files import load_tensors, save_tensors
@@ -28,14 +28,6 @@ DURATION, MILESTONE = 10, 6
 # What the scripted validation reports each epoch (the plateau schedule follows it): never improving
 # after the first epoch.
 VAL_ACCURACIES = [0.5, 0.4, 0.3, 0.2, 0.1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-identical comparisons need the same thread count in every run
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

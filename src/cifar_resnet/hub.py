@@ -30,13 +30,7 @@ def load_run(run_dir: str | Path) -> DeployedModel:
     ``model.class_names`` names the logits' classes; ``model.provenance`` holds the run (dataset, variant,
     depth, seed), its configuration hash, git commit and library versions, and its test error."""
     run_dir = Path(run_dir)
-    summary = check_json(run_dir / "train.json", ("config", *TRAIN_FIELDS))
-    missing = [field for field in INPUT_FIELDS if field not in summary]
-    if missing:
-        raise StudyError(
-            f"{run_dir / 'train.json'} lacks {', '.join(missing)}: it was written by an older version of the"
-            " training; delete it and run the workflow again to retrain that run."
-        )
+    summary = read_train_summary(run_dir / "train.json")
     class_names = summary["class_names"]
     _, network = load_trained_run(run_dir / "train.json", run_dir / "model.pt", len(class_names))
     normalization = summary["normalization"]
@@ -49,12 +43,31 @@ def load_run(run_dir: str | Path) -> DeployedModel:
     return model.eval()
 
 
+def read_train_summary(path: Path, fields: tuple[str, ...] = ()) -> dict:
+    """A run's train.json, which must hold the configuration, the provenance, what the model's input and
+    output mean (written by the training since the normalisation and class names were added) and
+    ``fields``."""
+    summary = check_json(path, ("config", *TRAIN_FIELDS, *fields))
+    missing = [field for field in INPUT_FIELDS if field not in summary]
+    if missing:
+        raise StudyError(
+            f"{path} lacks {', '.join(missing)}: it was written by an older version of the training; delete"
+            " it and run the workflow again to retrain that run."
+        )
+    return summary
+
+
+def model_name(dataset: str, variant: str, depth: int, seed: int) -> str:
+    """A run's name in a release: ``{dataset}-{variant}-resnet{depth}-seed{seed}``."""
+    return f"{dataset}-{variant}-resnet{depth}-seed{seed}"
+
+
 def load_released(manifest_url: str, dataset: str, variant: str, depth: int, seed: int) -> DeployedModel:
     """A released model (``cifar_resnet.release``) from the release whose ``manifest.json`` is at
     ``manifest_url``: its weights file is downloaded once into torch.hub's cache and verified against the
     sha256 its name carries. The same model as ``load_run`` gives for the run."""
     manifest = _read_manifest(manifest_url)
-    name = f"{dataset}-{variant}-resnet{depth}-seed{seed}"
+    name = model_name(dataset, variant, depth, seed)
     entry = manifest.get("models", {}).get(name)
     if entry is None:
         released = ", ".join(sorted(manifest.get("models", {}))) or "none"

@@ -15,16 +15,11 @@ from pathlib import Path
 
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import check_json, load_checkpoint, save_tensors, write_json, write_text
-from cifar_resnet.hub import EVAL_FIELDS, INPUT_FIELDS, TRAIN_FIELDS
+from cifar_resnet.hub import EVAL_FIELDS, TRAIN_FIELDS, model_name, read_train_summary
 
 MANIFEST = "manifest.json"
 CHECKSUMS = "SHA256SUMS"
 DEPLOYED = {"onnx": "model.onnx", "int8": "model.int8.onnx"}
-
-
-def model_name(record: dict) -> str:
-    """The released name of a run: ``{dataset}-{variant}-resnet{depth}-seed{seed}``."""
-    return f"{record['dataset']}-{record['variant']}-resnet{record['depth']}-seed{record['seed']}"
 
 
 def release_runs(run_dirs: list[Path], out: Path) -> dict:
@@ -56,15 +51,11 @@ def release_runs(run_dirs: list[Path], out: Path) -> dict:
 
 def release_run(run_dir: Path, folder: Path) -> dict:
     """One run's files in ``folder``; returns its manifest entry."""
-    summary = check_json(run_dir / "train.json", ("config", "model", "train_seconds", *TRAIN_FIELDS))
-    missing = [field for field in INPUT_FIELDS if field not in summary]
-    if missing:
-        raise StudyError(
-            f"{run_dir / 'train.json'} lacks {', '.join(missing)}: it was written by an older version of the"
-            " training; delete it and run the workflow again to retrain that run before releasing it."
-        )
+    summary = read_train_summary(
+        run_dir / "train.json", ("model", "train_seconds", "epochs", "iterations", "selected_epoch", "device")
+    )
     evaluation = check_json(run_dir / "eval.json", (*EVAL_FIELDS, "params", "macs"))
-    name = model_name(summary)
+    name = model_name(summary["dataset"], summary["variant"], summary["depth"], summary["seed"])
     checkpoint = {
         "state_dict": load_checkpoint(run_dir / "model.pt"),
         "spec": summary["model"],
