@@ -5,7 +5,7 @@ from pathlib import Path
 from cifar_resnet.config import Run, check_unique_keys, load_study
 from cifar_resnet.layout import LOGS, RESULTS, RESUME_FILE, RUN_DIR, RUN_NAME, run_path
 from cifar_resnet.plots import DEPLOYMENT_PLOTS, plot_names
-from cifar_resnet.preflight import check_before_jobs
+from cifar_resnet.preflight import check_before_jobs, check_local_device
 from cifar_resnet.report import write_report
 from cifar_resnet.sources import DATASETS, downloaded_datasets, get_source
 
@@ -143,3 +143,12 @@ def train_minutes(wildcards) -> int:
 # reads this workflow again, and would read every run's files again for each job.
 if workflow.is_main_process:
     check_before_jobs(primary_results(), Path(README) if UPDATES_README else None)
+
+
+# Once the executor is known (not when the workflow is read): a local run that asks for CUDA on a
+# machine without it stops here, before any job.
+onstart:
+    check_local_device(
+        config["runtime"]["device"],
+        local=not workflow.executor_plugin.common_settings.non_local_exec,
+    )

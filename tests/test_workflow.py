@@ -241,6 +241,18 @@ def test_a_key_given_twice_in_an_overlay_stops_the_workflow_before_any_job(tmp_p
     assert "twice.yaml, line 3: the key 'seeds' is given twice; keep one of them." in result.stdout
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_on_a_machine_without_it_stops_the_local_run_before_any_job(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    cuda = write_config(workdir, "cuda.yaml", {**TINY, "runtime": {"device": "cuda"}})
+    result = snakemake(workdir, "--cores", "1", "--configfile", "config/demo.yaml", cuda, check=False)
+    assert result.returncode != 0
+    assert "runtime.device is 'cuda' but CUDA is not available on this machine" in result.stderr
+    assert not (workdir / "results").exists() and not (workdir / "resources").exists()  # no job ran
+    dry_run = snakemake(workdir, "-n", "--configfile", "config/demo.yaml", cuda)  # a plan needs no GPU
+    assert job_counts(dry_run.stdout)["train"] == 3
+
+
 def test_deploy_off_leaves_the_deployment_out_of_the_dag(tmp_path):
     workdir = copy_workflow(tmp_path)
     off = write_config(workdir, "off.yaml", {**TINY, "deploy": {"enabled": False}})
