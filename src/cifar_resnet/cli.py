@@ -19,14 +19,13 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from cifar_resnet.benchmark import runner, tables
 from cifar_resnet.benchmark.data import EPOCH_IMAGES
 from cifar_resnet.benchmark.modes import ALL_MODES, DEFAULT_MODES, Mode, packing_mode
 from cifar_resnet.benchmark.pipelines import default_workers
 from cifar_resnet.benchmark.settings import DEFAULT_CONFIG, SCHEMA, load_settings
-from cifar_resnet.config import check_unique_keys, load_study
+from cifar_resnet.config import load_study, read_config_file
 from cifar_resnet.errors import exit_on_study_error
 from cifar_resnet.files import write_csv
 from cifar_resnet.release import release_runs
@@ -163,10 +162,9 @@ def show_status(args: argparse.Namespace) -> None:
     directory's files (run it where you run snakemake)."""
     from snakemake.utils import update_config
 
-    check_unique_keys([DEFAULT_CONFIG, *args.configfile])
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config = read_config_file(DEFAULT_CONFIG)
     for path in args.configfile:
-        update_config(config, yaml.safe_load(path.read_text()))
+        update_config(config, read_config_file(path))
     study = load_study(config, SCHEMA)
     states = study_state(study, deploys=config["deploy"]["enabled"])
     print(describe(states, training_seconds_left(states, study)))

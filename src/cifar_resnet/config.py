@@ -168,16 +168,21 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
+def read_config_file(path: str | Path) -> dict:
+    """A YAML configuration file, refused in one sentence where a mapping gives a key twice: YAML loaders,
+    Snakemake's among them, keep the last value silently."""
+    try:
+        return yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)
+    except yaml.constructor.ConstructorError as error:
+        raise StudyError(
+            f"{path}, line {error.problem_mark.line + 1}: {error.problem}; keep one of them."
+        ) from None
+
+
 def check_unique_keys(paths: Iterable[str | Path]) -> None:
-    """Refuse a configuration file in which a mapping gives a key twice: YAML loaders, Snakemake's among
-    them, keep the last value silently."""
+    """Refuse a configuration file among ``paths`` that gives a key twice (``read_config_file``)."""
     for path in paths:
-        try:
-            yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)
-        except yaml.constructor.ConstructorError as error:
-            raise StudyError(
-                f"{path}, line {error.problem_mark.line + 1}: {error.problem}; keep one of them."
-            ) from None
+        read_config_file(path)
 
 
 def check_against(schema: dict, instance: dict, what: str, command_line: dict | None = None) -> None:
