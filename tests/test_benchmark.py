@@ -29,7 +29,7 @@ from cifar_resnet.runtime import Runtime
 from cifar_resnet.train import make_optimizer, train_step
 
 ROOT = Path(__file__).parents[1]
-CONFIG, SCHEMA = ROOT / "config" / "config.yaml", ROOT / "config" / "schema.yaml"
+CONFIG, SCHEMA = ROOT / "config" / "config.yaml", ROOT / "workflow" / "schemas" / "config.schema.yaml"
 SETTINGS = load_settings(CONFIG, SCHEMA)
 CPU = torch.device("cpu")
 TINY = Protocol(batch_size=8, steps=2, repeats=2, warmup_steps=1)

@@ -8,7 +8,7 @@ from cifar_resnet.config import Run, check_unique_keys, load_study, merge
 from cifar_resnet.errors import StudyError
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "config" / "schema.yaml"
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def study_config():

@@ -1,17 +1,21 @@
-"""The conda environments of the jobs stay in step with pyproject.toml."""
+"""The versions the project names are the versions its tests run: constraints.txt pins what CI installs,
+pyproject.toml's lower bounds and the conda environments of the jobs name the same versions, and this
+test suite runs in an environment that has them."""
 
+import importlib.metadata
+import platform
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-ENVS = ROOT / "envs"
+ENVS = ROOT / "workflow" / "envs"
 
 # What each environment's jobs import: pyproject name -> conda-forge name.
 NEEDED = {
@@ -73,19 +77,52 @@ def test_every_dependency_is_either_in_an_environment_or_explained():
     assert set(dependencies()) == placed
 
 
+def pinned_versions() -> dict[str, str]:
+    """constraints.txt as {name: version}."""
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    entries = [PIN.fullmatch(line) for line in lines if line and not line.startswith("#")]
+    assert all(entries), "constraints.txt holds only name==version lines and comments"
+    return {canonicalize_name(entry["name"]): entry["version"] for entry in entries}
+
+
+def requirements() -> list[Requirement]:
+    listed = project()["dependencies"] + project()["optional-dependencies"]["test"]
+    return [Requirement(entry) for entry in listed]
+
+
+def test_every_requirement_is_pinned_and_its_lower_bound_is_the_pin():
+    pinned = pinned_versions()
+    bounds = {canonicalize_name(r.name): str(r.specifier) for r in requirements()}
+    assert bounds == {name: f">={version}" for name, version in pinned.items()}
+
+
+def test_this_suite_runs_the_pinned_versions():
+    installed = {name: importlib.metadata.version(name) for name in pinned_versions()}
+    assert installed == pinned_versions(), "install with `pip install -e '.[test]' -c constraints.txt`"
+
+
 @pytest.mark.parametrize("env_file", sorted(NEEDED))
-def test_pins_satisfy_the_project_dependencies(env_file):
-    pinned = pins(env_file)
-    specifiers = dependencies()
+def test_the_environments_pin_the_tested_versions(env_file):
+    pinned, versions = pins(env_file), pinned_versions()
     for name, conda_name in NEEDED[env_file].items():
-        assert conda_name in pinned, f"{env_file} lacks {conda_name} (for {name})"
-        version, wanted = pinned[conda_name], specifiers[name]
-        assert version in wanted, f"{env_file}: {conda_name}=={version}, not {name}{wanted}"
+        assert pinned.get(conda_name) == versions[name], f"{env_file}: {conda_name} is not {versions[name]}"
 
 
 @pytest.mark.parametrize("env_file", sorted(NEEDED))
-def test_python_matches_the_project(env_file):
+def test_python_is_the_tested_one(env_file):
+    assert pins(env_file)["python"] == platform.python_version()
     assert pins(env_file)["python"] in SpecifierSet(project()["requires-python"])
+
+
+def test_the_training_environment_pins_the_tested_cuda_build():
+    import torch
+
+    assert pins("train.yaml")["cuda-version"] == torch.version.cuda
+
+
+def test_the_workflow_asks_for_the_tested_snakemake():
+    snakefile = (ROOT / "workflow" / "Snakefile").read_text()
+    assert f'min_version("{pinned_versions()["snakemake"]}")' in snakefile
 
 
 def test_the_training_environment_pins_one_pytorch_build():

@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))]
+WORKFLOW_FILES = [ROOT / "workflow" / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]
 
 # What a process must not import, by the conda environment its rule runs in.
 FORBIDDEN = {
-    "envs/report.yaml": ("torch",),
-    "envs/train.yaml": ("pandas", "seaborn", "matplotlib", "scipy"),
+    "workflow/envs/report.yaml": ("torch",),
+    "workflow/envs/train.yaml": ("pandas", "seaborn", "matplotlib", "scipy"),
 }
 MAIN_PROCESS_FORBIDDEN = ("torch",)
 # What a job must not import besides its environment's list, by rule.
@@ -116,7 +116,7 @@ def test_every_snakemake_script_is_run_by_a_rule():
     """A script that uses the `snakemake` object is checked above only if a rule runs it."""
     run = {script for script, _ in RULES.values()}
     assert len(run) >= 2
-    for script in sorted((ROOT / "scripts").glob("*.py")):
+    for script in sorted((ROOT / "workflow" / "scripts").glob("*.py")):
         tree = ast.parse(script.read_text())
         uses_snakemake = any(isinstance(node, ast.Name) and node.id == "snakemake" for node in ast.walk(tree))
         assert uses_snakemake == (script in run), (

@@ -265,30 +265,74 @@ def test_failing_job_is_reported(slurm_workflow: Path):
     assert f"SLURM-job '{jobid}' failed" in run.output, run.describe()
 
 
+# The project's own profiles/slurm, with what a user edits in it (the partition; no account, since
+# the CI cluster keeps no accounting) and what the CI cluster needs (no slurmdbd: squeue for the
+# status; short waits so that the test is quick) given on the command line, which overrides a profile.
+PROJECT_PROFILE = REPO / "profiles" / "slurm"
+ON_CI_CLUSTER = [
+    "--default-resources", "slurm_partition=ci",
+    "--slurm-status-command", "squeue",
+    "--slurm-init-seconds-before-status-checks", "3",
+    "--latency-wait", "5",
+]  # fmt: skip
+
+
+def job_details(job_id: str) -> dict[str, str]:
+    """A SLURM job's `scontrol show job` fields (kept MinJobAge after it ends)."""
+    shown = subprocess.run(
+        ["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=15, check=True
+    ).stdout
+    return dict(re.findall(r"(\w+)=(\S+)", shown))
+
+
+def demo_workdir(folder: Path, variants: list[str]) -> tuple[Path, list[str]]:
+    """A copy of the repository with the demo and a tiny overlay of ``variants`` at ResNet-20, seed 0,
+    whose deployments time their latency batch on both of the CI node's CPUs."""
+    import test_workflow as workflow
+
+    tiny = {
+        **workflow.TINY,
+        "study": {**workflow.TINY["study"], "variants": variants},
+        "deploy": {"latency": {"batch_threads": 2}},
+    }
+    folder.mkdir()
+    workdir = workflow.copy_workflow(folder)
+    return workdir, ["--configfile", "config/demo.yaml", workflow.write_config(workdir, "tiny.yaml", tiny)]
+
+
 @pytest.mark.slow
 def test_demo_through_slurm_matches_a_local_run(tmp_path: Path):
-    """The real workflow (demo data, paper + the frozen pretrain -> fine-tune chain) through SLURM gives
-    the same weights and metrics as the same configuration run locally."""
-    import test_workflow as workflow
+    """The real workflow (demo data, paper + the frozen pretrain -> fine-tune chain) through the
+    project's SLURM profile gives the same weights and metrics as the same configuration run locally,
+    with one submission per run (its training, evaluation and deployment) and one for the data."""
     import torch
 
-    tiny = {**workflow.TINY, "study": {**workflow.TINY["study"], "variants": ["paper", "frozen"]}}
     threads = [
         "--max-threads",
         "2",
     ]  # the CI node has 2 CPUs; the same count locally keeps the runs bit-identical
-    memory = ["--set-resources", "train:mem_mb=2000", "deploy:mem_mb=2000", "prepare:mem_mb=1000"]
     runs = {}
-    for name, run in (("slurm", run_through_slurm), ("local", run_locally)):
-        (tmp_path / name).mkdir()
-        workdir = workflow.copy_workflow(tmp_path / name)
-        configs = ["--configfile", "config/demo.yaml", workflow.write_config(workdir, "tiny.yaml", tiny)]
-        runs[name] = (workdir, run(workdir, extra_args=[*configs, *threads, *memory], timeout_s=600))
+    for name, run, args in (
+        ("slurm", run_through_slurm, {"profile": PROJECT_PROFILE}),
+        ("local", run_locally, {}),
+    ):
+        workdir, configs = demo_workdir(tmp_path / name, ["paper", "frozen"])
+        extra = [*configs, *threads, *(ON_CI_CLUSTER if name == "slurm" else [])]
+        runs[name] = (workdir, run(workdir, ["report"], extra, timeout_s=600, **args))
     slurm_dir, slurm_run = runs["slurm"]
     local_dir, local_run = runs["local"]
     assert slurm_run.returncode == 0, slurm_run.describe()
     assert local_run.returncode == 0, local_run.describe()
-    assert len(slurm_run.job_ids) >= 4 and not slurm_run.leftover_jobs  # train x2, deploy x2 at least
+    assert not slurm_run.leftover_jobs
+    assert (slurm_dir / "results" / "report.html").stat().st_size > 0  # localrules on this host
+    # the data (demo archive, then preparation), then each run's training and deployment together
+    assert len(slurm_run.job_ids) == 1 + 2, slurm_run.describe()
+    for job_id in slurm_run.job_ids[1:]:
+        # a run's group: the GPU of its training (1 CPU), the 2 CPUs its deployment times with, the larger
+        # memory (8,000 MB of the training) and the two time limits added (ResNet-20: 20 + 10, and 15)
+        job = job_details(job_id)
+        assert "gpu:1" in job.get("TresPerJob", "") + job.get("TresPerNode", ""), job
+        assert (job["NumCPUs"], job["MinMemoryNode"], job["TimeLimit"]) == ("2", "8000M", "00:45:00"), job
 
     summary = "results/demo/summary.csv"
     assert (slurm_dir / summary).read_text().splitlines()[0] == (
@@ -315,3 +359,46 @@ def json_metrics(path: Path) -> dict:
 
     metrics = json.loads(path.read_text())
     return {key: metrics[key] for key in ("test_accuracy", "test_loss", "confusion_matrix", "params", "macs")}
+
+
+def cancel_when_running(comment: str, deadline: float) -> str | None:
+    """Cancel the first running SLURM job whose comment (the plugin writes the rule or group there)
+    holds ``comment``, as the cluster would stop a job at its time limit; its id, or None."""
+    while time.monotonic() < deadline:
+        listed = subprocess.run(
+            ["squeue", "--noheader", "--states=RUNNING", "--format=%i|%k"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+        ).stdout
+        for line in listed.splitlines():
+            job_id, _, job_comment = line.partition("|")
+            if comment in job_comment:
+                subprocess.run(["scancel", job_id], timeout=15, check=True)
+                return job_id
+        time.sleep(0.5)
+    return None
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_the_cluster_is_resubmitted_with_larger_limits(tmp_path: Path):
+    """`retries` of the project's profile: a run's job that the cluster stops (here cancelled while it
+    trains) is submitted again with twice its time and memory limits, and the run then finishes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workdir, configs = demo_workdir(tmp_path / "retry", ["paper"])
+    target = "results/demo/runs/paper/resnet20/seed0/deploy.json"
+    extra = [*configs, *ON_CI_CLUSTER, "--retries", "1"]
+    with ThreadPoolExecutor(1) as pool:
+        cancelled = pool.submit(cancel_when_running, "run_demo_paper_20_0", time.monotonic() + 240)
+        run = run_through_slurm(workdir, [target], extra, timeout_s=400, profile=PROJECT_PROFILE)
+        cancelled = cancelled.result()
+    assert run.returncode == 0, run.describe()
+    assert cancelled in run.job_ids, (cancelled, run.describe())
+    retried = run.job_ids[run.job_ids.index(cancelled) + 1 :]
+    assert len(retried) == 1, run.describe()
+    first, second = job_details(cancelled), job_details(retried[0])
+    assert first["JobState"] == "CANCELLED" and second["JobState"] == "COMPLETED", (first, second)
+    assert (first["TimeLimit"], second["TimeLimit"]) == ("00:45:00", "01:30:00")
+    assert (first["MinMemoryNode"], second["MinMemoryNode"]) == ("8000M", "16000M")
+    assert (workdir / target).stat().st_size > 0

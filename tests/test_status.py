@@ -86,8 +86,8 @@ def test_the_time_left_counts_waiting_runs_by_their_compute(study):
 
 
 def test_the_command_prints_the_study_with_the_overlay_given(tmp_path, monkeypatch, capsys):
-    for name in ("config.yaml", "schema.yaml", "demo.yaml"):
-        write(str(tmp_path / "config" / name), (ROOT / "config" / name).read_text())
+    for name in ("config/config.yaml", "config/demo.yaml", "workflow/schemas/config.schema.yaml"):
+        write(str(tmp_path / name), (ROOT / name).read_text())
     write(str(tmp_path / "two.yaml"), json.dumps(TWO_DEPTHS))
     monkeypatch.chdir(tmp_path)
     finished(Run("demo", "paper", 8, 0), wall_seconds=80)

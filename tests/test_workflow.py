@@ -28,7 +28,7 @@ from cifar_resnet.tables import accuracy_table, render_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "config", "envs", "report", "profiles", "README.md")
+WORKFLOW_FILES = ("workflow", "config", "profiles", "README.md")
 
 TINY = {
     "study": {"variants": ["paper", "dropout", "frozen"], "depths": [20], "seeds": [0]},
@@ -91,9 +91,17 @@ def test_default_config_dry_runs_the_full_grid_with_pretraining_edges(tmp_path):
     assert counts["download"] == 2 and counts["prepare"] == 2
     # The longest runs start first: a run's jobs have its compute, depth x width squared, as priority.
     priorities = re.findall(
-        r"^rule (train|deploy):$.*?variant=([\w-]+), depth=(\d+).*?priority: (\d+)$", output, re.M | re.S
+        r"^\s*rule (train|deploy):$.*?variant=([\w-]+), depth=(\d+).*?priority: (\d+)$", output, re.M | re.S
     )
     assert len(priorities) == counts["train"] + counts["deploy"]
+    # A cluster gets one job per run (its training, and its deployment if it is a study run) and one per
+    # dataset's preparation.
+    groups = re.findall(r"^\S.*Group job ([\w-]+) .*\n((?:\n|\s.*\n|Shell command.*\n)*)", output, re.M)
+    rules = {name: sorted(re.findall(r"^\s+rule (\w+):$", body, re.M)) for name, body in groups}
+    assert len(rules) == len(groups) - 1  # the two datasets' preparations share the group name
+    assert [r for r in rules.values() if r == ["deploy", "train"]] == [["deploy", "train"]] * counts["deploy"]
+    assert [r for r in rules.values() if r == ["train"]] == [["train"]] * (counts["train"] - counts["deploy"])
+    assert rules["data"] == ["prepare"]
     width = {"wide": 4}
     assert all(int(p) == int(depth) * width.get(variant, 1) ** 2 for _, variant, depth, p in priorities)
 

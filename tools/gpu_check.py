@@ -238,7 +238,8 @@ def run_job(form: Form, work: Path, depth: int, iterations: int, deadline: float
     overrides = work / f"job{depth}.yaml"
     write_text(overrides, yaml.safe_dump(timing_overrides(form, depth, iterations)))
     target = run_path(f"{RUN_DIR}/train.json", Run(DATASET, "paper", depth, 0))
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPOSITORY / "Snakefile"), "--nolock"]
+    snakefile = REPOSITORY / "workflow" / "Snakefile"
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--nolock"]
     command += ["--cores", str(os.cpu_count() or 1), "--resources", "gpu=1", "--rerun-incomplete"]
     command += ["--configfile", "config/timing.yaml", overrides.name, "--", target]
     return run_stage(

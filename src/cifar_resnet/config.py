@@ -1,5 +1,6 @@
-"""The study's configuration: validation against config/schema.yaml, variant overlays merged into the
-paper's recipe, and the grid of runs (dataset x variant x depth x seed) the workflow trains."""
+"""The study's configuration: validation against workflow/schemas/config.schema.yaml, variant
+overlays merged into the paper's recipe, and the grid of runs (dataset x variant x depth x seed) the
+workflow trains."""
 
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 study's config (config/config.yaml unless told), so that the benchmark times the recipe the training
 jobs run and never a copy of its constants.
 
-The config is read with pyyaml and checked against config/schema.yaml, whose defaults are filled in
-with jsonschema, rather than through ``config.load_study``: that one validates through Snakemake, which
-a machine that only benchmarks (such as a bare GPU machine) need not have, whereas jsonschema is
-needed anyway (the trainer's ``cifar_resnet.config`` imports it)."""
+The config is read with pyyaml and checked against workflow/schemas/config.schema.yaml, whose defaults
+are filled in with jsonschema, rather than through ``config.load_study``: that one validates through
+Snakemake, which a machine that only benchmarks (such as a bare GPU machine) need not have, whereas
+jsonschema is needed anyway (the trainer's ``cifar_resnet.config`` imports it)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from cifar_resnet.config import check_against, load_schema, merge
 from cifar_resnet.errors import StudyError
 
 DEFAULT_CONFIG = Path("config/config.yaml")
-SCHEMA = Path("config/schema.yaml")
+SCHEMA = Path("workflow/schemas/config.schema.yaml")
 VARIANT = "paper"
 
 

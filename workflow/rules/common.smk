@@ -12,7 +12,7 @@ from cifar_resnet.sources import DATASETS, downloaded_datasets, get_source
 check_unique_keys(workflow.configfiles)
 STUDY = load_study(
     config,
-    Path(workflow.basedir) / "config" / "schema.yaml",
+    workflow.source_path("../schemas/config.schema.yaml"),
     command_line=workflow.config_settings.config,
 )
 DATA_ROOT = config["data"]["root"]
@@ -40,9 +40,14 @@ BUILDS_INT8 = DEPLOYS and config["deploy"]["int8"]
 # which Snakemake caps at --cores.
 LATENCY_THREADS = config["deploy"]["latency"]["batch_threads"] or os.cpu_count()
 PLOTS = plot_names(DEPLOYS)
-UPDATES_README = config["report"]["update_readme"] and bool(
-    set(STUDY.datasets) & set(REAL_DATASETS)
-)
+# The README's results block belongs to this repository: by default (auto) it is spliced only where the
+# workflow runs in its own clone, never into the working directory of a deployment (a module, or -s).
+RULES_FOLDER = workflow.current_basedir.get_path_or_uri(secret_free=True)
+IN_OWN_REPOSITORY = Path(RULES_FOLDER).parents[1].resolve() == Path.cwd().resolve()
+SPLICES_README = config["report"]["update_readme"]
+UPDATES_README = (
+    SPLICES_README is True or (SPLICES_README == "auto" and IN_OWN_REPOSITORY)
+) and bool(set(STUDY.datasets) & set(REAL_DATASETS))
 
 
 wildcard_constraints:
@@ -137,6 +142,22 @@ def run_compute(wildcards) -> int:
 def train_minutes(wildcards) -> int:
     """A SLURM time limit with room to spare for an H100-class GPU, scaled by depth and width."""
     return 20 + run_compute(wildcards) // 2
+
+
+def growing(limit):
+    """A time or memory limit (a number, or a function of the wildcards) times the attempt, so that a
+    job retried after hitting its limit gets a larger one rather than the same."""
+    return (
+        lambda wildcards, attempt: (limit(wildcards) if callable(limit) else limit)
+        * attempt
+    )
+
+
+# A cluster submits each group as one job: a run's training (which ends with its evaluation) and its
+# deployment, so that one submission waits in the queue per run; and the demo's archive with its
+# preparation. A run's group is its own: a pretraining edge must not join two runs into one job.
+RUN_GROUP = "run_{dataset}_{variant}_{depth}_{seed}"
+DATA_GROUP = "data"
 
 
 # Before any job starts (cifar_resnet.preflight). Only the scheduling process checks: a cluster job

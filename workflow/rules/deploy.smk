@@ -14,13 +14,15 @@ rule deploy:
     log:
         f"{LOGS}/deploy/{RUN_NAME}.log",
     priority: run_compute
+    group:
+        RUN_GROUP
     conda:
         "../envs/train.yaml"
     # Every thread the batch runs time with, so that no other job shares the cores being measured.
     threads: LATENCY_THREADS
     resources:
-        mem_mb=4000,
-        runtime=15,
+        mem_mb=growing(4000),
+        runtime=growing(15),
     params:
         deploy={
             key: config["deploy"][key]

@@ -26,6 +26,8 @@ rule demo_archive:
         archive_path("demo"),
     log:
         f"{RESULTS}/demo/logs/demo_archive.log",
+    group:
+        DATA_GROUP
     conda:
         "../envs/train.yaml"
     params:
@@ -41,10 +43,12 @@ rule prepare:
         PREPARED,
     log:
         f"{LOGS}/prepare.log",
+    group:
+        DATA_GROUP
     conda:
         "../envs/train.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=growing(4000),
     params:
         validation_fraction=config["data"]["validation_fraction"],
         split_seed=config["data"]["split_seed"],

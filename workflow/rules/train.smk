@@ -16,13 +16,15 @@ rule train:
     log:
         f"{LOGS}/train/{RUN_NAME}.log",
     priority: run_compute
+    group:
+        RUN_GROUP
     conda:
         "../envs/train.yaml"
     threads: JOB_THREADS
     resources:
         gpu=1,
-        mem_mb=8000,
-        runtime=train_minutes,
+        mem_mb=growing(8000),
+        runtime=growing(train_minutes),
     params:
         run_config=lambda wildcards: STUDY.run_config(run_of(wildcards)),
         resume=RESUME_FILE,
