@@ -93,8 +93,9 @@ def test_a_full_disk_is_reported_and_leaves_the_previous_version(tmp_path, monke
         monkeypatch.setattr(owner, attribute, partial_writer(owner, attribute))
     else:
         monkeypatch.setattr(os, "fsync" if fault == "fsync" else "replace", no_space)
-    with pytest.raises(OSError, match=f"could not write {target}: No space left on device"):
+    with pytest.raises(OSError, match="No space left on device") as raised:
         write(target, 2)
+    assert raised.value.filename == str(target)  # the file the caller writes, not the temporary
     monkeypatch.undo()
     assert target.read_bytes() == previous
     assert [entry.name for entry in tmp_path.iterdir()] == [name]  # no temporary left behind
@@ -149,6 +150,21 @@ def test_a_truncated_checkpoint_is_named_in_one_sentence(tmp_path):
             read(path)
         assert str(error.value).startswith(f"{path} is truncated or not a torch checkpoint")
         assert str(error.value).endswith(REBUILD) and "\n" not in str(error.value)
+
+
+def test_a_checkpoint_with_changed_bytes_is_named_by_its_checksum(tmp_path):
+    path = tmp_path / "prepared.pt"
+    save_tensors(path, {"images": torch.arange(200_000, dtype=torch.int32)})
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x04  # one bit inside the tensor's bytes, which torch itself would load
+    path.write_bytes(data)
+    for read in (check_tensor_file, load_checkpoint):
+        with pytest.raises(StudyError) as error:
+            read(path)
+        assert str(error.value).startswith(f"{path} is damaged (its bytes no longer match the checksums")
+        assert str(error.value).endswith(REBUILD)
+    with pytest.raises(StudyError, match=r"written with them\); do this\.$"):
+        check_tensor_file(path, "do this")
 
 
 def test_a_broken_json_file_is_named_in_one_sentence(tmp_path):

@@ -1,6 +1,7 @@
 """What every script's run_job does: a job that fails ends with one line, no traceback, and a job's
 objects are left out of its process's last garbage collection."""
 
+import errno
 import gc
 import weakref
 from types import SimpleNamespace
@@ -26,6 +27,18 @@ def refused():
     raise StudyError("study.depths has 21, which is not a CIFAR ResNet depth.")
 
 
+def disk_full():
+    raise OSError(errno.ENOSPC, "No space left on device", "results/demo/runs/paper/resnet20/seed0/model.pt")
+
+
+def read_only():
+    raise OSError(errno.EROFS, "Read-only file system", "results/demo/resume/paper/resnet20/seed0.pt")
+
+
+def broken_device():
+    raise OSError(errno.EIO, "Input/output error")
+
+
 @pytest.mark.parametrize(
     ("job", "resumable", "code", "line"),
     [
@@ -43,6 +56,27 @@ def refused():
             "Interrupted by Ctrl-C; run the same snakemake command with --rerun-incomplete to run it again.",
         ),
         (refused, False, 1, "study.depths has 21, which is not a CIFAR ResNet depth."),
+        (
+            disk_full,
+            False,
+            1,
+            "The job stopped at results/demo/runs/paper/resnet20/seed0/model.pt: No space left on device; "
+            "free space on that file system (or move the results there to a larger one), then run the same "
+            "snakemake command again.",
+        ),
+        (
+            read_only,
+            True,
+            1,
+            "The job stopped at results/demo/resume/paper/resnet20/seed0.pt: Read-only file system; make "
+            "that file system writable, then run the same snakemake command again.",
+        ),
+        (
+            broken_device,
+            False,
+            1,
+            "The job stopped: Input/output error; fix that, then run the same snakemake command again.",
+        ),
     ],
 )
 def test_a_failed_job_ends_with_one_line(tmp_path, capfd, job, resumable, code, line):

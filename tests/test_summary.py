@@ -5,7 +5,7 @@ import pytest
 
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import write_csv
-from cifar_resnet.summary import DEPLOY_FIELDS, SUMMARY_COLUMNS, summarize_runs
+from cifar_resnet.summary import DEPLOY_FIELDS, SUMMARY_COLUMNS, read_summary, summarize_runs
 
 PARAMS = {8: 78_042, 20: 272_474, 32: 466_906}
 MACS = {8: 12_430_000, 20: 40_810_000, 32: 69_120_000}
@@ -204,3 +204,36 @@ def test_summarize_runs_of_runs_not_deployed_ignores_deploy_json(tmp_path):
     summary = summarize_runs([run_dir])
 
     assert list(summary.columns) == list(SUMMARY_COLUMNS)
+
+
+def test_read_summary_reads_what_summarize_wrote(tmp_path):
+    rows = [
+        summary_row("paper", 20, 0, 8.0) | deployment(8.0),
+        summary_row("paper", 20, 1, 8.5) | deployment(8.5),
+    ]
+    write_csv(tmp_path / "summary.csv", pd.DataFrame(rows))  # without INT8: its columns are empty
+    summary = read_summary(tmp_path / "summary.csv")
+    assert list(summary.columns) == [*SUMMARY_COLUMNS, *DEPLOY_FIELDS] and len(summary) == 2
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda frame: frame.drop(columns="test_error"), "lacks the columns test_error"),
+        (lambda frame: frame.drop(columns="onnx_b1_ms"), "lacks the columns onnx_b1_ms"),
+        (lambda frame: frame.assign(depth="twenty"), "has a broken line 2"),
+    ],
+)
+def test_read_summary_names_a_damaged_summary(tmp_path, damage, problem):
+    rows = [summary_row("paper", 20, 0, 8.0) | deployment(8.0, int8_error=9.0)]
+    write_csv(tmp_path / "summary.csv", damage(pd.DataFrame(rows)))
+    with pytest.raises(StudyError, match=f"summary.csv {problem}.*; delete it and run the same snakemake"):
+        read_summary(tmp_path / "summary.csv")
+
+
+def test_read_summary_names_a_summary_cut_short(tmp_path):
+    write_csv(tmp_path / "summary.csv", pd.DataFrame([summary_row("paper", 20, 0, 8.0)]))
+    text = (tmp_path / "summary.csv").read_text()
+    (tmp_path / "summary.csv").write_text(text[: len(text) - 20])
+    with pytest.raises(StudyError, match="summary.csv has a broken line 2"):
+        read_summary(tmp_path / "summary.csv")

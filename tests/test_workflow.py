@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -246,7 +247,8 @@ def test_a_key_given_twice_in_an_overlay_stops_the_workflow_before_any_job(tmp_p
     (workdir / "twice.yaml").write_text("study:\n  seeds: [0]\n  seeds: [0, 1]\n")
     result = snakemake(workdir, "-n", "--configfile", "config/demo.yaml", "twice.yaml", check=False)
     assert result.returncode != 0 and "Job stats" not in result.stdout
-    assert "twice.yaml, line 3: the key 'seeds' is given twice; keep one of them." in result.stdout
+    assert "twice.yaml, line 3: the key 'seeds' is given twice; keep one of them." in result.stderr
+    assert_no_traceback(result.stdout + result.stderr)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -521,13 +523,13 @@ def outside_markers(text: str) -> str:
     return text
 
 
-def snapshot(workdir: Path) -> dict[str, bytes]:
-    """Every result and prepared file, by path, with its content."""
+def snapshot(workdir: Path, leaving_out: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """Every result and prepared file, by path, with its content; none under the folders ``leaving_out``."""
     return {
-        str(path.relative_to(workdir)): path.read_bytes()
+        path.relative_to(workdir).as_posix(): path.read_bytes()
         for folder in ("results", "resources")
         for path in sorted((workdir / folder).rglob("*"))
-        if path.is_file()
+        if path.is_file() and not path.relative_to(workdir).as_posix().startswith(leaving_out)
     }
 
 
@@ -537,8 +539,14 @@ def refused(workdir: Path, *args: str) -> str:
     result = snakemake(workdir, "--cores", "2", *args, check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "Job stats" not in output, output[-3000:]
+    assert_no_traceback(output)
     assert snapshot(workdir) == before
     return output
+
+
+def assert_no_traceback(output: str) -> None:
+    """Neither Python's traceback nor the frames Snakemake lists under an exception."""
+    assert "Traceback" not in output and 'File "' not in output, output[-3000:]
 
 
 @pytest.mark.parametrize(
@@ -673,3 +681,121 @@ def test_a_training_job_that_fails_leaves_no_evaluation_of_the_model_it_replaced
     for name in ("model.pt", "eval.json", *DEPLOYED):
         assert not (workdir / run / name).exists(), name
     assert (workdir / RUNS / "paper/resnet20/seed0/eval.json").exists()  # other runs keep theirs
+
+
+# Faults met by a finished study: what Snakemake's own process can know is refused before any job, so that
+# Snakemake never clears a run's finished files for a job bound to fail; what only a job can meet ends that
+# job in one sentence. The tests that mount need root (CI runs as root) and are skipped without it.
+RUN = RUNS / "paper/resnet20/seed0"
+PREPARED = Path("resources/demo/prepared.pt")
+
+
+@contextmanager
+def mounted(target: Path, *commands: list[str]):
+    """Run the mount ``commands`` on ``target``, and unmount it afterwards; skips the test where this
+    process may not mount."""
+    for command in commands:
+        if subprocess.run(command, capture_output=True).returncode:
+            subprocess.run(["umount", str(target)], capture_output=True)
+            pytest.skip(f"cannot mount here ({' '.join(command)}); needs root")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+def read_only(folder: Path):
+    """``folder`` as a read-only view of itself: the same files, on a read-only file system."""
+    return mounted(
+        folder,
+        ["mount", "--bind", str(folder), str(folder)],
+        ["mount", "-o", "remount,bind,ro", str(folder), str(folder)],
+    )
+
+
+@pytest.mark.slow
+def test_a_damaged_dataset_is_refused_before_any_job_and_prepared_anew_without_retraining(demo_run, tmp_path):
+    workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
+    original = load_tensors(workdir / PREPARED)
+    prepared = bytearray((workdir / PREPARED).read_bytes())
+    prepared[len(prepared) // 2] ^= 0x01  # one flipped bit, which torch.load would not notice
+    (workdir / PREPARED).write_bytes(prepared)
+    evaluation = (workdir / RUN / "eval.json").read_bytes()
+    (workdir / RUN / "eval.json").unlink()  # so that the run's training would run, and its files be cleared
+
+    assert (
+        f"error: {PREPARED} is damaged (its bytes no longer match the checksums written with them); delete "
+        "it and run the same snakemake command again, which prepares it anew and trains its runs again (the "
+        "README's Reliability section says how to keep those already trained).\n"
+    ) in refused(workdir, "--configfile", *configs)
+
+    # The README's way to keep the finished runs: prepare the dataset alone (identically), then --touch.
+    (workdir / RUN / "eval.json").write_bytes(evaluation)
+    (workdir / PREPARED).unlink()
+    snakemake(workdir, str(PREPARED), "--cores", "1", "--configfile", *configs)
+    again = load_tensors(workdir / PREPARED)
+    assert again.keys() == original.keys()  # the same data
+    assert all(
+        torch.equal(again[key], value) if isinstance(value, torch.Tensor) else again[key] == value
+        for key, value in original.items()
+    )
+    snakemake(workdir, "--touch", "--cores", "1", "--configfile", *configs)
+    assert job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout) == {}
+
+
+@pytest.mark.slow
+def test_a_folder_the_jobs_cannot_write_is_refused_before_any_job(demo_run, tmp_path):
+    workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
+    (workdir / RUN / "deploy.json").unlink()  # so that the run's deployment would run
+    with read_only(workdir / RUN):
+        output = refused(workdir, "--configfile", *configs)
+    assert (
+        f"error: The jobs cannot write {RUN}: it is on a read-only file system; make it a writable folder "
+        "(or run the workflow from a folder where it is one) and run the same command again.\n"
+    ) in output
+
+
+def failed_job(workdir: Path, configs: list[str], leaving_out: tuple[str, ...]) -> str:
+    """The output of a snakemake run in which a job must fail, which must leave every file but those
+    under ``leaving_out`` (the failing jobs' own) as it was."""
+    before = snapshot(workdir, leaving_out)
+    result = snakemake(workdir, "--cores", "1", "--configfile", *configs, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert_no_traceback(output)
+    assert snapshot(workdir, leaving_out) == before
+    return output
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_job_in_one_sentence_and_leaves_no_temporary(demo_run, tmp_path):
+    workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
+    tables = workdir / "results" / "demo" / "tables"
+    with mounted(tables, ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tables)]):
+        # the table's job runs (its files are hidden under the mount), on a file system with no room
+        with open(tables / "filler", "wb", buffering=0) as filler, pytest.raises(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+        output = failed_job(workdir, configs, leaving_out=("results/demo/tables", "results/demo/logs"))
+        left = sorted(path.name for path in tables.iterdir())
+    assert (
+        "The job stopped at results/demo/tables/accuracy.csv: No space left on device; free space on that "
+        "file system (or move the results there to a larger one), then run the same snakemake command again."
+    ) in output
+    assert left == ["filler"]  # the job's temporary is gone
+
+
+@pytest.mark.slow
+def test_a_damaged_summary_ends_the_jobs_that_read_it_in_one_sentence(demo_run, tmp_path):
+    workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
+    summary = workdir / "results" / "demo" / "summary.csv"
+    pd.read_csv(summary).drop(columns="test_error").to_csv(summary, index=False)
+    readers = ("results/demo/tables", "results/demo/plots", "results/demo/logs")
+    assert (
+        "results/demo/summary.csv lacks the columns test_error; delete it and run the same snakemake "
+        "command again, which rebuilds it."
+    ) in failed_job(workdir, configs, leaving_out=readers)
+
+    summary.unlink()  # what the sentence says to do
+    snakemake(workdir, "--cores", "2", "--configfile", *configs)
+    assert "test_error" in pd.read_csv(summary).columns

@@ -3,6 +3,7 @@ failed write leaves the previous version intact."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -21,22 +22,28 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix, so writers can infer the format); when the
     block succeeds the file is flushed to disk and renamed over ``path``, when it fails it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}")
-    # Created like any new file (0666 less the umask), not 0600 as mkstemp would: outputs stay readable
-    # by whoever may read the results folder.
-    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created like any new file (0666 less the umask), not 0600 as mkstemp would: outputs stay
+        # readable by whoever may read the results folder.
+        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         yield temporary
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, path)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise OSError(error.errno, f"could not write {path}: {error.strerror or error}") from error
+        _remove(temporary)
+        # The path the caller writes, not the temporary's, is what the error names.
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        _remove(temporary)
         raise
+
+
+def _remove(temporary: Path) -> None:
+    with contextlib.suppress(OSError):  # a folder made read-only keeps it: nothing more can be done
+        temporary.unlink(missing_ok=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -59,11 +66,12 @@ def read_json(path: str | os.PathLike):
 
 
 # A workflow output that a later job cannot read is rebuilt by deleting it: every run file is a target.
-def unreadable(path: str | os.PathLike, problem: str) -> StudyError:
+REBUILD = "delete it and run the same snakemake command again, which rebuilds it"
+
+
+def unreadable(path: str | os.PathLike, problem: str, remedy: str = REBUILD) -> StudyError:
     """The one sentence for an output a later job cannot read: the file, what is wrong, the remedy."""
-    return StudyError(
-        f"{path} {problem}; delete it and run the same snakemake command again, which rebuilds it."
-    )
+    return StudyError(f"{path} {problem}; {remedy}.")
 
 
 def check_json(path: str | os.PathLike, fields: Sequence[str] = ()) -> dict:
@@ -104,16 +112,23 @@ def check_csv(path: str | os.PathLike, numeric_columns: Sequence[str]) -> None:
             raise unreadable(path, f"has a broken line {line} ({error})") from None
 
 
-def check_tensor_file(path: str | os.PathLike) -> None:
+def check_tensor_file(path: str | os.PathLike, remedy: str = REBUILD) -> None:
     """Whether ``path`` is whole as ``save_tensors`` writes it (a zip archive with its pickle), without
-    torch: reading the archive's directory finds a truncated file."""
+    torch: reading the archive's directory finds a truncated file, and the CRC-32 that torch.save
+    records of every member when it writes the file finds changed bytes (docs/benchmark.md has how
+    long that takes)."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
+            damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError) as error:
-        raise unreadable(path, f"is truncated or not a torch checkpoint ({error})") from None
+        raise unreadable(path, f"is truncated or not a torch checkpoint ({error})", remedy) from None
     if not any(name.endswith("/data.pkl") for name in names):
-        raise unreadable(path, "is not a torch checkpoint (it has no data.pkl)")
+        raise unreadable(path, "is not a torch checkpoint (it has no data.pkl)", remedy)
+    if damaged is not None:
+        raise unreadable(
+            path, "is damaged (its bytes no longer match the checksums written with them)", remedy
+        )
 
 
 # torch is imported by the two tensor functions only: report jobs use this module and never load torch.

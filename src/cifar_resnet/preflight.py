@@ -6,6 +6,7 @@ of its previous outputs."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -28,14 +29,47 @@ RUN_FILE_CHECKS = {
 }
 
 
-def check_before_jobs(run_files: Iterable[str], readme: Path | None) -> None:
-    """Check those of ``run_files`` that exist, and ``readme``'s markers when it is given; raises
+# Preparing is deterministic, but a newer prepared file makes Snakemake retrain every run on it.
+REPREPARE = (
+    "delete it and run the same snakemake command again, which prepares it anew and trains its runs "
+    "again (the README's Reliability section says how to keep those already trained)"
+)
+
+
+def check_before_jobs(outputs: Iterable[str], prepared: Iterable[str], readme: Path | None) -> None:
+    """Check that the folders of ``outputs`` can be written, those of ``outputs`` that exist and that jobs
+    read, the ``prepared`` datasets that exist, and ``readme``'s markers when it is given; raises
     StudyError naming the first problem."""
-    for path in map(Path, run_files):
+    outputs = [Path(path) for path in outputs]
+    check_writable(outputs)
+    for path in outputs:
         if path.name in RUN_FILE_CHECKS and path.exists():
             RUN_FILE_CHECKS[path.name](path)
+    for path in map(Path, prepared):
+        if path.exists():
+            check_tensor_file(path, REPREPARE)
     if readme is not None:
         check_markers(readme)
+
+
+def check_writable(paths: Iterable[Path]) -> None:
+    """That the jobs can write each of ``paths``: its folder, or the nearest one above it that exists
+    (where the job creates the rest), is a folder this process may write into."""
+    for folder in sorted({path.parent for path in paths}):
+        existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+        if not existing.is_dir():
+            problem = "is a file"
+        elif os.statvfs(existing).f_flag & os.ST_RDONLY:
+            problem = "is on a read-only file system"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problem = "is not writable by this user"
+        else:
+            continue
+        where = "it" if existing == folder else f"{existing}, where it would be created,"
+        raise StudyError(
+            f"The jobs cannot write {folder}: {where} {problem}; make it a writable folder (or run the "
+            "workflow from a folder where it is one) and run the same command again."
+        )
 
 
 def check_local_device(requested: str, local: bool) -> None:

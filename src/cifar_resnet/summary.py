@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import check_json
+from cifar_resnet.files import check_csv, check_json, unreadable
 
 RUN_KEY = ["dataset", "variant", "depth", "seed"]
 _TEST_RESULTS = ("test_accuracy", "test_error", "test_loss", "params", "macs")
@@ -40,6 +40,7 @@ DEPLOY_FIELDS = (
 )
 # The run, its test results, its training, and the inference speed last; deployed summaries add DEPLOY_FIELDS.
 SUMMARY_COLUMNS = (*RUN_KEY, *_TEST_RESULTS, *_TRAINING, "inference_images_per_s")
+TEXT_COLUMNS = ("dataset", "variant", "device")
 
 
 def summarize_runs(run_dirs: Sequence[Path], deployed: bool = False) -> pd.DataFrame:
@@ -65,6 +66,18 @@ def summarize_runs(run_dirs: Sequence[Path], deployed: bool = False) -> pd.DataF
             f"/seed {first.seed}; each run must be summarized once."
         )
     return summary.sort_values(["dataset", "depth", "variant", "seed"], ignore_index=True)
+
+
+def read_summary(path: str | Path) -> pd.DataFrame:
+    """The summary ``summarize_runs`` wrote, once it is checked to be whole (every column, no row cut
+    short, a number in each numeric column of the runs' results; a deployment's INT8 columns may be
+    empty); one sentence naming the file otherwise."""
+    check_csv(path, [column for column in SUMMARY_COLUMNS if column not in TEXT_COLUMNS])
+    summary = pd.read_csv(path)
+    missing = [column for column in DEPLOY_FIELDS if column not in summary.columns]
+    if missing and len(missing) < len(DEPLOY_FIELDS):
+        raise unreadable(path, f"lacks the columns {', '.join(missing)}")
+    return summary
 
 
 def read_fields(path: Path, fields: Sequence[str], written_by: str = "training and evaluation") -> dict:

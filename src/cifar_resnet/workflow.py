@@ -3,6 +3,7 @@ count, and user-fixable errors reported as one sentence instead of a traceback."
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
@@ -36,6 +37,9 @@ def run_job(snakemake, job: Callable[[], object], resumable: bool = False) -> No
     except StudyError as error:
         logging.getLogger("cifar_resnet").error("%s", error)
         sys.exit(1)
+    except OSError as error:
+        logging.getLogger("cifar_resnet").error("%s", file_system_fault(error))
+        sys.exit(1)
     except KeyboardInterrupt:
         then = "resume it from its last saved epoch" if resumable else "run it again"
         logging.getLogger("cifar_resnet").error(
@@ -44,6 +48,25 @@ def run_job(snakemake, job: Callable[[], object], resumable: bool = False) -> No
         sys.exit(130)
     finally:
         gc.freeze()
+
+
+# What to do about a file system fault, by its errno; other errors say what the system said.
+FAULT_REMEDIES = {
+    errno.ENOSPC: "free space on that file system (or move the results there to a larger one)",
+    errno.EDQUOT: "free space within your quota (or move the results there to a larger file system)",
+    errno.EROFS: "make that file system writable",
+    errno.EACCES: "make it writable for this user",
+    errno.EPERM: "make it writable for this user",
+}
+
+
+def file_system_fault(error: OSError) -> str:
+    """One sentence for an OSError a job met: the path, the cause and, for faults of space and
+    permission, what to do before running the same command again."""
+    where = f" at {error.filename}" if error.filename else ""
+    cause = (error.strerror or str(error)).rstrip(".")
+    remedy = FAULT_REMEDIES.get(error.errno, "fix that")
+    return f"The job stopped{where}: {cause}; {remedy}, then run the same snakemake command again."
 
 
 def whole_number_from_environment(name: str, what: str, example: str, minimum: int) -> int | None:

@@ -3,18 +3,22 @@ import re
 from pathlib import Path
 
 from cifar_resnet.config import Run, check_unique_keys, load_study
+from cifar_resnet.errors import exit_on_study_error
 from cifar_resnet.layout import LOGS, RESULTS, RESUME_FILE, RUN_DIR, RUN_NAME, run_path
 from cifar_resnet.plots import DEPLOYMENT_PLOTS, plot_names
 from cifar_resnet.preflight import check_before_jobs, check_local_device
 from cifar_resnet.report import write_report
 from cifar_resnet.sources import DATASETS, downloaded_datasets, get_source
 
-check_unique_keys(workflow.configfiles)
-STUDY = load_study(
-    config,
-    workflow.source_path("../schemas/config.schema.yaml"),
-    command_line=workflow.config_settings.config,
-)
+# A StudyError in Snakemake's own process ends it with the sentence alone, as in a job, rather than
+# under the frames of the workflow's files.
+with exit_on_study_error():
+    check_unique_keys(workflow.configfiles)
+    STUDY = load_study(
+        config,
+        workflow.source_path("../schemas/config.schema.yaml"),
+        command_line=workflow.config_settings.config,
+    )
 DATA_ROOT = config["data"]["root"]
 REAL_DATASETS = downloaded_datasets()
 
@@ -163,13 +167,32 @@ DATA_GROUP = "data"
 # Before any job starts (cifar_resnet.preflight). Only the scheduling process checks: a cluster job
 # reads this workflow again, and would read every run's files again for each job.
 if workflow.is_main_process:
-    check_before_jobs(primary_results(), Path(README) if UPDATES_README else None)
+    PREPARED_FILES = [PREPARED.format(dataset=dataset) for dataset in STUDY.datasets]
+    WRITTEN = [
+        *final_outputs(),
+        *PREPARED_FILES,
+        *([README] if UPDATES_README else []),
+        *[
+            run_path(pattern, run)
+            for run in STUDY.trained_runs()
+            for pattern in (
+                RESUME_FILE,
+                f"{LOGS}/train/{RUN_NAME}.log",
+                f"{LOGS}/deploy/{RUN_NAME}.log",
+            )
+        ],
+    ]
+    with exit_on_study_error():
+        check_before_jobs(
+            WRITTEN, PREPARED_FILES, Path(README) if UPDATES_README else None
+        )
 
 
 # Once the executor is known (not when the workflow is read): a local run that asks for CUDA on a
 # machine without it stops here, before any job.
 onstart:
-    check_local_device(
-        config["runtime"]["device"],
-        local=not workflow.executor_plugin.common_settings.non_local_exec,
-    )
+    with exit_on_study_error():
+        check_local_device(
+            config["runtime"]["device"],
+            local=not workflow.executor_plugin.common_settings.non_local_exec,
+        )

@@ -1,9 +1,8 @@
 """The accuracy table of one dataset: its numbers as CSV, the table as GitHub Markdown (for the README)
 and as HTML (for the report)."""
 
-import pandas as pd
-
 from cifar_resnet.files import write_csv, write_text
+from cifar_resnet.summary import read_summary
 from cifar_resnet.tables import (
     PAPER_TABLE6_ERROR,
     error_statistics,
@@ -15,7 +14,7 @@ from cifar_resnet.workflow import run_job
 
 
 def table():
-    summary = pd.read_csv(snakemake.input[0])
+    summary = read_summary(snakemake.input[0])
     paper = PAPER_TABLE6_ERROR if snakemake.params.paper_reference else None
     statistics = error_statistics(summary, snakemake.params.baseline, paper, snakemake.params.alpha)
     write_csv(snakemake.output.statistics, statistics)

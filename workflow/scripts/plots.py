@@ -8,7 +8,6 @@ Only the files the rule declares are read: each run's history.csv and eval.json,
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import check_json
@@ -23,6 +22,7 @@ from cifar_resnet.plots import (
     plot_run_curve,
     read_history,
 )
+from cifar_resnet.summary import read_summary
 from cifar_resnet.tables import PAPER_TABLE6_ERROR
 from cifar_resnet.workflow import run_job
 
@@ -44,7 +44,7 @@ def declared(paths: dict[tuple, str], row) -> str:
 
 
 def plots():
-    summary = pd.read_csv(snakemake.input.summary)
+    summary = read_summary(snakemake.input.summary)
     output, baseline = snakemake.output, snakemake.params.baseline
     paper = PAPER_TABLE6_ERROR if snakemake.params.paper_reference else None
     plot_error_vs_depth(summary, output.error_vs_depth, paper)
