@@ -327,6 +327,11 @@ def test_a_row_that_fails_in_a_round_leaves_the_others_their_rounds():
     measured = measure_group([partial(lambda fake: fake.pipeline, fake) for fake in fakes], TINY, CPU)
     assert measured[1] == "failed: RuntimeError: out of memory"
     assert len(measured[0].repeats) == 3 and calls[-2:] == [("A", "closed"), ("B", "closed")]
+    calls.clear()
+    fakes = [Fake("A", 0.01, calls, fail_at=1), Fake("B", 0.01, calls)]  # A's warm-up
+    measured = measure_group([partial(lambda fake: fake.pipeline, fake) for fake in fakes], TINY, CPU)
+    assert measured[0] == "failed: RuntimeError: out of memory" and len(measured[1].repeats) == 3
+    assert calls[:2] == [("A", 1), ("A", "closed")] and ("A", 1) not in calls[2:]
 
 
 SPINNER = """

@@ -66,11 +66,15 @@ def prepare(build: Callable[[], Pipeline], protocol: Protocol, device: torch.dev
     (``resident_mb``), and its note."""
     allocated = allocated_mb(device)
     pipeline = build()
-    if protocol.warmup_steps:
-        torch.set_num_threads(pipeline.threads)
-        pipeline.run(protocol.warmup_steps)
-    pipeline.resident_mb = allocated_mb(device) - allocated
-    return pipeline, pipeline.check()
+    try:
+        if protocol.warmup_steps:
+            torch.set_num_threads(pipeline.threads)
+            pipeline.run(protocol.warmup_steps)
+        pipeline.resident_mb = allocated_mb(device) - allocated
+        return pipeline, pipeline.check()
+    except BaseException:
+        pipeline.close()  # its workers or job processes would outlive it
+        raise
 
 
 def measure_group(
