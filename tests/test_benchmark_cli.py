@@ -200,3 +200,10 @@ def test_resume_refuses_rows_it_would_not_measure_again_and_leaves_them_on_disk(
     with pytest.raises(SystemExit, match="lacks the column\\(s\\) machine: it comes from another version"):
         cli.main([*SMALL_CPU, "--out", str(tmp_path), "--resume"])
     assert refused.calls == []
+
+
+def test_fewer_than_three_rounds_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_args([*SMALL_CPU, "--rounds", "2"])
+    assert "--rounds must be at least 3" in capsys.readouterr().err
+    assert cli.parse_args([*SMALL_CPU, "--rounds", "3"]).rounds == 3
