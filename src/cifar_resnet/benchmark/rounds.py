@@ -92,11 +92,13 @@ def measure_group(
             failed[index] = f"failed: {type(error).__name__}: {error}"
             return None
 
-    prepared = {
-        index: attempt(index, partial(prepare, build, protocol, device)) for index, build in enumerate(builds)
-    }
-    pipelines = {index: done[0] for index, done in prepared.items() if done is not None}
+    pipelines: dict[int, Pipeline] = {}
+    notes: dict[int, str] = {}
     try:
+        for index, build in enumerate(builds):
+            prepared = attempt(index, partial(prepare, build, protocol, device))
+            if prepared is not None:
+                pipelines[index], notes[index] = prepared
         steps = {
             index: attempt(index, partial(repeat_steps, pipeline, protocol))
             for index, pipeline in pipelines.items()
@@ -116,7 +118,7 @@ def measure_group(
             pipelines[index].images_per_step,
             tuple(repeats[index]),
             peak_of(pipelines[index], repeats[index]),
-            prepared[index][1],
+            notes[index],
         )
         for index in range(len(builds))
     ]
