@@ -1,7 +1,7 @@
 """The single-model pipelines. ``ours`` is a real trainer, built by ``train.build_trainer`` as a
 training job builds it, timed through the trainer's own step loop ``train.train_steps``: the data lives
-on the device as uint8, each chunk of steps is ordered and augmented in one batched call, and nothing
-waits for the host until the chunk's closing finiteness check, as at the end of a training epoch.
+on the device as uint8, each epoch's steps are ordered and augmented in one batched call, and nothing
+waits for the host until their closing finiteness check, as at the end of a training epoch.
 ``classical`` is the way most CIFAR reproductions train: a torchvision-style dataset of uint8 HWC
 arrays returning PIL images, RandomCrop, RandomHorizontalFlip, ToTensor and Normalize in DataLoader
 workers, fp32, eager, and ``loss.item()`` after every step for the running loss (a host sync per step,
