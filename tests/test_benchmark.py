@@ -1,7 +1,13 @@
 """The benchmark's measurements: its modes are the trainer's, "ours" and the K-model pipelines run the
-trainer's own step loop on the study's paper recipe, and packing equals separate training."""
+trainer's own step loop on the study's paper recipe, and packing equals separate training; the rows of a
+group take turns in rounds, on equal cores, with steps per repeat derived from their step time."""
 
 import math
+import statistics
+import subprocess
+import sys
+import time
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -11,19 +17,24 @@ import yaml
 from PIL import Image
 
 from cifar_resnet import train
+from cifar_resnet.benchmark import rounds
 from cifar_resnet.benchmark.data import MEAN, STD, synthetic_cifar, synthetic_data
-from cifar_resnet.benchmark.jobs import run_concurrent_jobs
+from cifar_resnet.benchmark.jobs import jobs_pipeline
 from cifar_resnet.benchmark.modes import ALL_MODES, Mode, packing_mode
-from cifar_resnet.benchmark.packing import PackedModels, epoch_chunk, packed_throughput
+from cifar_resnet.benchmark.packing import PackedModels, epoch_chunk, k_model_pipeline
 from cifar_resnet.benchmark.pipelines import (
     ClassicalCifar,
     classical_loader,
-    our_step_throughput,
+    classical_pipeline,
+    epoch_pieces,
+    our_pipeline,
     our_trainer,
 )
+from cifar_resnet.benchmark.rounds import measure_group, step_seconds, steps_for
+from cifar_resnet.benchmark.runner import Bench, classical_threads, job_threads, plan
 from cifar_resnet.benchmark.settings import load_settings
 from cifar_resnet.benchmark.tables import ratio_to_classical, sharing_comparison
-from cifar_resnet.benchmark.timing import Protocol
+from cifar_resnet.benchmark.timing import Pipeline, Protocol, cpu_seconds
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.runtime import Runtime
 from cifar_resnet.train import make_optimizer, train_step
@@ -32,7 +43,7 @@ ROOT = Path(__file__).parents[1]
 CONFIG, SCHEMA = ROOT / "config" / "config.yaml", ROOT / "workflow" / "schemas" / "config.schema.yaml"
 SETTINGS = load_settings(CONFIG, SCHEMA)
 CPU = torch.device("cpu")
-TINY = Protocol(batch_size=8, steps=2, repeats=2, warmup_steps=1)
+TINY = Protocol(batch_size=8, min_seconds=0.0, rounds=3, warmup_steps=1)  # a repeat of one step
 
 
 @pytest.fixture
@@ -121,34 +132,58 @@ def test_a_mode_runs_where_the_trainer_applies_its_switches_so_only_eager_on_the
 
 
 def test_ours_times_a_real_trainer_through_the_trainers_own_step_loop(train_steps_calls, restore_threads):
-    torch.set_num_threads(1)
-    measured = our_step_throughput(8, Mode(), CPU, TINY, synthetic_data(64), SETTINGS)
-    assert measured.images_per_s > 0 and measured.repeats == 2 and math.isnan(measured.peak_memory_mb)
-    assert [(epoch, steps) for _, epoch, steps in train_steps_calls] == [(1, 1), (2, 2), (3, 2)]
+    (measured,) = measure_group(
+        [partial(our_pipeline, 8, Mode(), CPU, TINY, synthetic_data(64), SETTINGS, 1)], TINY, CPU
+    )
+    assert measured.steps == 1 and len(measured.repeats) == 3 and math.isnan(measured.peak_memory_mb)
+    assert all(rate > 0 for rate in measured.images_per_s + measured.images_per_cpu_s)
+    # the warm-up, the probe of the step time, then one repeat per round, each in an epoch of its own
+    assert [(epoch, steps) for _, epoch, steps in train_steps_calls] == [
+        (1, 1),
+        (2, 1),
+        (3, 1),
+        (4, 1),
+        (5, 1),
+    ]
     trainer = train_steps_calls[0][0]
     assert isinstance(trainer, train.Trainer) and all(call[0] is trainer for call in train_steps_calls)
     assert not trainer.show_progress and trainer.batch_size == 8 and trainer.steps_per_epoch == 8
     assert trainer.runtime == Runtime.resolve({**SETTINGS.runtime, **Mode().switches(), "device": "cpu"}, CPU)
     assert trainer.recipe["optimizer"] == SETTINGS.recipe["optimizer"]
     assert trainer.first_step_seconds is not None  # the trainer timed its first step, as in a job
-    too_long = Protocol(batch_size=8, steps=3, warmup_steps=1)
-    with pytest.raises(ValueError, match="3 steps of 8 need 24 images; the data set has 16"):
-        our_step_throughput(8, Mode(), CPU, too_long, synthetic_data(16), SETTINGS)
+
+
+def test_a_repeat_longer_than_an_epoch_runs_on_into_the_next_epochs(train_steps_calls, restore_threads):
+    assert epoch_pieces(20, 8) == [8, 8, 4] and epoch_pieces(16, 8) == [8, 8] and epoch_pieces(3, 8) == [3]
+    pipeline = our_pipeline(8, Mode(), CPU, TINY, synthetic_data(64), SETTINGS, 1)
+    pipeline.run(20)
+    pipeline.run(3)
+    assert [(epoch, steps) for _, epoch, steps in train_steps_calls] == [(1, 8), (2, 8), (3, 4), (4, 3)]
+    assert pipeline.threads == 1 and pipeline.images_per_step == 8 and pipeline.prefetched == 0
 
 
 def test_sequential_runs_k_trainers_through_train_steps_on_one_copy_of_the_data(
     train_steps_calls, restore_threads
 ):
-    torch.set_num_threads(1)
-    measured = packed_throughput(8, 2, CPU, TINY, None, False, synthetic_data(64), SETTINGS)
-    assert measured.images_per_s > 0
+    pipeline = k_model_pipeline(8, 2, CPU, TINY, None, False, synthetic_data(64), SETTINGS, 2)
+    assert pipeline.images_per_step == 16 and pipeline.threads == 2
+    pipeline.run(2)
+    pipeline.run(3)
     first, second = train_steps_calls[0][0], train_steps_calls[1][0]
-    expected = [
-        (trainer, epoch, steps) for epoch, steps in [(1, 1), (2, 2), (3, 2)] for trainer in (first, second)
-    ]
+    expected = [(trainer, epoch, steps) for epoch, steps in [(1, 2), (2, 3)] for trainer in (first, second)]
     assert train_steps_calls == expected
     assert (first.seed, second.seed) == (0, 1) and first.train.images is second.train.images
     assert not torch.equal(first.model.head[0].weight, second.model.head[0].weight)
+
+
+def test_the_classical_pipeline_counts_its_workers_prefetch(restore_threads):
+    pipeline = classical_pipeline(8, CPU, TINY, 2, synthetic_data(64), SETTINGS, 1)
+    try:
+        assert pipeline.prefetched == 4 and pipeline.threads == 1  # 2 workers x prefetch_factor 2
+        pipeline.run(2)
+    finally:
+        pipeline.close()
+    assert classical_pipeline(8, CPU, TINY, 0, synthetic_data(64), SETTINGS, 1).prefetched == 0
 
 
 def test_classical_dataset_returns_the_pil_image_of_the_nchw_array():
@@ -225,50 +260,165 @@ def test_packed_step_of_two_models_equals_two_ordinary_steps():
     assert packed.state_dict_of(1)["backbone.1.num_batches_tracked"] == 2
 
 
-def test_concurrent_jobs_run_their_timed_repeats_at_the_same_time(restore_threads):
-    torch.set_num_threads(1)
-    protocol = Protocol(batch_size=8, steps=3, repeats=2, warmup_steps=1)
-    spans, peaks = run_concurrent_jobs(8, 2, CPU, protocol, Mode(), synthetic_data(256), SETTINGS)
-    assert [len(job) for job in spans] == [2, 2]
-    for (first_start, first_end), (second_start, second_end) in zip(*spans, strict=True):
-        assert first_start < second_end and second_start < first_end, "a repeat did not overlap"
-    assert all(math.isnan(peak) for peak in peaks)  # not measured on the CPU
+def test_concurrent_jobs_serve_every_repeat_from_a_barrier_until_closed(restore_threads):
+    protocol = Protocol(batch_size=8, warmup_steps=1)
+    pipeline = jobs_pipeline(8, 2, CPU, protocol, Mode(), synthetic_data(256), SETTINGS, 1)
+    try:
+        assert pipeline.images_per_step == 16 and pipeline.threads == 1
+        spans = [pipeline.run(3), pipeline.run(20)]  # 20 steps of 8 outlast an epoch of 256 images
+        assert all(start < end for start, end in spans) and spans[0][1] <= spans[1][0]
+        assert math.isnan(pipeline.own_peak_mb())  # not measured on the CPU
+    finally:
+        pipeline.close()
 
 
 def test_a_failing_concurrent_job_is_reported_instead_of_waited_for():
-    protocol = Protocol(batch_size=8, steps=1, repeats=1, warmup_steps=0)
+    protocol = Protocol(batch_size=8, warmup_steps=0)
     with pytest.raises(RuntimeError, match="process .* of 2 failed: ValueError: depth 21"):
-        run_concurrent_jobs(21, 2, CPU, protocol, Mode(), synthetic_data(64), SETTINGS)
+        jobs_pipeline(21, 2, CPU, protocol, Mode(), synthetic_data(64), SETTINGS, 1)
 
 
-def test_ratio_compares_our_fastest_measured_mode_with_the_classical_pipeline():
-    rows = [
-        ("ours", 20, "eager", 300.0),
-        ("ours", 20, "compile", 900.0),
-        ("ours", 20, "eager+bf16", float("nan")),
-        ("classical", 20, "eager, 2 workers", 100.0),
-        ("packed", 20, "eager, K=4", 5000.0),
-        ("ours", 56, "eager", 50.0),
-        ("classical", 56, "eager, 2 workers", 40.0),
-    ]
-    frame = pd.DataFrame(rows, columns=["pipeline", "depth", "mode", "images_per_s"])
+class Fake:
+    """A pipeline whose steps take ``step`` seconds on the clock it reports (its ``run`` returns the span,
+    as the jobs do), and that records every call in ``calls`` as (name, steps)."""
+
+    def __init__(self, name, step, calls, prefetched=0, fail_at=None):
+        self.name, self.step, self.calls, self.fail_at = name, step, calls, fail_at
+        self.pipeline = Pipeline(
+            self.run, 10, CPU, 1, prefetched, close=lambda: calls.append((name, "closed"))
+        )
+
+    def run(self, steps):
+        self.calls.append((self.name, steps))
+        if len(self.calls) == self.fail_at:
+            raise RuntimeError("out of memory")
+        return 0.0, self.step * steps
+
+
+def test_steps_per_repeat_last_the_minimum_and_outlast_the_prefetch_many_times():
+    assert steps_for(0.01, 1.0, 0) == 100
+    assert steps_for(0.3, 1.0, 0) == 4  # rounded up: a repeat lasts at least the minimum
+    assert steps_for(2.0, 1.0, 0) == 1
+    assert steps_for(0.001, 1.0, 16) == 1000  # the minimum wins
+    assert steps_for(0.05, 1.0, 16) == 16 * rounds.PREFETCH_MULTIPLE == 160  # the prefetch wins
+    assert steps_for(0.05, 0.0, 0) == 1
+    calls = []
+    assert step_seconds(Fake("A", 0.01, calls).pipeline, 1.0) == pytest.approx(0.01)
+    assert calls == [("A", 1), ("A", 2), ("A", 4), ("A", 8), ("A", 16)]  # until a probe lasts 0.1 s
+
+
+def test_the_rows_of_a_group_take_turns_round_after_round_after_their_warm_ups():
+    calls = []
+    fakes = [Fake("A", 0.01, calls), Fake("B", 0.001, calls, prefetched=4), Fake("C", 0.5, calls)]
+    protocol = Protocol(batch_size=10, min_seconds=1.0, rounds=3, warmup_steps=2)
+    measured = measure_group([partial(lambda fake: fake.pipeline, fake) for fake in fakes], protocol, CPU)
+    warm_ups, probes = calls[:3], calls[3:17]
+    assert warm_ups == [("A", 2), ("B", 2), ("C", 2)]
+    assert probes[4:6] == [("A", 16), ("B", 1)] and probes[-2:] == [("B", 128), ("C", 1)]  # until 0.1 s
+    assert calls[17:-3] == [("A", 100), ("B", 1000), ("C", 2)] * 3
+    assert calls[-3:] == [("A", "closed"), ("B", "closed"), ("C", "closed")]
+    assert [row.steps for row in measured] == [100, 1000, 2]
+    assert measured[0].images_per_s == pytest.approx([1000.0] * 3)  # 10 images per 0.01 s step
+
+
+def test_a_row_that_fails_in_a_round_leaves_the_others_their_rounds():
+    calls = []
+    fakes = [Fake("A", 0.01, calls), Fake("B", 0.01, calls, fail_at=2 + 2 + 4)]  # B's second round
+    measured = measure_group([partial(lambda fake: fake.pipeline, fake) for fake in fakes], TINY, CPU)
+    assert measured[1] == "failed: RuntimeError: out of memory"
+    assert len(measured[0].repeats) == 3 and calls[-2:] == [("A", "closed"), ("B", "closed")]
+    calls.clear()
+    fakes = [Fake("A", 0.01, calls, fail_at=1), Fake("B", 0.01, calls)]  # A's warm-up
+    measured = measure_group([partial(lambda fake: fake.pipeline, fake) for fake in fakes], TINY, CPU)
+    assert measured[0] == "failed: RuntimeError: out of memory" and len(measured[1].repeats) == 3
+    assert calls[:2] == [("A", 1), ("A", "closed")] and ("A", 1) not in calls[2:]
+
+
+SPINNER = """
+import time
+end = time.process_time() + 0.6
+while time.process_time() < end:
+    pass
+time.sleep(30)
+"""
+
+
+def test_cpu_seconds_count_the_live_worker_processes():
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            SPINNER,
+        ]
+    )
+    try:
+        before = cpu_seconds()
+        time.sleep(3.0)  # the child spins for 0.6 s of CPU, then sleeps
+        assert cpu_seconds() - before >= 0.3
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_rows_compared_with_each_other_use_equal_cores():
+    bench = Bench(CPU, "machine", synthetic_data(64), SETTINGS, workers=1, cores=2)
+    groups = plan(bench, [8], [Mode()], TINY, Mode(), [1, 2, 4], TINY)
+    cores = [{row.keys["pipeline"]: row.keys["cores"] for row in group} for group in groups]
+    assert cores[0] == {"ours": 2, "classical": 2}  # 1 thread and 1 worker against 2 threads
+    assert cores[1:] == [dict.fromkeys(["packed", "sequential", "jobs"], count) for count in (2, 2, 4)]
+    assert [group[0].keys["mode"] for group in groups[1:]] == ["eager, K=1", "eager, K=2", "eager, K=4"]
+    assert classical_threads(9, 8) == 1 and classical_threads(2, 2) == 1  # 3 cores then: not paired
+    assert (job_threads(9, 8), job_threads(9, 3), job_threads(2, 4)) == (1, 3, 1)
+
+
+def rows_frame(rows):
+    """Rows of (pipeline, depth, mode, cores, images/s in each round) as the runner writes them."""
+    frame = pd.DataFrame(rows, columns=["pipeline", "depth", "mode", "cores", "by_round"])
+    medians = frame["by_round"].map(lambda figures: statistics.median(figures) if figures else math.nan)
+    text = frame["by_round"].map(lambda figures: ";".join(map(str, figures)) if figures else math.nan)
+    return frame.drop(columns="by_round").assign(
+        images_per_s=medians, images_per_s_by_round=text, images_per_cpu_s_by_round=text
+    )
+
+
+def test_ratio_compares_our_fastest_mode_with_the_classical_pipeline_on_equal_cores_within_rounds():
+    frame = rows_frame(
+        [
+            ("ours", 20, "eager", 2, [300.0, 150.0, 330.0]),
+            ("ours", 20, "compile", 2, [900.0, 450.0, 1200.0]),
+            ("ours", 20, "eager+bf16", 2, []),
+            ("ours", 20, "eager+bf16+channels_last", 4, [5000.0, 5000.0, 5000.0]),  # more cores: unpaired
+            ("classical", 20, "eager, 1 workers", 2, [100.0, 50.0, 100.0]),
+            ("packed", 20, "eager, K=4", 2, [5000.0, 5000.0, 5000.0]),
+            ("ours", 56, "eager", 3, [50.0, 60.0, 40.0]),
+            ("classical", 56, "eager, 2 workers", 3, [40.0, 40.0, 40.0]),
+            ("ours", 110, "eager", 1, [50.0, 60.0, 40.0]),
+            ("classical", 110, "eager, 2 workers", 3, [40.0, 40.0, 40.0]),
+        ]
+    )
     ratios = ratio_to_classical(frame).set_index("depth")
-    assert ratios.loc[20, "best_mode"] == "compile" and ratios.loc[20, "ratio"] == pytest.approx(9.0)
-    assert ratios.loc[56, "best_mode"] == "eager" and ratios.loc[56, "ratio"] == pytest.approx(1.25)
+    assert 110 not in ratios.index  # no row of equal cores to pair
+    assert ratios.loc[20, "best_mode"] == "compile" and ratios.loc[20, "cores"] == 2
+    # each round's ratio (9, 9, 12): the slow second round moved both rows, and cancels
+    assert ratios.loc[20, ["ratio", "ratio_min", "ratio_max"]].tolist() == pytest.approx([9.0, 9.0, 12.0])
+    assert ratios.loc[56, ["ratio", "ratio_min", "ratio_max"]].tolist() == pytest.approx([1.25, 1.0, 1.5])
+    assert ratios.loc[56, "cpu_ratio"] == pytest.approx(1.25)
 
 
-def test_sharing_comparison_names_the_fastest_way_to_train_k_models_and_its_margin():
-    rows = [
-        ("packed", 20, "eager+bf16, K=4", 4000.0),
-        ("sequential", 20, "eager+bf16, K=4", 3000.0),
-        ("jobs", 20, "eager+bf16, K=4", 6000.0),
-        ("packed", 20, "eager+bf16, K=1", 1000.0),
-        ("sequential", 20, "eager+bf16, K=1", 1100.0),
-        ("jobs", 20, "eager+bf16, K=1", float("nan")),
-        ("ours", 20, "eager", 9000.0),
-    ]
-    frame = pd.DataFrame(rows, columns=["pipeline", "depth", "mode", "images_per_s"])
+def test_sharing_comparison_names_the_fastest_way_to_train_k_models_and_its_margin_within_rounds():
+    frame = rows_frame(
+        [
+            ("packed", 20, "eager+bf16, K=4", 4, [4000.0, 2000.0, 4000.0]),
+            ("sequential", 20, "eager+bf16, K=4", 4, [3000.0, 3000.0, 3000.0]),
+            ("jobs", 20, "eager+bf16, K=4", 4, [6000.0, 4000.0, 4400.0]),
+            ("packed", 20, "eager+bf16, K=1", 4, [1000.0, 1000.0, 1000.0]),
+            ("sequential", 20, "eager+bf16, K=1", 4, [1100.0, 1100.0, 1100.0]),
+            ("jobs", 20, "eager+bf16, K=1", 4, []),
+            ("ours", 20, "eager", 4, [9000.0, 9000.0, 9000.0]),
+        ]
+    )
     table = sharing_comparison(frame).set_index("K")
-    assert table.loc[4, "winner"] == "jobs" and table.loc[4, "margin"] == pytest.approx(1.5)
+    assert table.loc[4, "winner"] == "jobs"  # against the runner-up, packed, round by round
+    assert table.loc[4, ["margin", "margin_min", "margin_max"]].tolist() == pytest.approx([1.5, 1.1, 2.0])
     assert table.loc[1, "winner"] == "sequential" and table.loc[1, "margin"] == pytest.approx(1.1)
     assert math.isnan(table.loc[1, "jobs"])

@@ -109,6 +109,6 @@ def test_the_benchmarks_smallest_form_measures_every_mode_on_cuda(tmp_path, monk
     monkeypatch.chdir(ROOT)
     cli.main(["benchmark", "--small", "--depths", "8", "--device", "cuda", "--out", str(tmp_path)])
     frame = pd.read_csv(tmp_path / "benchmark.csv", keep_default_na=False, na_values=[""])
-    assert (frame["repeats"] == 2).all() and (frame["images_per_s"] > 0).all(), frame["note"].tolist()
+    assert (frame["rounds"] == 3).all() and (frame["images_per_s"] > 0).all(), frame["note"].tolist()
     assert (frame["peak_memory_mb"] > 0).all() and (frame["device"] == "cuda").all()
     assert set(frame["pipeline"]) == {"ours", "classical", "packed", "sequential", "jobs"}

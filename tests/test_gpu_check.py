@@ -92,3 +92,12 @@ def test_a_job_trains_the_papers_64k_iterations_where_they_fit_else_a_stated_sho
     assert overrides["study"]["depths"] == [110]
     paper = overrides["variants"]["paper"]["overrides"]
     assert paper["training"]["duration"] == 16_000 and paper["schedule"]["milestones"] == [8_000, 12_000]
+
+
+def test_the_full_form_runs_the_benchmark_in_interleaved_rounds_in_its_order_of_value():
+    from cifar_resnet.cli import parse_args
+
+    args = parse_args(["benchmark", *gpu_check.FULL.benchmark])
+    assert args.depths == [20, 110, 56]  # the headline depth, then the second job's, then the rest
+    assert args.rounds >= 3 and args.min_seconds >= 1.0 and args.warmup >= 10
+    assert args.modes == list(gpu_check.DECIDING_MODES) and gpu_check.STUDY_MODE in args.modes

@@ -29,10 +29,11 @@ from cifar_resnet.layout import LOGS, RESULTS, RUN_DIR, run_path
 from tools import timings
 
 GPU_CHECK = """What the GPU path has left to prove, within a time budget and in this order: the CUDA
-tests, the benchmark at depths 20, 56 and 110 in the modes that decide the defaults (with the
-classical pipeline and K = 1, 3, 8), and one real training job per depth 20 and 110 through
-Snakemake with config/timing.yaml. Finished results stay in --work, so the same command resumes; OUT
-receives the report (gpu-check.md), the benchmark's CSV and plot, jobs.csv and logs.tar.gz."""
+tests, the benchmark at depths 20, 110 and 56 in the modes that decide the defaults (with the
+classical pipeline on equal cores, then K = 1, 3, 8), in interleaved rounds, and one real training
+job per depth 20 and 110 through Snakemake with config/timing.yaml. Finished results stay in --work,
+so the same command resumes; OUT receives the report (gpu-check.md), the benchmark's CSV and plot,
+jobs.csv and logs.tar.gz."""
 REPOSITORY = Path(__file__).resolve().parents[1]  # its Snakefile, config and tests
 DATASET = "demo"  # config/timing.yaml's
 TEST_SHARE, BENCHMARK_SHARE = 0.35, 0.35  # of the budget, each ending at its cumulative mark; jobs: the rest
@@ -61,10 +62,14 @@ class Form:
     duration: int | None = None  # fixed iterations per job; None: from the budget and the benchmark
 
 
+# Depths in order of value: ResNet-20 carries the headline targets, ResNet-110 the other and the second
+# job's duration; the benchmark measures ours and the classical pipeline at every depth before the
+# K-model rows. Each row in 3 interleaved rounds of repeats of at least a second, after 10 warm-up
+# steps (compilation, CUDA graph capture).
 FULL = Form(
     device="cuda",
-    benchmark=["--depths", "20", "56", "110", "--modes", *DECIDING_MODES, "--packed", "1", "3", "8"]
-    + ["--steps", "30", "--warmup", "10", "--repeats", "3"],
+    benchmark=["--depths", "20", "110", "56", "--modes", *DECIDING_MODES, "--packed", "1", "3", "8"]
+    + ["--min-seconds", "1", "--warmup", "10", "--rounds", "3"],
     depths=(20, 110),
 )
 SMALL = Form(
@@ -283,6 +288,9 @@ def pack(
         lines.append("no row measured.")
     else:
         lines += [
+            "Each figure is the median over interleaved rounds with its range; each ratio is taken "
+            "within a round, between rows on equal cores (torch threads plus worker or job processes).",
+            "",
             tables.markdown_table(benchmark),
             "",
             tables.ratio_table(benchmark),

@@ -2,7 +2,7 @@
 trains fastest on this machine; ``status`` how far a study has come; ``release`` packs finished runs for
 torch.hub.
 
-    cifar-resnet benchmark --depths 20 56 110 --steps 50 --repeats 5 --out results/benchmark
+    cifar-resnet benchmark --depths 20 56 110 --min-seconds 1 --rounds 3 --out results/benchmark
     cifar-resnet benchmark --small          # CI smoke run: under a minute on 2 CPU cores
     cifar-resnet status --configfile config/demo.yaml
     cifar-resnet release release/ results/cifar10/runs/paper/resnet*/seed*
@@ -46,15 +46,15 @@ and SHA256SUMS for the folder."""
 # Figures from a --small run only show that everything runs; its batch sizes are not the recipe's.
 SMALL = {
     "depths": [20],
-    "steps": 2,
+    "min_seconds": 0.0,
     "warmup": 1,
-    "repeats": 2,
-    "workers": 2,
+    "rounds": 3,
+    "workers": 1,
+    "cores": 2,
     "batch_size": 16,
     "packed": [2],
     "packed_batch_size": 8,
     "dataset_size": 1024,
-    "threads": 1,
 }
 
 
@@ -66,11 +66,32 @@ def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
         default=list(DEFAULT_MODES),
         help="our step's modes: eager or compile, +bf16, +channels_last, +cuda_graphs; 'all' for all",
     )
-    parser.add_argument("--steps", type=int, default=50, help="timed steps per repeat")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps before the repeats")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported")
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=1.0,
+        help="shortest timed repeat; each row's steps per repeat come from its measured step time",
+    )
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps before the rounds")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds, one repeat of each row per round; median and range reported",
+    )
     parser.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="classical DataLoader workers")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="classical DataLoader workers (min(8, CPUs - 1))",
+    )
+    parser.add_argument(
+        "--cores",
+        type=int,
+        help="cores per row (default: workers + 1): our torch threads; the classical pipeline's threads "
+        "plus its workers; K processes' threads together",
+    )
     parser.add_argument(
         "--packed",
         type=int,
@@ -89,9 +110,6 @@ def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--dataset-size", type=int, default=EPOCH_IMAGES, help="synthetic images")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads", type=int, help="torch's CPU threads (default: its choice); 1 is steadier on shared cores"
-    )
     parser.add_argument(
         "--config", type=Path, default=DEFAULT_CONFIG, help="the study config whose paper recipe is trained"
     )
@@ -137,6 +155,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         return args
     if args.modes == ["all"]:
         args.modes = list(ALL_MODES)
+    if args.rounds < 3:
+        benchmark.error("--rounds must be at least 3: a median and range of fewer says little")
+    if args.cores is not None and args.cores < 1:
+        benchmark.error("--cores must be at least 1")
     try:
         for name in args.modes:
             Mode.parse(name)
@@ -173,20 +195,19 @@ def show_status(args: argparse.Namespace) -> None:
 def run_benchmark(args: argparse.Namespace) -> None:
     logging.basicConfig(format="%(message)s")
     logging.getLogger("cifar_resnet").setLevel(logging.INFO)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     csv_path, plot_path = args.out / "benchmark.csv", args.out / "benchmark.png"
     device = runner.resolve_device(args.device)
     logging.getLogger("cifar_resnet.runtime").setLevel(logging.WARNING)  # not again for every trainer
     frame = runner.run_benchmark(
         args.depths,
         args.modes,
-        args.steps,
-        args.repeats,
+        args.min_seconds,
+        args.rounds,
         device,
         warmup_steps=args.warmup,
         batch_size=args.batch_size,
         num_workers=args.workers,
+        cores=args.cores,
         packed_models=args.packed,
         packed_batch_size=args.packed_batch_size,
         packed_mode=args.packed_mode,
@@ -199,9 +220,12 @@ def run_benchmark(args: argparse.Namespace) -> None:
     )
     drawn = tables.write_plot(frame, plot_path)
     print(f"\nmachine: {runner.describe_machine(device)}")
-    print(f"median of {args.repeats} repeats of {args.steps} steps after {args.warmup} warm-up steps\n")
+    print(
+        f"median and range over {args.rounds} interleaved rounds, each repeat at least {args.min_seconds} s "
+        f"after {args.warmup} warm-up steps; cores: torch threads plus worker or job processes\n"
+    )
     print(tables.markdown_table(frame))
-    print("\nour fastest mode against the classical pipeline, per depth:\n")
+    print("\nour fastest mode against the classical pipeline on equal cores, per depth, within rounds:\n")
     print(tables.ratio_table(frame))
     if args.packed:
         print("\nK models per device: packed into one step, one after the other, or K processes at once:\n")

@@ -2,8 +2,11 @@
 measured by ``cifar-resnet benchmark`` (see docs/benchmark.md).
 
 Every pipeline trains the study's paper recipe (``settings``: config/config.yaml's ``paper`` variant and
-runtime section) on synthetic CIFAR-shaped data (``data``), with warm-up steps excluded and the median
-over several timed repeats reported (``timing``):
+runtime section) on synthetic CIFAR-shaped data (``data``). The rows compared with each other are
+measured together in interleaved rounds (``rounds``): warm-up steps excluded, each row's steps per
+repeat derived from its measured step time, one repeat of each row per round, on equal cores (torch
+threads plus worker or job processes), with wall and CPU seconds per repeat (``timing``); each figure
+is the median over the rounds with its range, and each ratio is taken within a round (``tables``):
 
 * ``ours`` (``pipelines``): a trainer built by ``train.build_trainer``, as a training job builds it,
   timed through the trainer's own ``train.train_steps``. Its modes (``modes.Mode``) switch the
@@ -15,8 +18,10 @@ over several timed repeats reported (``timing``):
   architecture trained as one vmapped computation, by K trainers one after the other in one process,
   or by K processes at once sharing the device (as Snakemake jobs under $CIFAR_RESNET_JOBS_PER_GPU).
 
-``runner`` plans and measures the rows (resuming an interrupted run), and ``tables`` shows them.
+``runner`` plans the groups of rows and measures them (resuming an interrupted run), and ``tables``
+shows them.
 
-Peak memory is ``torch.cuda.max_memory_allocated`` over one measurement, the device-resident dataset
-included for ``ours`` and the K-model pipelines; on the CPU it is not measured (NaN).
+Peak memory is what a row holds on the device once warmed up (the device-resident dataset included
+for ``ours`` and the K-model pipelines) plus the most ``torch.cuda.max_memory_allocated`` rose during
+one of its repeats; the jobs count their own. On the CPU it is not measured (NaN).
 """

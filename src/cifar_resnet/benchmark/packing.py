@@ -5,7 +5,7 @@ other by K trainers in one process. images/s is the aggregate over the K models.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import torch
@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from cifar_resnet.augment import augment, normalize
-from cifar_resnet.benchmark import timing
 from cifar_resnet.benchmark.data import on_device
 from cifar_resnet.benchmark.modes import Mode, packing_mode
-from cifar_resnet.benchmark.pipelines import our_trainer, trainer_chunks
+from cifar_resnet.benchmark.pipelines import epoch_pieces, our_trainer, trainer_steps
 from cifar_resnet.benchmark.settings import Settings
+from cifar_resnet.benchmark.timing import Pipeline, Protocol
 from cifar_resnet.models import CifarResNet
 from cifar_resnet.runtime import Runtime
 from cifar_resnet.train import Trainer, check_finite, epoch_seed, make_optimizer
@@ -86,51 +86,55 @@ def epoch_chunk(
     return chunk.view(models, count, *images.shape[1:]), labels[orders]
 
 
-def packed_chunks(trainers: Sequence[Trainer], seed: int) -> timing.RunChunk:
-    """``run_chunk(index, steps)`` for the trainers' models packed into one vmapped step, on the first
-    trainer's data, with the recipe's optimizer at its base learning rate."""
+def packed_steps(trainers: Sequence[Trainer], seed: int) -> Callable[[int], None]:
+    """``run(steps)`` for the trainers' models packed into one vmapped step, on the first trainer's
+    data, with the recipe's optimizer at its base learning rate; each epoch of ``steps`` (``epoch_pieces``)
+    draws its own orders and augmentation."""
     first = trainers[0]
     device, batch_size, models = first.runtime.device, first.batch_size, len(trainers)
     optimizer_settings = first.recipe["optimizer"]
     packed = PackedModels([trainer.model for trainer in trainers], first.runtime, optimizer_settings)
     images, labels, mean, std = first.train.images, first.train.labels, first.mean, first.std
     augmentation = first.recipe["augmentation"]
+    epochs = [0]
 
-    def run_chunk(index: int, steps: int) -> None:
-        generator = torch.Generator(device=device).manual_seed(epoch_seed(seed, index + 1))
-        chunk_images, chunk_labels = epoch_chunk(
-            images, labels, models, steps, batch_size, augmentation, generator
-        )
-        step_losses = torch.empty(steps, models, device=device)
-        for step in range(steps):
-            batch = slice(step * batch_size, (step + 1) * batch_size)
-            step_losses[step] = packed.step(chunk_images[:, batch], chunk_labels[:, batch], mean, std)[0]
-        check_finite(step_losses.flatten(), index + 1, 0)
+    def run(steps: int) -> None:
+        for piece in epoch_pieces(steps, first.steps_per_epoch):
+            epochs[0] += 1
+            generator = torch.Generator(device=device).manual_seed(epoch_seed(seed, epochs[0]))
+            chunk_images, chunk_labels = epoch_chunk(
+                images, labels, models, piece, batch_size, augmentation, generator
+            )
+            step_losses = torch.empty(piece, models, device=device)
+            for step in range(piece):
+                batch = slice(step * batch_size, (step + 1) * batch_size)
+                step_losses[step] = packed.step(chunk_images[:, batch], chunk_labels[:, batch], mean, std)[0]
+            check_finite(step_losses.flatten(), epochs[0], 0)
 
-    return run_chunk
+    return run
 
 
-def packed_throughput(
+def k_model_pipeline(
     depth: int,
     models: int,
     device: torch.device,
-    protocol: timing.Protocol,
+    protocol: Protocol,
     mode: Mode | None,
     packed: bool,
     data: dict,
     settings: Settings,
-) -> timing.Measurement:
-    """Aggregate images/s of ``models`` independent models, each with its own batches: K trainers (seed
-    + k) sharing one copy of the data on the device, trained by one vmapped step (``packed``) or each by
-    its own ``train.train_steps``, one after the other."""
+    threads: int,
+) -> Pipeline:
+    """``models`` independent models, each with its own batches: K trainers (seed + k) sharing one copy
+    of the data on the device, trained by one vmapped step (``packed``) or each by its own
+    ``train.train_steps``, one after the other; on ``threads`` torch threads."""
     mode = packing_mode(mode.name if mode else None, device)
-    timing.check_chunk_size(protocol, len(data["train_labels"]))
-    timing.start_memory_count(device)
+    torch.set_num_threads(threads)
     resident = on_device(data, device)
     trainers = [
         our_trainer(depth, mode, device, replace(protocol, seed=protocol.seed + k), resident, settings)
         for k in range(models)
     ]
-    run_chunk = packed_chunks(trainers, protocol.seed) if packed else trainer_chunks(trainers, protocol)
+    run = packed_steps(trainers, protocol.seed) if packed else trainer_steps(trainers)
     del trainers  # packed keeps its stacked copy of the models only
-    return timing.measure(run_chunk, models * protocol.batch_size, protocol, device)
+    return Pipeline(run, models * protocol.batch_size, device, threads)

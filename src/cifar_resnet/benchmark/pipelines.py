@@ -1,7 +1,7 @@
 """The single-model pipelines. ``ours`` is a real trainer, built by ``train.build_trainer`` as a
 training job builds it, timed through the trainer's own step loop ``train.train_steps``: the data lives
-on the device as uint8, each chunk of steps is ordered and augmented in one batched call, and nothing
-waits for the host until the chunk's closing finiteness check, as at the end of a training epoch.
+on the device as uint8, each epoch's steps are ordered and augmented in one batched call, and nothing
+waits for the host until their closing finiteness check, as at the end of a training epoch.
 ``classical`` is the way most CIFAR reproductions train: a torchvision-style dataset of uint8 HWC
 arrays returning PIL images, RandomCrop, RandomHorizontalFlip, ToTensor and Normalize in DataLoader
 workers, fp32, eager, and ``loss.item()`` after every step for the running loss (a host sync per step,
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -24,14 +23,7 @@ from cifar_resnet import train
 from cifar_resnet.benchmark.data import MEAN, NUM_CLASSES, STD
 from cifar_resnet.benchmark.modes import Mode
 from cifar_resnet.benchmark.settings import Settings
-from cifar_resnet.benchmark.timing import (
-    Measurement,
-    Protocol,
-    RunChunk,
-    check_chunk_size,
-    measure,
-    start_memory_count,
-)
+from cifar_resnet.benchmark.timing import Pipeline, Protocol
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.runtime import Runtime, compile_counts
 
@@ -50,30 +42,47 @@ def our_trainer(
     return trainer
 
 
-def trainer_chunks(trainers: Sequence[train.Trainer], protocol: Protocol) -> RunChunk:
-    """``run_chunk(index, steps)``: for each trainer in turn, the first ``steps`` steps of its epoch
-    ``index + 1``, run by the trainer's own ``train.train_steps``."""
-    for trainer in trainers:
-        check_chunk_size(protocol, len(trainer.train.labels))
-
-    def run_chunk(index: int, steps: int) -> None:
-        for trainer in trainers:
-            train.train_steps(trainer, index + 1, steps)
-
-    return run_chunk
+def epoch_pieces(steps: int, steps_per_epoch: int) -> list[int]:
+    """``steps`` steps as the steps of consecutive epochs: whole epochs, then the rest. A repeat of a
+    fast GPU outlasts an epoch (ResNet-20's 351 steps take half a second at 100,000 images/s)."""
+    whole, rest = divmod(steps, steps_per_epoch)
+    return [steps_per_epoch] * whole + ([rest] if rest else [])
 
 
-def our_step_throughput(
-    depth: int, mode: Mode, device: torch.device, protocol: Protocol, data: dict, settings: Settings
-) -> Measurement:
-    """Images/s of a training job's step loop in ``mode``."""
-    start_memory_count(device)
+def trainer_steps(trainers: Sequence[train.Trainer]) -> Callable[[int], None]:
+    """``run(steps)``: for each trainer in turn, ``steps`` steps of its next epochs (each epoch its own
+    order and augmentation), run by the trainer's own ``train.train_steps``."""
+    epochs = [0] * len(trainers)  # the last epoch each trainer began
+
+    def run(steps: int) -> None:
+        for index, trainer in enumerate(trainers):
+            for piece in epoch_pieces(steps, trainer.steps_per_epoch):
+                epochs[index] += 1
+                train.train_steps(trainer, epochs[index], piece)
+
+    return run
+
+
+def our_pipeline(
+    depth: int,
+    mode: Mode,
+    device: torch.device,
+    protocol: Protocol,
+    data: dict,
+    settings: Settings,
+    threads: int,
+) -> Pipeline:
+    """A training job's step loop in ``mode``, on ``threads`` torch threads."""
+    torch.set_num_threads(threads)
     trainer = our_trainer(depth, mode, device, protocol, data, settings)
     skipped_before = compile_counts()["cuda_graph_skips"]
-    measured = measure(trainer_chunks([trainer], protocol), protocol.batch_size, protocol, device)
-    if mode.cuda_graphs and compile_counts()["cuda_graph_skips"] > skipped_before:
-        return replace(measured, note="Inductor skipped CUDA graphs (see its warning): timed without them")
-    return measured
+
+    def check() -> str:
+        if mode.cuda_graphs and compile_counts()["cuda_graph_skips"] > skipped_before:
+            return "Inductor skipped CUDA graphs (see its warning): timed without them"
+        return ""
+
+    return Pipeline(trainer_steps([trainer]), protocol.batch_size, device, threads, check=check)
 
 
 # --- the classical pipeline --------------------------------------------------------------------
@@ -102,7 +111,8 @@ def classical_transform(augmentation: dict) -> transforms.Compose:
 
 
 def default_workers() -> int:
-    return min(8, os.cpu_count() or 1)
+    """Leaves a core for the training loop: the classical pipeline's cores are its threads plus these."""
+    return min(8, (os.cpu_count() or 1) - 1)
 
 
 def classical_loader(
@@ -128,15 +138,22 @@ def endless(loader: DataLoader) -> Iterator:
         yield from loader
 
 
-def classical_throughput(
-    depth: int, device: torch.device, protocol: Protocol, num_workers: int, data: dict, settings: Settings
-) -> Measurement:
-    """Images/s of the classical DataLoader pipeline, fp32 and eager, with the recipe's model, optimizer
-    and augmentation."""
+def classical_pipeline(
+    depth: int,
+    device: torch.device,
+    protocol: Protocol,
+    num_workers: int,
+    data: dict,
+    settings: Settings,
+    threads: int,
+) -> Pipeline:
+    """The classical DataLoader pipeline, fp32 and eager, with the recipe's model, optimizer and
+    augmentation, on ``threads`` torch threads and ``num_workers`` worker processes (one thread each, as
+    the DataLoader sets them)."""
     runtime_config = Mode().runtime(settings.runtime, device)
     run_config = settings.run_config(depth, runtime_config, protocol.seed, protocol.batch_size)
     runtime = Runtime.start(runtime_config)
-    start_memory_count(device)
+    torch.set_num_threads(threads)
     loader = classical_loader(
         data["train_images"],
         data["train_labels"],
@@ -151,7 +168,7 @@ def classical_throughput(
     model = runtime.to_device(build_model(ModelSpec.for_run(run_config, NUM_CLASSES))).train()
     optimizer = train.make_optimizer(model.parameters(), settings.recipe["optimizer"], runtime)
 
-    def run_chunk(_index: int, steps: int) -> None:
+    def run(steps: int) -> None:
         running_loss = 0.0
         for _ in range(steps):
             batch_images, batch_labels = next(batches)
@@ -163,7 +180,6 @@ def classical_throughput(
             optimizer.step()
             running_loss += loss.item()
 
-    try:
-        return measure(run_chunk, protocol.batch_size, protocol, device)
-    finally:
-        batches.close()  # stops the worker processes now rather than at garbage collection
+    prefetched = num_workers * loader.prefetch_factor if num_workers else 0
+    # close stops the worker processes now rather than at garbage collection
+    return Pipeline(run, protocol.batch_size, device, threads, prefetched, close=batches.close)
