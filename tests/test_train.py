@@ -399,7 +399,9 @@ def test_train_json_records_the_run_its_inputs_and_its_selected_epoch(study, pre
     """train.json, which the release, the hub and the study's tables read: the run it describes, what
     the model's input and output mean, and the selected epoch's figures as history.csv has them."""
     config = run(study, "paper", unit="epochs", duration=3, selection="best_val_loss")
+    started = time.perf_counter()
     summary = train(config, prepared, tmp_path)
+    job_seconds = time.perf_counter() - started
     written = read_json(tmp_path / "train.json")
     assert written == json.loads(json.dumps(summary))  # the returned summary is the one written
     assert [written[key] for key in ("dataset", "variant", "depth", "seed")] == [
@@ -420,6 +422,7 @@ def test_train_json_records_the_run_its_inputs_and_its_selected_epoch(study, pre
     assert written["selected_val_loss"] == float(selected["val_loss"])
     assert written["selected_val_accuracy"] == float(selected["val_accuracy"])
     assert written["train_seconds"] == pytest.approx(sum(float(row["seconds"]) for row in history))
+    assert written["train_seconds"] < written["wall_seconds"] < job_seconds
     assert written["images_per_s"] == statistics.median(float(row["images_per_s"]) for row in history)
     assert written["threads"] == torch.get_num_threads() == 1
     assert written["device"] == describe_device(torch.device("cpu"))
