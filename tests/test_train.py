@@ -1,6 +1,8 @@
 import ast
+import csv
 import json
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Evaluation, evaluate_run
 from cifar_resnet.files import load_tensors, read_json
 from cifar_resnet.models import ModelSpec, build_model
+from cifar_resnet.provenance import describe_device, git_commit, versions
 from cifar_resnet.run import Outputs, train_job, train_run
 from cifar_resnet.runtime import Runtime
 from cifar_resnet.selection import Monitor
@@ -392,6 +395,41 @@ def test_train_json_says_where_the_jobs_time_went(study, prepared, tmp_path, cap
     )
 
 
+def test_train_json_records_the_run_its_inputs_and_its_selected_epoch(study, prepared, tmp_path):
+    """train.json, which the release, the hub and the study's tables read: the run it describes, what
+    the model's input and output mean, and the selected epoch's figures as history.csv has them."""
+    config = run(study, "paper", unit="epochs", duration=3, selection="best_val_loss")
+    started = time.perf_counter()
+    summary = train(config, prepared, tmp_path)
+    job_seconds = time.perf_counter() - started
+    written = read_json(tmp_path / "train.json")
+    assert written == json.loads(json.dumps(summary))  # the returned summary is the one written
+    assert [written[key] for key in ("dataset", "variant", "depth", "seed")] == [
+        config[key] for key in ("dataset", "variant", "depth", "seed")
+    ]
+    assert written["config"] == config and written["config_hash"] == run_module.config_hash(config)
+    assert ModelSpec(**written["model"]).depth == config["depth"]
+    data = datasets.load_prepared(prepared, splits=("train", "val"))
+    assert written["normalization"] == {"mean": data["mean"].tolist(), "std": data["std"].tolist()}
+    assert written["class_names"] == data["class_names"]
+    with open(tmp_path / "history.csv", newline="") as handle:
+        history = list(csv.DictReader(handle))
+    assert written["epochs"] == len(history) == 3 and not written["stopped_early"]
+    assert written["iterations"] == int(history[-1]["iteration"])
+    losses = [float(row["val_loss"]) for row in history]
+    selected = history[losses.index(min(losses))]
+    assert written["selected_epoch"] == int(selected["epoch"])
+    assert written["selected_val_loss"] == float(selected["val_loss"])
+    assert written["selected_val_accuracy"] == float(selected["val_accuracy"])
+    assert written["train_seconds"] == pytest.approx(sum(float(row["seconds"]) for row in history))
+    assert written["train_seconds"] < written["wall_seconds"] < job_seconds
+    assert written["images_per_s"] == statistics.median(float(row["images_per_s"]) for row in history)
+    assert written["threads"] == torch.get_num_threads() == 1
+    assert written["device"] == describe_device(torch.device("cpu"))
+    assert written["execution"]["device"] == "cpu" and "compiled_graphs" in written["execution"]
+    assert written["versions"] == versions() and written["git_commit"] == git_commit()
+
+
 def test_process_age_counts_from_the_start_of_the_process():
     code = "import time; time.sleep(0.5); from cifar_resnet.timings import process_age; print(process_age())"
     age = float(
@@ -413,6 +451,23 @@ def test_the_resume_state_is_saved_once_the_checkpoint_interval_has_passed(
     train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=interval)
     assert saved.count(tmp_path / "resume.pt") == saves  # never after the last epoch: the outputs follow
     assert saved[-1] == tmp_path / "model.pt" and not (tmp_path / "resume.pt").exists()
+
+
+def test_the_checkpoint_seconds_add_up_every_save(study, prepared, tmp_path, monkeypatch):
+    """train.json's checkpoint time is the sum over the resume states saved, not the last save's."""
+    durations = []
+    save = checkpoint.save_resume_state
+
+    def timed(*args):
+        started = time.perf_counter()
+        time.sleep(0.1)
+        save(*args)
+        durations.append(time.perf_counter() - started)
+
+    monkeypatch.setattr(checkpoint, "save_resume_state", timed)
+    summary = train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=0)
+    assert len(durations) == 2
+    assert summary["timings"]["checkpoint_seconds"] >= sum(durations)
 
 
 def test_the_recipe_reaches_the_optimizer_and_the_initialisation(prepared):
