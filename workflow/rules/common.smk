@@ -34,6 +34,8 @@ ACCURACY_TABLE = f"{RESULTS}/{{dataset}}/tables/accuracy.md"
 ACCURACY_HTML = f"{RESULTS}/{{dataset}}/tables/accuracy.html"
 ACCURACY_STATISTICS = f"{RESULTS}/{{dataset}}/tables/accuracy.csv"
 RUN_CURVES = f"{RESULTS}/{{dataset}}/plots/runs"
+TRAIN_LOG = f"{LOGS}/train/{RUN_NAME}.log"
+DEPLOY_LOG = f"{LOGS}/deploy/{RUN_NAME}.log"
 # `snakemake report` writes it; a target rule takes no wildcards, so one path for every study.
 REPORT = f"{RESULTS}/report.html"
 README_BLOCK = f"{RESULTS}/readme_block.md"
@@ -175,11 +177,7 @@ if workflow.is_main_process:
         *[
             run_path(pattern, run)
             for run in STUDY.trained_runs()
-            for pattern in (
-                RESUME_FILE,
-                f"{LOGS}/train/{RUN_NAME}.log",
-                f"{LOGS}/deploy/{RUN_NAME}.log",
-            )
+            for pattern in (RESUME_FILE, TRAIN_LOG, DEPLOY_LOG)
         ],
     ]
     with exit_on_study_error():

@@ -12,7 +12,7 @@ rule deploy:
         **deployed_models(),
         report=f"{RUN_DIR}/deploy.json",
     log:
-        f"{LOGS}/deploy/{RUN_NAME}.log",
+        DEPLOY_LOG,
     priority: run_compute
     group:
         RUN_GROUP

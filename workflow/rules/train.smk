@@ -14,7 +14,7 @@ rule train:
         summary=f"{RUN_DIR}/train.json",
         evaluation=f"{RUN_DIR}/eval.json",
     log:
-        f"{LOGS}/train/{RUN_NAME}.log",
+        TRAIN_LOG,
     priority: run_compute
     group:
         RUN_GROUP
