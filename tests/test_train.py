@@ -18,7 +18,7 @@ from cifar_resnet import train as train_module
 from cifar_resnet.config import Run, load_study, merge
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Evaluation, evaluate_run
-from cifar_resnet.files import load_tensors, read_json
+from cifar_resnet.files import load_tensors, read_json, save_tensors
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.provenance import describe_device, git_commit, versions
 from cifar_resnet.run import Outputs, train_job, train_run
@@ -138,6 +138,17 @@ def test_finetune_starts_from_the_pretrained_backbone(study, prepared, tmp_path)
     stem = "backbone.0.weight"
     assert not torch.equal(source[stem], after[stem])  # it was trained further
     assert (after[stem] - source[stem]).abs().max() < 0.1 * (after[stem] - own_start[stem]).abs().max()
+
+
+def test_a_pretrained_model_of_another_depth_is_refused_naming_it(study, prepared, tmp_path):
+    """A fine-tuning run whose pretrained model has another backbone stops with one sentence naming the
+    file, not with torch's error under a traceback."""
+    other = tmp_path / "resnet32.pt"
+    save_tensors(other, build_model(ModelSpec(32)).state_dict())
+    data = datasets.load_prepared(prepared, splits=("train", "val"))
+    config = run(study, "finetune")
+    with pytest.raises(StudyError, match=f"pretrained checkpoint {other} does not fit this model's backbone"):
+        build_trainer(config, data, other, Runtime.start(config["runtime"]))
 
 
 def test_same_seed_gives_identical_results_and_another_seed_does_not(study, prepared, tmp_path):
