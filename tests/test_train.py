@@ -310,6 +310,7 @@ def test_a_resume_file_of_another_optimizer_version_is_not_used(study, prepared,
     torch.save({**stale, "model": {}}, tmp_path / "resume.pt")
     summary = train(config, prepared, tmp_path)
     assert "does not fit" in caplog.text and "starting from scratch" in caplog.text
+    assert "is not a torch.optim state of this run's SGD (KeyError" in caplog.text  # what was wrong
     assert summary["iterations"] == 20 and not (tmp_path / "resume.pt").exists()
     clean, restarted = load_tensors(tmp_path / "clean" / "model.pt"), load_tensors(tmp_path / "model.pt")
     assert all(torch.equal(clean[k], restarted[k]) for k in clean)
