@@ -124,6 +124,20 @@ def test_without_switches_on_cpu_the_cpu_trains_eager_fp32_nchw_with_the_foreach
     assert ran["optimizer"] == "foreach"
 
 
+@pytest.mark.parametrize(("name", "kernels"), [("sgd", "fused"), ("adam", "fused"), ("nadam", "foreach")])
+def test_the_optimizer_is_fused_where_it_has_fused_kernels_and_foreach_otherwise(name, kernels):
+    """Where the runtime allows fused kernels (here the CPU under switches_on_cpu, as on CUDA): SGD and
+    Adam use them, NAdam, which has none, uses foreach; with the switches off every optimizer is foreach."""
+    settings = {"name": name, "lr": 0.1, "weight_decay": 0.0, "momentum": 0.9, "nesterov": False}
+    parameters = list(build_model(ModelSpec(8)).parameters())
+    for switches_on_cpu, expected in ((True, kernels), (False, "foreach")):
+        runtime = Runtime.resolve(runtime_config(switches_on_cpu=switches_on_cpu), CPU)
+        optimizer = make_optimizer(parameters, settings, runtime)
+        assert type(optimizer).__name__.lower() == name
+        used = {kind for kind in ("fused", "foreach") if optimizer.defaults.get(kind)}
+        assert used == {expected}, (switches_on_cpu, optimizer.defaults)
+
+
 def test_under_switches_on_cpu_bf16_channels_last_and_the_fused_optimizer_act_on_the_cpu(study, prepared):
     config = switched(study, bf16=True, channels_last=True)
     trainer = trainer_of(config, datasets.load_prepared(prepared))
