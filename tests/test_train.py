@@ -151,6 +151,16 @@ def test_a_pretrained_model_of_another_depth_is_refused_naming_it(study, prepare
         build_trainer(config, data, other, Runtime.start(config["runtime"]))
 
 
+def test_a_training_split_smaller_than_one_batch_is_refused_and_one_batch_trains(study, prepared):
+    """The trainer's own check, behind the study's (a prepared file can come from another
+    validation_fraction): one whole batch makes an epoch of one step, one image fewer none."""
+    data = datasets.load_prepared(prepared, splits=("train", "val"))
+    images = len(data["train_labels"])
+    assert trainer_of(run(study, "paper", batch_size=images), data).steps_per_epoch == 1
+    with pytest.raises(StudyError, match=f"has {images} images, fewer than one batch of {images + 1}"):
+        trainer_of(run(study, "paper", batch_size=images + 1), data)
+
+
 def test_same_seed_gives_identical_results_and_another_seed_does_not(study, prepared, tmp_path):
     results = []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
