@@ -1,5 +1,6 @@
 import ast
 import csv
+import io
 import json
 import signal
 import statistics
@@ -159,6 +160,23 @@ def test_a_training_split_smaller_than_one_batch_is_refused_and_one_batch_trains
     assert trainer_of(run(study, "paper", batch_size=images), data).steps_per_epoch == 1
     with pytest.raises(StudyError, match=f"has {images} images, fewer than one batch of {images + 1}"):
         trainer_of(run(study, "paper", batch_size=images + 1), data)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream", [Terminal, io.StringIO])
+def test_on_a_terminal_the_step_counter_shows_and_is_cleared_after_each_epoch(
+    study, prepared, monkeypatch, stream
+):
+    monkeypatch.setattr(sys, "stderr", stream())
+    data = datasets.load_prepared(prepared, splits=("train", "val"))
+    trainer = trainer_of(run(study, "paper", unit="epochs", duration=2), data)  # 10 steps an epoch
+    train_module.train_epoch(trainer, 1)
+    counter = "".join(f"\repoch 1/2 step {step}/10" for step in range(1, 11)) + "\r"
+    assert sys.stderr.getvalue() == (counter if stream is Terminal else "")
 
 
 def test_same_seed_gives_identical_results_and_another_seed_does_not(study, prepared, tmp_path):
