@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -20,11 +21,12 @@ def test_crop_equals_a_window_of_the_zero_padded_image():
         assert torch.equal(cropped[i], padded[i, :, row : row + 32, column : column + 32])
 
 
-def test_crop_shifts_cover_the_whole_range():
+@pytest.mark.parametrize("padding", [1, 2, 4])
+def test_crop_shifts_cover_the_whole_range(padding):
     batch = torch.ones(4000, 1, 32, 32, dtype=torch.uint8)
-    cropped = random_crop(batch, 4, torch.Generator().manual_seed(0))
+    cropped = random_crop(batch, padding, torch.Generator().manual_seed(0))
     zero_rows = (cropped[:, 0].sum(2) == 0).sum(1)  # rows of padding that entered the crop
-    assert set(zero_rows.tolist()) == set(range(5))
+    assert set(zero_rows.tolist()) == set(range(padding + 1))
 
 
 def test_flip_mirrors_about_half_the_images():

@@ -54,3 +54,13 @@ def test_plateau_reduces_after_patience_and_restores_from_state():
     for _ in range(4):
         restored.end_of_epoch(0.1)
     assert restored.at(0) == pytest.approx(0.0005)  # floored at min_lr
+
+
+def test_plateau_counts_patience_afresh_after_each_reduction_and_has_no_floor_unless_given():
+    schedule = LearningRate(recipe({"kind": "plateau", "factor": 0.5, "patience": 1}, unit="epochs"), 20, 10)
+    rates = []
+    for accuracy in (0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4):
+        schedule.end_of_epoch(accuracy)
+        rates.append(schedule.at(0))
+    # the best epoch, then a reduction after every second epoch without improvement
+    assert rates == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.0125, 0.0125, 0.00625])
