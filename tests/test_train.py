@@ -464,6 +464,8 @@ def test_train_json_records_the_run_its_inputs_and_its_selected_epoch(study, pre
     assert written["train_seconds"] == pytest.approx(sum(float(row["seconds"]) for row in history))
     assert written["train_seconds"] < written["wall_seconds"] < job_seconds
     assert written["images_per_s"] == statistics.median(float(row["images_per_s"]) for row in history)
+    for row in history:  # an epoch's speed: its training images (10 steps of 32) over its step loop's time
+        assert float(row["images_per_s"]) * float(row["seconds"]) == pytest.approx(10 * 32)
     assert written["threads"] == torch.get_num_threads() == 1
     assert written["device"] == describe_device(torch.device("cpu"))
     assert written["execution"]["device"] == "cpu" and "compiled_graphs" in written["execution"]
