@@ -353,6 +353,13 @@ def test_a_diverging_loss_stops_naming_epoch_and_iteration(study, prepared, tmp_
     assert not (tmp_path / "model.pt").exists()
 
 
+def test_the_divergence_names_the_first_step_whose_loss_is_not_finite():
+    train_module.check_finite(torch.tensor([2.3, 2.2, 2.1]), 3, 20)  # finite: nothing to say
+    losses = torch.tensor([2.3, 2.2, float("nan"), float("inf")])  # steps 21 to 24 of the run
+    with pytest.raises(StudyError, match=r"the loss became nan at epoch 3, iteration 23;"):
+        train_module.check_finite(losses, 3, 20)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_demanded_but_absent_fails_and_auto_falls_back(study, prepared, tmp_path, caplog):
     config = run(study, "paper")
