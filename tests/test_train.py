@@ -173,7 +173,7 @@ def test_on_a_terminal_the_step_counter_shows_and_is_cleared_after_each_epoch(
 ):
     monkeypatch.setattr(sys, "stderr", stream())
     data = datasets.load_prepared(prepared, splits=("train", "val"))
-    trainer = trainer_of(run(study, "paper", unit="epochs", duration=2), data)  # 10 steps an epoch
+    trainer = trainer_of(run(study, "paper", depth=8, unit="epochs", duration=2), data)  # 10 steps an epoch
     train_module.train_epoch(trainer, 1)
     counter = "".join(f"\repoch 1/2 step {step}/10" for step in range(1, 11)) + "\r"
     assert sys.stderr.getvalue() == (counter if stream is Terminal else "")
@@ -219,7 +219,9 @@ def test_selection_keeps_the_best_validation_epochs_model(
 ):
     # accuracy peaks at epoch 2, loss bottoms at epoch 3: neither is the last epoch
     validation = scripted(monkeypatch, losses=[2.0, 1.5, 1.2, 1.4], accuracies=[0.3, 0.8, 0.6, 0.5])
-    summary = train(run(study, "paper", unit="epochs", duration=4, selection=selection), prepared, tmp_path)
+    summary = train(
+        run(study, "paper", depth=8, unit="epochs", duration=4, selection=selection), prepared, tmp_path
+    )
     assert summary["selected_epoch"] == best_epoch and summary["epochs"] == 4
     assert summary["selected_val_accuracy"] == validation.accuracies[best_epoch - 1]
     model = load_tensors(tmp_path / "model.pt")
@@ -236,7 +238,7 @@ def test_early_stopping_stops_patience_epochs_after_the_best(
     study, prepared, tmp_path, monkeypatch, monitor, stopped_after
 ):
     scripted(monkeypatch, losses=[2.0, 1.5, 1.2, 1.9, 1.3, 1.0], accuracies=[0.3, 0.8, 0.6, 0.5, 0.7, 0.9])
-    config = run(study, "paper", unit="epochs", duration=6)
+    config = run(study, "paper", depth=8, unit="epochs", duration=6)
     config["recipe"]["training"]["early_stopping"] = {"monitor": monitor, "patience": 2}
     summary = train(config, prepared, tmp_path)
     assert summary["stopped_early"] and summary["epochs"] == stopped_after
@@ -311,7 +313,7 @@ def test_unreadable_resume_file_is_reported_and_training_restarts(study, prepare
 
 
 def test_resume_file_of_another_config_is_not_used(study, prepared, tmp_path, caplog):
-    other = run(study, "paper", duration=20)
+    other = run(study, "paper", depth=8, duration=20)
     process_folder = tmp_path / "run"
     train(other, prepared, process_folder)
     torch.save({"config_hash": "0123456789abcdef", "epoch": 1}, process_folder / "resume.pt")
@@ -329,7 +331,7 @@ def test_a_resume_file_of_another_optimizer_version_is_not_used(study, prepared,
     """A resume state with the optimizer state that this code's own optimizer wrote before it used
     torch.optim, for the same configuration: refused before the model is touched, and the run trains
     from the start."""
-    config = run(study, "paper", duration=20)
+    config = run(study, "paper", depth=8, duration=20)
     train(config, prepared, tmp_path / "clean")
     trainer = trainer_of(config, datasets.load_prepared(prepared, splits=("train", "val")))
     own = [{"momentum_buffer": torch.zeros_like(parameter)} for parameter in trainer.model.parameters()]
@@ -422,7 +424,9 @@ def test_evaluation_reads_the_test_split_by_its_content(study, prepared, pretrai
 
 def test_train_json_says_where_the_jobs_time_went(study, prepared, tmp_path, caplog):
     caplog.set_level("INFO", logger="cifar_resnet")
-    summary = train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=0)
+    summary = train(
+        run(study, "paper", depth=8, unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=0
+    )
     timings = read_json(tmp_path / "train.json")["timings"]
     history = [line.split(",") for line in (tmp_path / "history.csv").read_text().splitlines()]
     assert "val_seconds" in history[0] and len(history) == 4
@@ -445,7 +449,7 @@ def test_train_json_says_where_the_jobs_time_went(study, prepared, tmp_path, cap
 def test_train_json_records_the_run_its_inputs_and_its_selected_epoch(study, prepared, tmp_path):
     """train.json, which the release, the hub and the study's tables read: the run it describes, what
     the model's input and output mean, and the selected epoch's figures as history.csv has them."""
-    config = run(study, "paper", unit="epochs", duration=3, selection="best_val_loss")
+    config = run(study, "paper", depth=8, unit="epochs", duration=3, selection="best_val_loss")
     started = time.perf_counter()
     summary = train(config, prepared, tmp_path)
     job_seconds = time.perf_counter() - started
@@ -497,7 +501,12 @@ def test_the_resume_state_is_saved_once_the_checkpoint_interval_has_passed(
         monkeypatch.setattr(
             module, "save_tensors", lambda path, data: saved.append(path) or original(path, data)
         )
-    train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=interval)
+    train(
+        run(study, "paper", depth=8, unit="epochs", duration=3),
+        prepared,
+        tmp_path,
+        checkpoint_interval=interval,
+    )
     assert saved.count(tmp_path / "resume.pt") == saves  # never after the last epoch: the outputs follow
     assert saved[-1] == tmp_path / "model.pt" and not (tmp_path / "resume.pt").exists()
 
@@ -514,7 +523,9 @@ def test_the_checkpoint_seconds_add_up_every_save(study, prepared, tmp_path, mon
         durations.append(time.perf_counter() - started)
 
     monkeypatch.setattr(checkpoint, "save_resume_state", timed)
-    summary = train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=0)
+    summary = train(
+        run(study, "paper", depth=8, unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=0
+    )
     assert len(durations) == 2
     assert summary["timings"]["checkpoint_seconds"] >= sum(durations)
 
@@ -562,7 +573,7 @@ def test_a_job_stopped_during_its_evaluation_resumes_instead_of_training_again(
     study, prepared, tmp_path, monkeypatch, caplog
 ):
     caplog.set_level("INFO", logger="cifar_resnet")
-    config = run(study, "paper", unit="epochs", duration=3)
+    config = run(study, "paper", depth=8, unit="epochs", duration=3)
 
     def stopped(*paths):
         raise KeyboardInterrupt
