@@ -388,6 +388,14 @@ def test_evaluation_reports_every_metric(study, prepared, pretrained_paper, tmp_
     assert len(metrics["per_class_accuracy"]) == 10 and metrics["inference_images_per_s"] > 0
 
 
+def test_a_train_json_without_the_runs_config_is_refused_naming_the_file(tmp_path):
+    """Evaluation, deployment and the hub rebuild the model from train.json's config: a file without
+    it is named, not met with a KeyError."""
+    (tmp_path / "train.json").write_text(json.dumps({"dataset": "demo", "depth": 20}))
+    with pytest.raises(StudyError, match=r"train\.json .*lacks config"):
+        checkpoint.load_trained_run(tmp_path / "train.json", tmp_path / "model.pt", 10)
+
+
 def test_evaluation_reads_the_test_split_by_its_content(study, prepared, pretrained_paper, tmp_path):
     """With the test split cut to the validation split's size, only their images and labels tell them
     apart: eval.json's confusion matrix and loss must be the model's on the test split's."""
