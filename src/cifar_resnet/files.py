@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import pickle
@@ -88,12 +89,14 @@ def check_json(path: str | os.PathLike, fields: Sequence[str] = ()) -> dict:
     return record
 
 
-def check_csv(path: str | os.PathLike, numeric_columns: Sequence[str]) -> None:
-    """A CSV file at ``path`` whose header holds ``numeric_columns`` and whose every row is complete,
-    with a number in each of those columns."""
+def check_csv(path: str | os.PathLike, numeric_columns: Sequence[str]) -> str:
+    """The text of the CSV file at ``path``, once its header is shown to hold ``numeric_columns`` and
+    its every row to be complete, with a number in each of those columns; a reader parses the text
+    returned rather than the file again."""
     try:
         with open(path, newline="") as handle:
-            rows = list(csv.reader(handle))
+            text = handle.read()
+        rows = list(csv.reader(io.StringIO(text, newline="")))
     except (UnicodeDecodeError, csv.Error) as error:
         raise unreadable(path, f"is not a CSV table ({error})") from None
     header = rows[0] if rows else []
@@ -110,6 +113,7 @@ def check_csv(path: str | os.PathLike, numeric_columns: Sequence[str]) -> None:
                 float(row[header.index(column)])
         except ValueError as error:
             raise unreadable(path, f"has a broken line {line} ({error})") from None
+    return text
 
 
 def check_tensor_file(path: str | os.PathLike, remedy: str = REBUILD) -> None:

@@ -8,6 +8,7 @@ need no closing.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,8 +131,7 @@ def palette(count: int) -> list:
 
 def read_history(path: str | Path) -> pd.DataFrame:
     """A run's history.csv, refused in one sentence when it cannot give the learning curves."""
-    check_csv(path, LEARNING_CURVE_COLUMNS)
-    return pd.read_csv(path)
+    return pd.read_csv(io.StringIO(check_csv(path, LEARNING_CURVE_COLUMNS)))
 
 
 def plot_learning_curves(histories: Mapping[str, pd.DataFrame], path: str | Path) -> None:

@@ -3,6 +3,7 @@ deploy.json when the runs are deployed."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,8 +73,8 @@ def read_summary(path: str | Path) -> pd.DataFrame:
     """The summary ``summarize_runs`` wrote, once it is checked to be whole (every column, no row cut
     short, a number in each numeric column of the runs' results; a deployment's INT8 columns may be
     empty); one sentence naming the file otherwise."""
-    check_csv(path, [column for column in SUMMARY_COLUMNS if column not in TEXT_COLUMNS])
-    summary = pd.read_csv(path)
+    text = check_csv(path, [column for column in SUMMARY_COLUMNS if column not in TEXT_COLUMNS])
+    summary = pd.read_csv(io.StringIO(text))
     missing = [column for column in DEPLOY_FIELDS if column not in summary.columns]
     if missing and len(missing) < len(DEPLOY_FIELDS):
         raise unreadable(path, f"lacks the columns {', '.join(missing)}")
