@@ -7,7 +7,7 @@ from functools import partial
 
 import pandas as pd
 import pytest
-from test_config import SCHEMA, demo_config
+from test_config import demo_config
 from test_summary import summary_row
 
 from cifar_resnet import datasets, sources
@@ -47,7 +47,7 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def study():
-    return load_study(demo_config(), SCHEMA)
+    return load_study(demo_config())
 
 
 @pytest.fixture

@@ -4,11 +4,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifar_resnet.config import Run, check_unique_keys, load_study, merge
+from cifar_resnet.config import Run, check_unique_keys, load_study, merge, read_study_config
 from cifar_resnet.errors import StudyError
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def study_config():
@@ -20,7 +19,7 @@ def demo_config():
 
 
 def test_default_config_is_the_full_grid():
-    study = load_study(study_config(), SCHEMA)
+    study = load_study(study_config())
     assert study.depths == [20, 32, 44, 56, 110]
     assert len(study.variants) >= 12
     assert len(study.runs()) == len(study.variants) * 5 * len(study.seeds)
@@ -28,7 +27,7 @@ def test_default_config_is_the_full_grid():
 
 
 def test_demo_config_validates_and_pretrains_on_the_demo():
-    study = load_study(demo_config(), SCHEMA)
+    study = load_study(demo_config())
     assert study.datasets == ["demo"]
     assert study.pretraining_run(Run("demo", "frozen", 20, 0)) == Run("demo", "paper", 20, 0)
     assert study.pretraining_run(Run("demo", "paper", 20, 0)) is None
@@ -36,7 +35,7 @@ def test_demo_config_validates_and_pretrains_on_the_demo():
 
 def test_timing_config_runs_the_papers_recipe_on_a_cifar10_sized_demo():
     config = merge(study_config(), yaml.safe_load((ROOT / "config" / "timing.yaml").read_text()))
-    timing, study = load_study(config, SCHEMA), load_study(study_config(), SCHEMA)
+    timing, study = load_study(config), load_study(study_config())
     assert timing.runs() == [Run("demo", "paper", depth, 0) for depth in (20, 32, 44, 56, 110)]
     for depth in timing.depths:
         timed = timing.run_config(Run("demo", "paper", depth, 0))
@@ -48,7 +47,7 @@ def test_timing_config_runs_the_papers_recipe_on_a_cifar10_sized_demo():
 
 
 def test_variant_overrides_merge_into_the_recipe():
-    study = load_study(study_config(), SCHEMA)
+    study = load_study(study_config())
     projection = study.recipes["projection"]
     assert projection["model"]["shortcut"] == "B"
     assert projection["optimizer"] == study.recipes["paper"]["optimizer"]
@@ -64,7 +63,7 @@ def test_variant_overrides_merge_into_the_recipe():
 def test_run_config_changes_only_with_its_own_variant():
     base, changed = study_config(), study_config()
     changed["variants"]["nadam"]["overrides"]["optimizer"]["lr"] = 0.002
-    before, after = load_study(base, SCHEMA), load_study(changed, SCHEMA)
+    before, after = load_study(base), load_study(changed)
     for run in before.runs():
         same = before.run_config(run) == after.run_config(run)
         assert same == (run.variant != "nadam")
@@ -142,7 +141,7 @@ def mutate(path, value):
 )
 def test_config_errors_are_one_clear_sentence(path, value, message):
     with pytest.raises(StudyError, match=message) as error:
-        load_study(mutate(path, value), SCHEMA)
+        load_study(mutate(path, value))
     assert "\n" not in str(error.value)
 
 
@@ -150,9 +149,9 @@ def test_cuda_graphs_need_compile():
     config = study_config()
     config["runtime"].update(compile=False, cuda_graphs=True)
     with pytest.raises(StudyError, match="runtime.cuda_graphs needs runtime.compile"):
-        load_study(config, SCHEMA)
+        load_study(config)
     config["runtime"]["compile"] = True
-    assert load_study(config, SCHEMA).config["runtime"]["cuda_graphs"] is True
+    assert load_study(config).config["runtime"]["cuda_graphs"] is True
 
 
 def test_merge_replaces_lists_and_values_and_merges_mappings():
@@ -174,7 +173,7 @@ def with_changes(config: dict, *changes: tuple[tuple[str, ...], object]) -> dict
 
 def refusal(config: dict, command_line: dict | None = None) -> str:
     with pytest.raises(StudyError) as error:
-        load_study(config, SCHEMA, command_line)
+        load_study(config, command_line)
     message = str(error.value)
     assert "\n" not in message and message.endswith(".")
     return message
@@ -252,7 +251,7 @@ def test_the_demo_split_is_checked_with_the_configured_sizes():
         "(data.demo.train_size 140 less data.validation_fraction 0.1); choose a batch size of at most 126."
     )
     with_changes(small, ((*TRAINING, "batch_size"), 126))
-    assert load_study(small, SCHEMA).recipes["paper"]["training"]["batch_size"] == 126
+    assert load_study(small).recipes["paper"]["training"]["batch_size"] == 126
     no_validation = with_changes(small, (("data", "validation_fraction"), 0.003))
     assert refusal(no_validation) == (
         "data.validation_fraction is 0.003, which leaves no validation images of data.demo.train_size 140; "
@@ -266,12 +265,12 @@ def test_a_warmup_is_checked_only_where_a_depth_uses_it():
     config = with_changes(
         study_config(), (("recipe", "warmup", "iterations"), 70000), (("study", "depths"), [56])
     )
-    assert load_study(config, SCHEMA).depths == [56]  # the warm-up starts at ResNet-110
+    assert load_study(config).depths == [56]  # the warm-up starts at ResNet-110
 
 
 def test_a_depth_the_study_runs_is_a_valid_learning_curve_depth():
     config = with_changes(demo_config(), (("report", "plots"), {"learning_curve_depth": 20}))
-    assert load_study(config, SCHEMA).config["report"]["plots"]["learning_curve_depth"] == 20
+    assert load_study(config).config["report"]["plots"]["learning_curve_depth"] == 20
 
 
 def test_a_string_from_the_command_line_is_said_to_be_one():
@@ -288,7 +287,7 @@ def test_a_string_from_the_command_line_is_said_to_be_one():
 
 def test_runs_of_one_dataset_are_that_datasets_only():
     config = with_changes(study_config(), (("study", "datasets"), ["cifar10", "cifar100"]))
-    study = load_study(config, SCHEMA)
+    study = load_study(config)
     assert {run.dataset for run in study.runs("cifar100")} == {"cifar100"}
     assert len(study.runs()) == 2 * len(study.runs("cifar10"))
 
@@ -299,7 +298,7 @@ def test_merged_recipes_share_nothing_with_the_recipe_or_each_other():
     merged["model"]["width"] = 4
     merged["schedule"]["milestones"].append(3)
     assert base == {"model": {"width": 1}, "schedule": {"milestones": [1, 2]}}
-    study = load_study(study_config(), SCHEMA)
+    study = load_study(study_config())
     study.recipes["paper"]["optimizer"]["lr"] = 1.0
     assert study.recipes["dropout"]["optimizer"]["lr"] == 0.1
 
@@ -307,7 +306,32 @@ def test_merged_recipes_share_nothing_with_the_recipe_or_each_other():
 def test_the_schemas_defaults_fill_what_the_config_leaves_out():
     config = study_config()
     assert "eval_batch_size" not in config["runtime"]  # config.yaml leaves it to the schema
-    assert load_study(config, SCHEMA).config["runtime"]["eval_batch_size"] == 1000
+    assert load_study(config).config["runtime"]["eval_batch_size"] == 1000
+
+
+def test_a_recipe_of_only_the_required_keys_gets_every_optional_one_from_the_schema():
+    """The training reads every recipe key: one a config may leave out must come with a default, or the
+    job would fail with a KeyError after the checks passed. The test case gives only the required keys."""
+    config = yaml.safe_load((ROOT / ".test" / "config" / "config.yaml").read_text())
+    assert "warmup" not in config["recipe"] and "pretrained" not in config["recipe"]
+    study = load_study(config)
+    recipe = study.recipes["paper"]
+    assert recipe["warmup"] is None and recipe["pretrained"] is None
+    assert recipe["training"]["early_stopping"] is None and recipe["training"]["selection"] == "final"
+    assert recipe["model"] == {**study.recipes["projection"]["model"], "shortcut": "A"}
+
+
+def test_study_config_reads_config_yaml_then_each_configfile_over_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StudyError, match=r"There is no config/config.yaml in .*--configfile"):
+        read_study_config()
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text("study: {depths: [20], seeds: [0]}\ndata: {root: a}\n")
+    (tmp_path / "over.yaml").write_text("study: {seeds: [1, 2]}\n")
+    config = read_study_config(["over.yaml"])
+    assert config == {"study": {"depths": [20], "seeds": [1, 2]}, "data": {"root": "a"}}
+    with pytest.raises(StudyError, match="The configuration file missing.yaml does not exist"):
+        read_study_config(["missing.yaml"])
 
 
 def test_a_variant_cannot_pretrain_from_a_pretrained_variant():
@@ -324,25 +348,25 @@ def test_a_milestone_at_the_end_of_training_is_refused():
 
 def test_resnet_8_is_a_depth_of_the_study():
     config = with_changes(study_config(), (("study", "depths"), [8]))
-    assert load_study(config, SCHEMA).depths == [8]
+    assert load_study(config).depths == [8]
 
 
 def test_deploy_is_on_by_default_with_its_schema_defaults():
     config = study_config()
     del config["deploy"]
-    deploy = load_study(config, SCHEMA).config["deploy"]
+    deploy = load_study(config).config["deploy"]
     assert deploy["enabled"] and deploy["int8"]
     assert deploy["tolerance"] == {"max_relative_logit_difference": 0.0001, "min_top1_agreement": 0.999}
-    assert deploy["latency"]["batch_threads"] is None
+    assert deploy["latency"]["batch_threads"] == 4  # a number: never the submitting host's cores
 
 
 def test_more_calibration_images_than_the_training_split_are_refused():
     config = demo_config()
     config["deploy"]["calibration_images"] = 721  # the demo's 800 images less 80 for validation
     with pytest.raises(StudyError, match=r"deploy.calibration_images is 721, .* 720 images of the demo"):
-        load_study(config, SCHEMA)
+        load_study(config)
     config["deploy"]["int8"] = False
-    load_study(config, SCHEMA)
+    load_study(config)
 
 
 def test_a_latency_batch_larger_than_the_test_split_is_refused():
@@ -352,9 +376,9 @@ def test_a_latency_batch_larger_than_the_test_split_is_refused():
     with pytest.raises(
         StudyError, match=r"batch_size is 101, more than the 100 images of the demo test split"
     ):
-        load_study(config, SCHEMA)
+        load_study(config)
     config["deploy"]["enabled"] = False
-    load_study(config, SCHEMA)
+    load_study(config)
 
 
 @pytest.mark.parametrize(
@@ -370,7 +394,7 @@ def test_bad_deploy_options_are_refused_by_name(section, value):
     config = demo_config()
     config["deploy"] = merge(config["deploy"], section)
     with pytest.raises(StudyError, match=value):
-        load_study(config, SCHEMA)
+        load_study(config)
 
 
 @pytest.mark.parametrize(
@@ -395,7 +419,7 @@ def test_a_name_that_would_lead_a_path_elsewhere_is_refused(where, name):
     with pytest.raises(
         StudyError, match=rf"invalid name {re.escape(repr(name))} at {where}.*letters, digits"
     ):
-        load_study(config, SCHEMA)
+        load_study(config)
 
 
 @pytest.mark.parametrize(
@@ -406,7 +430,7 @@ def test_an_integer_setting_written_as_a_float_is_refused(section, key, value):
     config[section][key] = value
 
     with pytest.raises(StudyError, match=rf"at {section}\.{key}\[\d\]: .* is not of type 'integer'"):
-        load_study(config, SCHEMA)
+        load_study(config)
 
 
 def test_a_key_given_twice_in_a_configuration_file_is_refused_with_its_line(tmp_path):
@@ -426,4 +450,4 @@ def test_a_fraction_above_one_is_refused():
     with pytest.raises(
         StudyError, match=r"deploy.tolerance.max_relative_logit_difference: 7 is greater than"
     ):
-        load_study(config, SCHEMA)
+        load_study(config)

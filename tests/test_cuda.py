@@ -18,7 +18,7 @@ from test_train import check_kill_and_resume, one_thread, run  # noqa: F401  (on
 from cifar_resnet import cli
 from cifar_resnet import runtime as runtime_module
 from cifar_resnet.devices import JOBS_PER_GPU_VARIABLE, claim_gpu
-from cifar_resnet.files import load_tensors
+from cifar_resnet.tensors import load_tensors
 
 pytestmark = [
     pytest.mark.cuda,

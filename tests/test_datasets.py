@@ -8,7 +8,7 @@ from test_archive import CIFAR10_NAMES, SMALL_CIFAR10, write_cifar10_archive
 
 from cifar_resnet import datasets, sources
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import load_tensors, save_tensors
+from cifar_resnet.tensors import load_tensors, save_tensors
 
 
 def test_get_source_knows_the_three_datasets_and_lists_them_for_an_unknown_one():

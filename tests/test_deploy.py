@@ -20,8 +20,9 @@ from cifar_resnet.export import (
     onnx_session,
     torch_logits,
 )
-from cifar_resnet.files import save_tensors, write_json
+from cifar_resnet.files import write_json
 from cifar_resnet.models import ModelSpec, build_model
+from cifar_resnet.tensors import save_tensors
 
 TOLERANCE = {"max_relative_logit_difference": 1e-4, "min_top1_agreement": 0.999}
 LATENCY = {"runs": 3, "warmup_runs": 1, "batch_size": 8}

@@ -2,9 +2,11 @@
 pyproject.toml's lower bounds and the conda environments of the jobs name the same versions, and this
 test suite runs in an environment that has them."""
 
+import ast
 import importlib.metadata
 import platform
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
+from test_imports import RULES
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVS = ROOT / "workflow" / "envs"
@@ -146,3 +149,45 @@ def test_a_plain_install_brings_what_snakemake_report_needs():
     the gap wherever the test dependencies were installed)."""
     requirement = next(r for r in map(Requirement, project()["dependencies"]) if r.name == "snakemake")
     assert "reports" in requirement.extras
+
+
+def import_closure(script: Path) -> set[str]:
+    """The top-level packages that ``script`` and the modules of this package it reaches import, wherever the
+    import statement stands (in a function too): every package its job can import, read from the sources."""
+    package_root, found, seen, pending = ROOT / "src", set(), set(), [script]
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] != "cifar_resnet":
+                    found.add(name.split(".")[0])
+                    continue
+                module = package_root / Path(*name.split("."))
+                pending += [p for p in (module.with_suffix(".py"), module / "__init__.py") if p.is_file()]
+    return found - set(sys.stdlib_module_names) - {"cifar_resnet", "__future__"}
+
+
+# Where a conda-forge package's name differs from the Python distribution's.
+CONDA_NAMES = {"torch": "pytorch", "matplotlib": "matplotlib-base"}
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_each_environment_holds_every_package_its_jobs_import(rule):
+    script, environment = RULES[rule]
+    providers = importlib.metadata.packages_distributions()
+    needed = {
+        canonicalize_name(providers[module][0]) if module in providers else module
+        for module in import_closure(script)
+    } - set(NOT_NEEDED)
+    pinned = pins(Path(environment).name)
+    missing = sorted(name for name in needed if CONDA_NAMES.get(name, name) not in pinned)
+    assert not missing, f"{script.name} can import {', '.join(missing)}, which {environment} lacks"

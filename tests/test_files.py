@@ -10,11 +10,12 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from cifar_resnet import files
+from cifar_resnet import files, tensors
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import check_csv, check_json, check_tensor_file, load_checkpoint, save_tensors
+from cifar_resnet.files import check_csv, check_json, check_tensor_file
 from cifar_resnet.plots import plot_confusion_matrix
 from cifar_resnet.run import HISTORY_COLUMNS, write_history
+from cifar_resnet.tensors import load_checkpoint, save_tensors
 
 
 def test_atomic_output_replaces_the_file_only_when_complete(tmp_path):
@@ -45,7 +46,7 @@ WRITERS = {
     "json": ("train.json", lambda path, v: files.write_json(path, {"v": v}), (Path, "write_text")),
     "tensors": (
         "model.pt",
-        lambda path, v: files.save_tensors(path, {"w": torch.full((2,), v)}),
+        lambda path, v: tensors.save_tensors(path, {"w": torch.full((2,), v)}),
         (torch, "save"),
     ),
     "csv": (
@@ -108,12 +109,12 @@ class Payload:
 def test_tensor_files_load_without_pickled_objects(tmp_path):
     import torch
 
-    files.save_tensors(tmp_path / "ok.pt", {"w": torch.ones(2), "names": ["a", "b"]})
-    assert files.load_tensors(tmp_path / "ok.pt")["names"] == ["a", "b"]
+    tensors.save_tensors(tmp_path / "ok.pt", {"w": torch.ones(2), "names": ["a", "b"]})
+    assert tensors.load_tensors(tmp_path / "ok.pt")["names"] == ["a", "b"]
 
     torch.save({"object": Payload()}, tmp_path / "bad.pt")
     with pytest.raises(Exception, match="weights_only"):
-        files.load_tensors(tmp_path / "bad.pt")
+        tensors.load_tensors(tmp_path / "bad.pt")
 
 
 def test_write_csv_round_trips_without_the_index(tmp_path):
@@ -130,7 +131,7 @@ def test_outputs_get_the_permissions_of_any_new_file(tmp_path, umask, mode):
     previous = os.umask(umask)
     try:
         files.write_json(tmp_path / "train.json", {"epochs": 1})
-        files.save_tensors(tmp_path / "model.pt", {"weight": torch.zeros(2)})
+        tensors.save_tensors(tmp_path / "model.pt", {"weight": torch.zeros(2)})
     finally:
         os.umask(previous)
     assert {stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()} == {mode}

@@ -7,6 +7,7 @@ from test_summary import deployed_summary
 
 from cifar_resnet import plots
 from cifar_resnet.errors import StudyError
+from cifar_resnet.layout import plot_names
 from cifar_resnet.tables import PAPER_TABLE6_ERROR
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -129,8 +130,8 @@ def test_plot_confusion_matrix_refuses_mismatched_class_names(tmp_path):
 
 
 def test_plot_names_add_the_deployment_figures_last_for_deployed_runs():
-    assert "error_vs_latency" not in plots.plot_names(deployed=False)
-    assert plots.plot_names(deployed=True) == (*plots.plot_names(deployed=False), "error_vs_latency")
+    assert "error_vs_latency" not in plot_names(deployed=False)
+    assert plot_names(deployed=True) == (*plot_names(deployed=False), "error_vs_latency")
 
 
 @fails_on_warnings

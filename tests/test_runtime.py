@@ -15,10 +15,11 @@ from cifar_resnet import checkpoint, datasets
 from cifar_resnet import runtime as runtime_module
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Split, evaluate_split
-from cifar_resnet.files import load_tensors, read_json
+from cifar_resnet.files import read_json
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.run import train_job
 from cifar_resnet.runtime import Runtime
+from cifar_resnet.tensors import load_tensors
 from cifar_resnet.train import make_optimizer, train_step
 
 CPU = torch.device("cpu")

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_config import SCHEMA, demo_config
+from test_config import demo_config
 
 from cifar_resnet import cli
 from cifar_resnet.config import Run, load_study
@@ -50,7 +50,7 @@ def study(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = demo_config()
     config["study"].update(TWO_DEPTHS["study"])
-    return load_study(config, SCHEMA)
+    return load_study(config)
 
 
 def test_each_run_state_comes_from_its_files(study):
@@ -86,7 +86,7 @@ def test_the_time_left_counts_waiting_runs_by_their_compute(study):
 
 
 def test_the_command_prints_the_study_with_the_overlay_given(tmp_path, monkeypatch, capsys):
-    for name in ("config/config.yaml", "config/demo.yaml", "workflow/schemas/config.schema.yaml"):
+    for name in ("config/config.yaml", "config/demo.yaml"):
         write(str(tmp_path / name), (ROOT / name).read_text())
     write(str(tmp_path / "two.yaml"), json.dumps(TWO_DEPTHS))
     monkeypatch.chdir(tmp_path)

@@ -5,7 +5,8 @@ import pytest
 
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import write_csv
-from cifar_resnet.summary import DEPLOY_FIELDS, SUMMARY_COLUMNS, read_summary, summarize_runs
+from cifar_resnet.records import DEPLOY_FIELDS
+from cifar_resnet.summary import SUMMARY_COLUMNS, read_summary, summarize_runs
 
 PARAMS = {8: 78_042, 20: 272_474, 32: 466_906}
 MACS = {8: 12_430_000, 20: 40_810_000, 32: 69_120_000}

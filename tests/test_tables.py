@@ -8,7 +8,7 @@ from test_summary import deployed_summary, summary_row
 
 from cifar_resnet import tables
 from cifar_resnet.errors import StudyError
-from cifar_resnet.summary import DEPLOY_FIELDS
+from cifar_resnet.records import DEPLOY_FIELDS
 
 
 def cell(table, depth, variant, column):

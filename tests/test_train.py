@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_config import SCHEMA, study_config
+from test_config import study_config
 
 from cifar_resnet import checkpoint, datasets
 from cifar_resnet import run as run_module
@@ -19,12 +19,13 @@ from cifar_resnet import train as train_module
 from cifar_resnet.config import Run, load_study, merge
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import Evaluation, evaluate_run
-from cifar_resnet.files import load_tensors, read_json, save_tensors
+from cifar_resnet.files import read_json
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.provenance import describe_device, git_commit, versions
 from cifar_resnet.run import Outputs, train_job, train_run
 from cifar_resnet.runtime import Runtime
 from cifar_resnet.selection import Monitor
+from cifar_resnet.tensors import load_tensors, save_tensors
 from cifar_resnet.train import build_trainer
 
 DEPTHS = (20, 32, 44, 56, 110)
@@ -539,7 +540,7 @@ def test_the_checkpoint_seconds_add_up_every_save(study, prepared, tmp_path, mon
 
 
 def test_the_recipe_reaches_the_optimizer_and_the_initialisation(prepared):
-    study = load_study(study_config(), SCHEMA)  # the paper's recipe, not the demo's shortened one
+    study = load_study(study_config())  # the paper's recipe, not the demo's shortened one
     data = datasets.load_prepared(prepared)
     paper = trainer_of(study.run_config(Run("demo", "paper", 20, 0)), data)
     settings = paper.optimizer.defaults
@@ -638,7 +639,7 @@ def test_a_run_stopped_between_epochs_resumes_its_selection_and_early_stopping(
 
 
 def test_every_checkpoint_is_loaded_weights_only():
-    """torch.load is called in one place, files.load_tensors, and there with weights_only=True: no
+    """torch.load is called in one place, tensors.load_tensors, and there with weights_only=True: no
     loader of the package can unpickle arbitrary objects."""
     calls = []
     for module in sorted(Path(train_module.__file__).parent.glob("**/*.py")):
@@ -646,7 +647,7 @@ def test_every_checkpoint_is_loaded_weights_only():
             if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
                 keywords = {keyword.arg: ast.unparse(keyword.value) for keyword in node.keywords}
                 calls.append((module.name, keywords.get("weights_only")))
-    assert calls == [("files.py", "True")]
+    assert calls == [("tensors.py", "True")]
 
 
 def test_a_tie_is_no_improvement():

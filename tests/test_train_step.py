@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_config import SCHEMA, demo_config
+from test_config import demo_config
 from test_train import one_thread, scripted  # noqa: F401 (one_thread: an autouse fixture, one thread per test)
 
 from cifar_resnet.config import Run, load_study, merge
-from cifar_resnet.files import load_tensors, save_tensors
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.run import Outputs, train_run
 from cifar_resnet.runtime import Runtime
+from cifar_resnet.tensors import load_tensors, save_tensors
 
 TRAIN_IMAGES, VAL_IMAGES = 64, 32
 BATCH = 16  # 4 steps an epoch
@@ -60,7 +60,7 @@ def pretrained(tmp_path_factory) -> Path:
 def config_of(variant: str, overrides: dict | None = None) -> dict:
     """The demo's run config of ``variant`` at depth 8, seed 0, trained for DURATION iterations of
     BATCH images with the lr divided by 10 at MILESTONE, with ``overrides`` merged into its recipe."""
-    study = load_study(demo_config(), SCHEMA)
+    study = load_study(demo_config())
     config = study.run_config(Run("demo", variant, 8, 0))
     shrink = {
         "training": {"batch_size": BATCH, "unit": "iterations", "duration": DURATION},

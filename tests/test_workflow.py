@@ -21,11 +21,11 @@ from test_summary import summary_row
 
 import cifar_resnet
 from cifar_resnet.export import onnx_logits, onnx_session
-from cifar_resnet.files import load_tensors
-from cifar_resnet.plots import plot_names
+from cifar_resnet.layout import plot_names
 from cifar_resnet.readme import RESULTS_MARKERS, results_block, update_readme
-from cifar_resnet.summary import DEPLOY_FIELDS
+from cifar_resnet.records import DEPLOY_FIELDS
 from cifar_resnet.tables import accuracy_table, render_markdown
+from cifar_resnet.tensors import load_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"

@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import check_json, load_checkpoint, load_tensors, save_tensors
+from cifar_resnet.files import check_json
 from cifar_resnet.models import CifarResNet, ModelSpec, build_model
+from cifar_resnet.tensors import load_checkpoint, load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from cifar_resnet.benchmark import runner, tables
 from cifar_resnet.benchmark.data import EPOCH_IMAGES
 from cifar_resnet.benchmark.modes import ALL_MODES, DEFAULT_MODES, Mode, packing_mode
 from cifar_resnet.benchmark.pipelines import default_workers
-from cifar_resnet.benchmark.settings import DEFAULT_CONFIG, SCHEMA, load_settings
-from cifar_resnet.config import load_study, read_config_file
+from cifar_resnet.benchmark.settings import load_settings
+from cifar_resnet.config import DEFAULT_CONFIG, load_study, read_study_config
 from cifar_resnet.errors import exit_on_study_error
 from cifar_resnet.files import write_csv
 from cifar_resnet.release import release_runs
@@ -182,12 +182,8 @@ def make_release(args: argparse.Namespace) -> None:
 def show_status(args: argparse.Namespace) -> None:
     """Print the study's state, its configuration read as the workflow reads it, from the working
     directory's files (run it where you run snakemake)."""
-    from snakemake.utils import update_config
-
-    config = read_config_file(DEFAULT_CONFIG)
-    for path in args.configfile:
-        update_config(config, read_config_file(path))
-    study = load_study(config, SCHEMA)
+    config = read_study_config(args.configfile)
+    study = load_study(config)
     states = study_state(study, deploys=config["deploy"]["enabled"])
     print(describe(states, training_seconds_left(states, study)))
 

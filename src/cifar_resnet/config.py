@@ -1,13 +1,14 @@
-"""The study's configuration: validation against workflow/schemas/config.schema.yaml, variant
-overlays merged into the paper's recipe, and the grid of runs (dataset x variant x depth x seed) the
-workflow trains."""
+"""The study's configuration: read as the workflow reads it, validated against config.schema.yaml (beside
+this module) with its defaults filled in, variant overlays merged into the paper's recipe, and the grid of
+runs (dataset x variant x depth x seed) the workflow trains. One loader for the workflow, ``status`` and
+the benchmark; it needs only pyyaml and jsonschema, which Snakemake's own process has."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,21 +91,43 @@ def config_hash(run_config: dict) -> str:
     return hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_schema(schema_path: str | Path) -> dict:
-    return yaml.safe_load(Path(schema_path).read_text())
+SCHEMA = Path(__file__).with_name("config.schema.yaml")
+# The workflow's own configuration file, relative to the folder it runs in (its `configfile:`).
+DEFAULT_CONFIG = Path("config/config.yaml")
 
 
-def load_study(config: dict, schema_path: str | Path, command_line: dict | None = None) -> Study:
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def read_study_config(configfiles: Sequence[str | Path] = ()) -> dict:
+    """The configuration as the workflow reads it in the working directory: config/config.yaml, where it
+    exists, with each of ``configfiles`` (snakemake's ``--configfile``) merged over it in turn."""
+    from snakemake.utils import update_config  # the merge Snakemake applies to its config files
+
+    paths = ([DEFAULT_CONFIG] if DEFAULT_CONFIG.is_file() else []) + [Path(path) for path in configfiles]
+    if not paths:
+        raise StudyError(
+            f"There is no {DEFAULT_CONFIG} in {Path.cwd()}: run this from the folder you run snakemake "
+            "from, or name the study's configuration files with --configfile."
+        )
+    config = {}
+    for path in paths:
+        if not path.is_file():
+            raise StudyError(f"The configuration file {path} does not exist.")
+        update_config(config, read_config_file(path))
+    return config
+
+
+def load_study(config: dict, command_line: dict | None = None) -> Study:
     """Validate ``config`` in place (filling the schema's defaults), merge every variant into the recipe
     and check what a schema cannot express. Raises StudyError with one sentence on the first problem.
 
     ``command_line`` holds the values given with ``--config``, which arrive nested as strings: a value
     the schema refuses that came from there is reported as such."""
-    from snakemake.utils import validate  # imported here: the rest of the package does not need Snakemake
-
-    schema = load_schema(schema_path)
+    schema = load_schema()
     check_against(schema, config, "config", command_line or {})
-    validate(config, str(schema_path), set_default=True)
+    fill_defaults(schema, config)
     for depth in config["study"]["depths"]:
         check_depth(depth)
     for name in config["study"]["datasets"]:
@@ -138,6 +161,22 @@ def load_study(config: dict, schema_path: str | Path, command_line: dict | None 
         check_training_length(study, dataset, variant)
     check_deploy(study)
     return study
+
+
+def fill_defaults(schema: dict, instance: dict) -> None:
+    """Fill in every default of ``schema`` that ``instance`` (valid against it) leaves out, in place, as
+    Snakemake's ``validate(..., set_default=True)`` does."""
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def fill_then_check(validator, properties, node, subschema):
+        if validator.is_type(node, "object"):
+            for name, property_schema in properties.items():
+                if "default" in property_schema:
+                    node.setdefault(name, copy.deepcopy(property_schema["default"]))
+        yield from check_properties(validator, properties, node, subschema)
+
+    jsonschema.validators.extend(base, {"properties": fill_then_check})(schema).validate(instance)
 
 
 # JSON Schema counts 1.0 as an integer; a seed, a depth or a size written 1.0 would then become "seed1.0"

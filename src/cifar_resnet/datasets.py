@@ -15,8 +15,8 @@ import torch
 from cifar_resnet.archive import read_archive
 from cifar_resnet.download import file_md5
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import load_tensors, save_tensors
 from cifar_resnet.sources import IMAGE_SHAPE, DatasetSource
+from cifar_resnet.tensors import load_tensors, save_tensors
 
 SPLITS = ("train", "val", "test")
 

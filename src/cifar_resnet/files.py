@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import os
-import pickle
 import secrets
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -133,28 +132,3 @@ def check_tensor_file(path: str | os.PathLike, remedy: str = REBUILD) -> None:
         raise unreadable(
             path, "is damaged (its bytes no longer match the checksums written with them)", remedy
         )
-
-
-# torch is imported by the two tensor functions only: report jobs use this module and never load torch.
-def save_tensors(path: str | os.PathLike, data) -> None:
-    """``torch.save`` of tensors and plain containers only, so ``load_tensors`` can refuse anything else."""
-    import torch
-
-    with atomic_output(path) as temporary:
-        torch.save(data, temporary)
-
-
-def load_tensors(path: str | os.PathLike, map_location="cpu"):
-    import torch
-
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def load_checkpoint(path: str | os.PathLike):
-    """``load_tensors`` of a workflow output: a file torch cannot read is reported in one sentence."""
-    check_tensor_file(path)
-    try:
-        return load_tensors(path)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise unreadable(path, f"cannot be read as a checkpoint ({reason.rstrip('.')})") from None

@@ -23,24 +23,14 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import atomic_output, check_csv
+from cifar_resnet.records import LEARNING_CURVE_COLUMNS
 from cifar_resnet.summary import single_dataset
 from cifar_resnet.tables import PAPER_TABLE6_ERROR, deployment_statistics
 
-_RESULT_PLOTS = ("error_vs_depth", "learning_curves", "error_vs_params", "confusion_matrix")
-DEPLOYMENT_PLOTS = ("error_vs_latency",)
-# What the figures read from a run's history.csv and eval.json.
-LEARNING_CURVE_COLUMNS = ("epoch", "train_accuracy", "val_accuracy")
-CONFUSION_FIELDS = ("confusion_matrix", "class_names")
 PAPER_LABEL = "He et al. 2016"
 DPI = 120
 MAX_ANNOTATED_CLASSES = 20
 LATENCY_MARKERS = {"float": "o", "INT8": "X"}
-
-
-def plot_names(deployed: bool) -> tuple[str, ...]:
-    """The names of one dataset's figures, in the report's and README's order; the deployment's last when
-    the runs are ``deployed``."""
-    return (_RESULT_PLOTS + DEPLOYMENT_PLOTS) if deployed else _RESULT_PLOTS
 
 
 @contextmanager

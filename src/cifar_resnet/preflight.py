@@ -15,9 +15,14 @@ from pathlib import Path
 
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import check_csv, check_json, check_tensor_file
-from cifar_resnet.plots import CONFUSION_FIELDS, LEARNING_CURVE_COLUMNS
 from cifar_resnet.readme import check_markers
-from cifar_resnet.summary import DEPLOY_FIELDS, EVAL_FIELDS, TRAIN_FIELDS
+from cifar_resnet.records import (
+    CONFUSION_FIELDS,
+    DEPLOY_FIELDS,
+    EVAL_FIELDS,
+    LEARNING_CURVE_COLUMNS,
+    TRAIN_FIELDS,
+)
 
 # What the jobs that read a run's files need of each.
 RUN_FILE_CHECKS = {

@@ -14,8 +14,9 @@ import statistics
 from pathlib import Path
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import check_json, load_checkpoint, save_tensors, write_json, write_text
+from cifar_resnet.files import check_json, write_json, write_text
 from cifar_resnet.hub import EVAL_FIELDS, TRAIN_FIELDS, model_name, read_train_summary
+from cifar_resnet.tensors import load_checkpoint, save_tensors
 
 MANIFEST = "manifest.json"
 CHECKSUMS = "SHA256SUMS"

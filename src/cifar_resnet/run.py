@@ -18,11 +18,12 @@ from cifar_resnet import checkpoint, datasets
 from cifar_resnet.config import config_hash
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import evaluate_run
-from cifar_resnet.files import atomic_output, save_tensors, write_json
+from cifar_resnet.files import atomic_output, write_json
 from cifar_resnet.models import ModelSpec
 from cifar_resnet.provenance import describe_device, git_commit, versions
 from cifar_resnet.runtime import Runtime, compile_counts
 from cifar_resnet.selection import Monitor, monitors_of, watch
+from cifar_resnet.tensors import save_tensors
 from cifar_resnet.timings import ProcessTimes, describe_timings, process_age
 from cifar_resnet.train import Trainer, build_trainer, train_epoch
 

@@ -11,36 +11,17 @@ import pandas as pd
 
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import check_csv, check_json, unreadable
-
-RUN_KEY = ["dataset", "variant", "depth", "seed"]
-_TEST_RESULTS = ("test_accuracy", "test_error", "test_loss", "params", "macs")
-_TRAINING = ("train_seconds", "epochs", "iterations", "selected_epoch", "selected_val_accuracy", "device")
-TRAIN_FIELDS = (*RUN_KEY, *_TRAINING)
-EVAL_FIELDS = (*_TEST_RESULTS, "inference_images_per_s")
-# The exported model's sizes, its agreement with PyTorch, the INT8 model's test error, batch-1 latencies
-# on one thread (median and p90), one batch's latency on several threads, and how they were measured.
-DEPLOY_FIELDS = (
-    "onnx_bytes",
-    "int8_bytes",
-    "onnx_top1_agreement",
-    "onnx_max_logit_difference",
-    "int8_test_error",
-    "int8_error_difference",
-    "onnx_b1_ms",
-    "onnx_b1_p90_ms",
-    "int8_b1_ms",
-    "int8_b1_p90_ms",
-    "eager_b1_ms",
-    "eager_b1_p90_ms",
-    "onnx_batch_ms",
-    "int8_batch_ms",
-    "eager_batch_ms",
-    "latency_batch_size",
-    "latency_threads",
-    "cpu",
+from cifar_resnet.records import (
+    DEPLOY_FIELDS,
+    EVAL_FIELDS,
+    RUN_KEY,
+    TEST_RESULTS,
+    TRAIN_FIELDS,
+    TRAINING,
 )
+
 # The run, its test results, its training, and the inference speed last; deployed summaries add DEPLOY_FIELDS.
-SUMMARY_COLUMNS = (*RUN_KEY, *_TEST_RESULTS, *_TRAINING, "inference_images_per_s")
+SUMMARY_COLUMNS = (*RUN_KEY, *TEST_RESULTS, *TRAINING, "inference_images_per_s")
 TEXT_COLUMNS = ("dataset", "variant", "device")
 
 
@@ -59,7 +40,7 @@ def summarize_runs(run_dirs: Sequence[Path], deployed: bool = False) -> pd.DataF
         rows.append(row)
     columns = [*SUMMARY_COLUMNS, *DEPLOY_FIELDS] if deployed else list(SUMMARY_COLUMNS)
     summary = pd.DataFrame(rows, columns=columns)
-    duplicated = summary[summary.duplicated(RUN_KEY, keep=False)]
+    duplicated = summary[summary.duplicated(list(RUN_KEY), keep=False)]
     if not duplicated.empty:
         first = duplicated.iloc[0]
         raise StudyError(

@@ -1,11 +1,35 @@
 import os
 import re
+import sys
 from pathlib import Path
+
+# The workflow's own package, from the src/ folder beside workflow/ (also where the workflow is used as
+# a module): Snakemake's process imports it from there, and every job inherits the path (the host's
+# Python, a rule's conda environment under --sdm conda, a cluster node, whose job reads this file
+# again), so nothing needs installing or setting.
+RULES_FOLDER = workflow.current_basedir.get_path_or_uri(secret_free=True)
+PACKAGE_PATH = str(Path(RULES_FOLDER).parents[1] / "src")
+if PACKAGE_PATH not in sys.path:
+    sys.path.insert(0, PACKAGE_PATH)
+INHERITED_PATH = os.getenv("PYTHONPATH", "").split(os.pathsep)
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        dict.fromkeys(filter(None, [PACKAGE_PATH, *INHERITED_PATH]))
+    )
+)
 
 from cifar_resnet.config import Run, check_unique_keys, load_study
 from cifar_resnet.errors import exit_on_study_error
-from cifar_resnet.layout import LOGS, RESULTS, RESUME_FILE, RUN_DIR, RUN_NAME, run_path
-from cifar_resnet.plots import DEPLOYMENT_PLOTS, plot_names
+from cifar_resnet.layout import (
+    DEPLOYMENT_PLOTS,
+    LOGS,
+    RESULTS,
+    RESUME_FILE,
+    RUN_DIR,
+    RUN_NAME,
+    plot_names,
+    run_path,
+)
 from cifar_resnet.preflight import check_before_jobs, check_local_device
 from cifar_resnet.report import write_report
 from cifar_resnet.sources import DATASETS, downloaded_datasets, get_source
@@ -14,11 +38,7 @@ from cifar_resnet.sources import DATASETS, downloaded_datasets, get_source
 # under the frames of the workflow's files.
 with exit_on_study_error():
     check_unique_keys(workflow.configfiles)
-    STUDY = load_study(
-        config,
-        workflow.source_path("../schemas/config.schema.yaml"),
-        command_line=workflow.config_settings.config,
-    )
+    STUDY = load_study(config, command_line=workflow.config_settings.config)
 DATA_ROOT = config["data"]["root"]
 REAL_DATASETS = downloaded_datasets()
 
@@ -42,13 +62,9 @@ README_BLOCK = f"{RESULTS}/readme_block.md"
 README = "README.md"
 DEPLOYS = config["deploy"]["enabled"]
 BUILDS_INT8 = DEPLOYS and config["deploy"]["int8"]
-# The deployment job holds the threads its latency batch runs time with: by default every core of the machine,
-# which Snakemake caps at --cores.
-LATENCY_THREADS = config["deploy"]["latency"]["batch_threads"] or os.cpu_count()
 PLOTS = plot_names(DEPLOYS)
 # The README's results block belongs to this repository: by default (auto) it is spliced only where the
 # workflow runs in its own clone, never into the working directory of a deployment (a module, or -s).
-RULES_FOLDER = workflow.current_basedir.get_path_or_uri(secret_free=True)
 IN_OWN_REPOSITORY = Path(RULES_FOLDER).parents[1].resolve() == Path.cwd().resolve()
 SPLICES_README = config["report"]["update_readme"]
 UPDATES_README = (

@@ -2,6 +2,11 @@
 # checked against PyTorch on the test split, INT8 calibrated on the training split, then CPU latency
 # and sizes.
 
+# A number the configuration gives, never the core count of the machine that submits the jobs. A
+# cluster asks for it as cpus_per_task (the SLURM plugin's CPU request), because Snakemake caps a rule's
+# threads at the submitting host's cores (--cores, which the workflow profile sets to all).
+LATENCY_THREADS = config["deploy"]["latency"]["batch_threads"]
+
 
 rule deploy:
     input:
@@ -21,6 +26,7 @@ rule deploy:
     # Every thread the batch runs time with, so that no other job shares the cores being measured.
     threads: LATENCY_THREADS
     resources:
+        cpus_per_task=LATENCY_THREADS,
         mem_mb=growing(4000),
         runtime=growing(15),
     params:

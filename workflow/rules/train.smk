@@ -22,6 +22,7 @@ rule train:
         "../envs/train.yaml"
     threads: JOB_THREADS
     resources:
+        cpus_per_task=JOB_THREADS,
         gpu=1,
         mem_mb=growing(8000),
         runtime=growing(train_minutes),

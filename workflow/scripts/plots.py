@@ -13,7 +13,6 @@ from cifar_resnet.errors import StudyError
 from cifar_resnet.files import check_json
 from cifar_resnet.layout import RUN_NAME
 from cifar_resnet.plots import (
-    CONFUSION_FIELDS,
     plot_confusion_matrix,
     plot_error_vs_depth,
     plot_error_vs_latency,
@@ -22,6 +21,7 @@ from cifar_resnet.plots import (
     plot_run_curve,
     read_history,
 )
+from cifar_resnet.records import CONFUSION_FIELDS
 from cifar_resnet.summary import read_summary
 from cifar_resnet.tables import PAPER_TABLE6_ERROR
 from cifar_resnet.workflow import run_job
