@@ -402,3 +402,51 @@ def test_a_run_stopped_by_the_cluster_is_resubmitted_with_larger_limits(tmp_path
     assert (first["TimeLimit"], second["TimeLimit"]) == ("00:45:00", "01:30:00")
     assert (first["MinMemoryNode"], second["MinMemoryNode"]) == ("8000M", "16000M")
     assert (workdir / target).stat().st_size > 0
+
+
+def terminate_when_training(comment: str, history: Path, deadline: float) -> str | None:
+    """Send SIGTERM, as SLURM does at a job's time limit, to the first running job whose comment holds
+    ``comment`` once its training has written ``history`` (an epoch done, more to come); its id, or None."""
+    while time.monotonic() < deadline:
+        listed = subprocess.run(
+            ["squeue", "--noheader", "--states=RUNNING", "--format=%i|%k"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+        ).stdout
+        for line in listed.splitlines():
+            job_id, _, job_comment = line.partition("|")
+            if comment in job_comment and history.exists():
+                subprocess.run(["scancel", "--signal=TERM", job_id], timeout=15, check=True)
+                return job_id
+        time.sleep(0.2)
+    return None
+
+
+@pytest.mark.slow
+def test_a_run_the_cluster_sends_sigterm_saves_its_training_and_its_retry_resumes_there(tmp_path: Path):
+    """`scancel --signal=TERM` while a run trains: the job saves its resume state at the next step, says
+    where it stopped, and the profile's retry resumes from there rather than from the start."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workdir, configs = demo_workdir(tmp_path / "term", ["paper"])
+    run_dir = workdir / "results/demo/runs/paper/resnet20/seed0"
+    extra = [*configs, *ON_CI_CLUSTER, "--retries", "1"]
+    with ThreadPoolExecutor(1) as pool:
+        signalled = pool.submit(
+            terminate_when_training, "run_demo_paper_20_0", run_dir / "history.csv", time.monotonic() + 240
+        )
+        run = run_through_slurm(
+            workdir, [str(run_dir / "deploy.json")], extra, timeout_s=400, profile=PROJECT_PROFILE
+        )
+        signalled = signalled.result()
+    assert run.returncode == 0, run.describe()
+    assert signalled in run.job_ids, (signalled, run.describe())
+    assert len(run.job_ids[run.job_ids.index(signalled) + 1 :]) == 1, run.describe()
+    logs = [workdir / "results/demo/logs/train/paper/resnet20/seed0.log"]
+    logs += sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
+    text = "\n".join(path.read_text(errors="replace") for path in logs if path.is_file())
+    stopped = re.search(r"Stopped by SIGTERM \(.*?\) at epoch (\d+)/\d+, step (\d+)", text)
+    assert stopped, run.describe()
+    assert re.search(rf"resumed from \S+ at epoch {stopped[1]}, step {stopped[2]}$", text, re.M), text[-3000:]
+    assert (run_dir / "deploy.json").stat().st_size > 0

@@ -27,6 +27,7 @@ from cifar_resnet.runtime import Runtime
 from cifar_resnet.selection import Monitor
 from cifar_resnet.tensors import load_tensors, save_tensors
 from cifar_resnet.train import build_trainer
+from cifar_resnet.workflow import Stopped
 
 DEPTHS = (20, 32, 44, 56, 110)
 ROOT = Path(__file__).resolve().parents[1]
@@ -296,6 +297,90 @@ def check_kill_and_resume(config, prepared, tmp_path, into_epoch=0.3):
 def test_a_job_killed_mid_epoch_resumes_to_identical_results(study, prepared, tmp_path):
     config = run(study, "plateau", unit="epochs", duration=6)  # plateau: the schedule's state resumes too
     check_kill_and_resume(config, prepared, tmp_path)
+
+
+class StopAfter:
+    """A stop request that arrives once the step loop has asked ``steps`` times (about ``steps`` steps)."""
+
+    name = "SIGTERM"
+
+    def __init__(self, steps: int):
+        self.left = steps
+
+    def __call__(self) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+
+def assert_same_run(folder: Path, reference: Path) -> None:
+    expected, resumed = load_tensors(reference / "model.pt"), load_tensors(folder / "model.pt")
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+    strip = lambda path: [row.split(",")[:7] for row in path.read_text().splitlines()]  # noqa: E731
+    assert strip(folder / "history.csv") == strip(reference / "history.csv")
+
+
+# 10 steps per epoch: the stop lands mid-way through the second epoch's steps, or at the third's first
+@pytest.mark.parametrize(("steps", "epoch", "step"), [(13, 2, 3), (20, 3, 0)])
+def test_a_stop_request_saves_the_epoch_at_its_step_and_the_rerun_continues_identically(
+    study, prepared, tmp_path, monkeypatch, steps, epoch, step
+):
+    """Dropout draws from the global generator at every step: the resumed steps draw what the
+    uninterrupted ones did only if the stop saved it mid-epoch."""
+    config = run(study, "dropout", depth=8, unit="epochs", duration=3)
+    train(config, prepared, tmp_path / "uninterrupted")
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    monkeypatch.setattr(run_module, "stop_request", StopAfter(steps))
+    where = rf"at epoch {epoch}/3, step {step} \(iteration {steps}\); its state is saved in .*resume.pt"
+    with pytest.raises(Stopped, match=rf"^Stopped by SIGTERM \(.*\) {where}"):
+        train(config, prepared, stopped, checkpoint_interval=3600)
+    state = load_tensors(stopped / "resume.pt")
+    assert (state["epoch"], state["partial"]["epoch"], state["partial"]["steps"]) == (epoch - 1, epoch, step)
+    assert not (stopped / "model.pt").exists() and (stopped / "history.csv").is_file()
+
+    monkeypatch.undo()
+    train(config, prepared, stopped)
+    assert_same_run(stopped, tmp_path / "uninterrupted")
+    assert not (stopped / "resume.pt").exists()
+
+
+SIGTERM_JOB = """
+import json, sys, types, torch
+from pathlib import Path
+from cifar_resnet.run import Outputs, train_job
+from cifar_resnet.workflow import run_job
+torch.set_num_threads(1)
+config, prepared, folder = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+outputs = Outputs(*(folder / name for name in ("model.pt", "history.csv", "train.json", "eval.json")))
+job = types.SimpleNamespace(log=[str(folder / "train.log")], threads=1)
+work = lambda: train_job(config, prepared, outputs, folder / "resume.pt", checkpoint_interval=3600)
+run_job(job, work, resumable=True)
+"""
+
+
+def test_a_training_job_given_sigterm_saves_its_work_says_where_and_resumes_there(study, prepared, tmp_path):
+    """What SLURM sends at a job's time limit: the job saves where it stands (no periodic checkpoint has
+    been written), logs one line and exits with 143; the rerun ends as an uninterrupted run."""
+    config = run(study, "dropout", depth=8, unit="epochs", duration=6)
+    train(config, prepared, tmp_path / "uninterrupted")
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_JOB, json.dumps(config), str(prepared), str(stopped)]
+    )
+    deadline = time.monotonic() + 120
+    while not (stopped / "history.csv").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    lines = (stopped / "train.log").read_text().splitlines()
+    assert "ERROR Stopped by SIGTERM (a cluster's time limit, preemption or scancel) at epoch" in lines[-1]
+    state = load_tensors(stopped / "resume.pt")
+    assert 1 <= state["epoch"] < 6 and not (stopped / "model.pt").exists()
+
+    train(config, prepared, stopped)
+    assert_same_run(stopped, tmp_path / "uninterrupted")
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint", b"PK\x03\x04truncated"])

@@ -25,7 +25,8 @@ from cifar_resnet.runtime import Runtime, compile_counts
 from cifar_resnet.selection import Monitor, monitors_of, watch
 from cifar_resnet.tensors import save_tensors
 from cifar_resnet.timings import ProcessTimes, describe_timings, process_age
-from cifar_resnet.train import Trainer, build_trainer, train_epoch
+from cifar_resnet.train import PartialEpoch, Trainer, build_trainer, train_epoch
+from cifar_resnet.workflow import Stopped, stop_request
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,13 @@ def train_run(
         trainer.runtime.device,
     )
     last_checkpoint = last_progress = time.perf_counter()
+    trainer.stop_requested = stop_request
     while progress["epoch"] < trainer.total_epochs and not progress["stopped_early"]:
-        row = train_epoch(trainer, progress["epoch"] + 1)
+        partial = PartialEpoch(**progress["partial"]) if progress["partial"] else None
+        row = train_epoch(trainer, progress["epoch"] + 1, partial)
+        if isinstance(row, PartialEpoch):
+            stop(row, trainer, monitors, progress, resume_file, outputs.history)
+        progress["partial"] = None
         after_epoch(trainer, monitors, progress, row, training)
         times.training += row["seconds"]
         times.validation += row["val_seconds"]
@@ -127,6 +133,25 @@ def train_run(
     return write_outputs(outputs, run_config, trainer, spec, data["class_names"], progress, started, times)
 
 
+def stop(
+    partial: PartialEpoch, trainer: Trainer, monitors: dict, progress: dict, resume_file: Path, history: Path
+) -> None:
+    """Save the resume state with the epoch stopped at ``partial`` (and the history so far), then end the
+    job with the one sentence that says where it stopped."""
+    progress["partial"] = vars(partial)
+    checkpoint.save_resume_state(
+        resume_file, progress, trainer.model, trainer.optimizer, trainer.schedule, monitors
+    )
+    if progress["history"]:
+        write_history(history, progress["history"])
+    iteration = (partial.epoch - 1) * trainer.steps_per_epoch + partial.steps
+    raise Stopped(
+        f"Stopped by {stop_request.name} (a cluster's time limit, preemption or scancel) at epoch "
+        f"{partial.epoch}/{trainer.total_epochs}, step {partial.steps} (iteration {iteration}); its state is "
+        f"saved in {resume_file}, and the same snakemake command (or the profile's retry) resumes it there."
+    )
+
+
 def resume(trainer: Trainer, monitors: dict[str, Monitor], resume_file: Path, run_hash: str) -> dict:
     """The run's progress: restored from ``resume_file`` (with the trainer's and monitors' state) when
     an earlier process of this configuration left one, else a fresh start."""
@@ -137,6 +162,7 @@ def resume(trainer: Trainer, monitors: dict[str, Monitor], resume_file: Path, ru
         "train_seconds": 0.0,
         "selected": None,
         "stopped_early": False,
+        "partial": None,  # an epoch stopped at a step boundary (PartialEpoch's fields)
     }
     resumed = checkpoint.read_resume_state(resume_file, run_hash)
     if not resumed:
@@ -147,8 +173,16 @@ def resume(trainer: Trainer, monitors: dict[str, Monitor], resume_file: Path, ru
         log.warning("resume file %s does not fit (%s): starting from scratch", resume_file, error)
         resume_file.unlink()
         return progress
-    progress.update({key: resumed[key] for key in progress})
-    log.info("resumed from %s after epoch %d", resume_file, progress["epoch"])
+    progress.update({key: resumed.get(key, progress[key]) for key in progress})
+    if progress["partial"]:
+        log.info(
+            "resumed from %s at epoch %d, step %d",
+            resume_file,
+            progress["partial"]["epoch"],
+            progress["partial"]["steps"],
+        )
+    else:
+        log.info("resumed from %s after epoch %d", resume_file, progress["epoch"])
     return progress
 
 

@@ -47,6 +47,9 @@ class Trainer:
     total_iterations: int
     show_progress: bool  # a step counter on the terminal, when there is one
     first_step_seconds: float | None = None  # this process's first step: compilation, autotuning
+    # Read after every step: true once the job has been asked to stop (a cluster's SIGTERM), so that the
+    # step loop ends at the next step boundary with what it needs to continue there.
+    stop_requested: Callable[[], bool] = lambda: False
 
     @property
     def batch_size(self) -> int:
@@ -141,17 +144,36 @@ def set_training_mode(model: CifarResNet, frozen_backbone: bool) -> None:
 
 @dataclass
 class StepsDone:
-    """An epoch's step loop: its per-step losses and correct predictions, still on the device."""
+    """An epoch's step loop: its per-step losses and correct predictions, still on the device, and how
+    many of its steps ran (fewer than planned where it was asked to stop)."""
 
     losses: torch.Tensor
     correct: torch.Tensor
     lr: float
+    steps: int
 
 
-def train_steps(trainer: Trainer, epoch: int, steps: int) -> StepsDone:
+@dataclass
+class PartialEpoch:
+    """An epoch stopped at a step boundary: what its remaining steps need to continue exactly as an
+    uninterrupted epoch would (its order and augmentation are drawn again from (seed, epoch); dropout
+    continues from the global generators' state). Plain tensors and numbers, saved with the resume state."""
+
+    epoch: int
+    steps: int  # the steps done
+    losses: torch.Tensor  # theirs, on the CPU
+    correct: int
+    seconds: float  # the step loop's time so far
+    lr: float
+    rng_state: torch.Tensor
+    cuda_rng_state: torch.Tensor | None
+
+
+def train_steps(trainer: Trainer, epoch: int, steps: int, partial: PartialEpoch | None = None) -> StepsDone:
     """The first ``steps`` steps of ``epoch`` over a fresh permutation of the training split, augmented
-    in one batched call. Nothing waits for the device except the closing finiteness check: losses and
-    hits accumulate there."""
+    in one batched call, from the step ``partial`` stopped at where it is given. Nothing waits for the
+    device except the closing finiteness check: losses and hits accumulate there. The loop ends early
+    at a step boundary once ``trainer.stop_requested()``."""
     batch_size, device = trainer.batch_size, trainer.runtime.device
     first_iteration = (epoch - 1) * trainer.steps_per_epoch
     generator = torch.Generator(device=device).manual_seed(epoch_seed(trainer.seed, epoch))
@@ -166,8 +188,19 @@ def train_steps(trainer: Trainer, epoch: int, steps: int) -> StepsDone:
     epoch_labels = trainer.train.labels[order]
     losses = torch.empty(steps, device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    start, lr = 0, trainer.schedule.at(first_iteration)
+    if partial is not None:
+        start, lr = partial.steps, partial.lr
+        losses[:start] = partial.losses.to(device)
+        correct += partial.correct
+        torch.set_rng_state(partial.rng_state)
+        if partial.cuda_rng_state is not None:
+            torch.cuda.set_rng_state(partial.cuda_rng_state, device)
     set_training_mode(trainer.model, trainer.frozen)
-    for step in range(steps):
+    for step in range(start, steps):
+        if trainer.stop_requested():
+            check_finite(losses[:step], epoch, first_iteration)
+            return StepsDone(losses[:step], correct, lr, step)
         lr = trainer.schedule.at(first_iteration + step)
         for group in trainer.optimizer.param_groups:
             group["lr"] = lr
@@ -192,16 +225,29 @@ def train_steps(trainer: Trainer, epoch: int, steps: int) -> StepsDone:
         if trainer.show_progress:
             print(f"\repoch {epoch}/{trainer.total_epochs} step {step + 1}/{steps}", end="", file=sys.stderr)
     check_finite(losses, epoch, first_iteration)
-    return StepsDone(losses, correct, lr)
+    return StepsDone(losses, correct, lr, steps)
 
 
-def train_epoch(trainer: Trainer, epoch: int) -> dict:
-    """One epoch's steps, then validation; returns the history row."""
+def train_epoch(trainer: Trainer, epoch: int, partial: PartialEpoch | None = None) -> dict | PartialEpoch:
+    """One epoch's steps (continuing ``partial``), then validation; returns the history row, or the
+    PartialEpoch where the job was asked to stop before its last step."""
     started = time.perf_counter()
     first_iteration = (epoch - 1) * trainer.steps_per_epoch
     steps = min(trainer.steps_per_epoch, trainer.total_iterations - first_iteration)
-    done = train_steps(trainer, epoch, steps)
-    seconds = time.perf_counter() - started
+    done = train_steps(trainer, epoch, steps, partial)
+    seconds = time.perf_counter() - started + (partial.seconds if partial else 0.0)
+    if done.steps < steps:
+        cuda = trainer.runtime.device.type == "cuda"
+        return PartialEpoch(
+            epoch,
+            done.steps,
+            done.losses.cpu(),
+            int(done.correct),
+            seconds,
+            done.lr,
+            torch.get_rng_state(),
+            torch.cuda.get_rng_state(trainer.runtime.device) if cuda else None,
+        )
     validation = evaluate_split(trainer.forward, trainer.val, trainer.mean, trainer.std, trainer.runtime)
     val_seconds = time.perf_counter() - started - seconds
     if trainer.show_progress:

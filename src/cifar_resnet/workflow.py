@@ -1,5 +1,6 @@
 """What every script of the workflow shares: logging into the rule's log file, the job's thread
-count, and user-fixable errors reported as one sentence instead of a traceback."""
+count, user-fixable errors reported as one sentence instead of a traceback, and for a resumable job a
+cluster's SIGTERM turned into a stop where its work can be saved."""
 
 from __future__ import annotations
 
@@ -7,10 +8,33 @@ import errno
 import gc
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
 from cifar_resnet.errors import StudyError
+
+
+class Stopped(StudyError):
+    """A job that saved its work when asked to stop, and says where it stopped."""
+
+
+class StopRequest:
+    """The signal a cluster sends before it kills a job (SLURM at its time limit, on preemption or
+    scancel: SIGTERM, then SIGKILL some seconds later), remembered rather than obeyed at once, so that a
+    resumable job stops at the next point where it can save its work. Call it for whether one came."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+
+    def __call__(self) -> bool:
+        return self.name is not None
+
+    def receive(self, signum: int, frame) -> None:
+        self.name = signal.Signals(signum).name
+
+
+stop_request = StopRequest()
 
 
 def run_job(snakemake, job: Callable[[], object], resumable: bool = False) -> None:
@@ -32,8 +56,13 @@ def run_job(snakemake, job: Callable[[], object], resumable: bool = False) -> No
     # of the job's collections, and the job's own out of the interpreter's last one at exit, which
     # Snakemake waits for (docs/benchmark.md).
     gc.freeze()
+    if resumable:
+        signal.signal(signal.SIGTERM, stop_request.receive)
     try:
         job()
+    except Stopped as error:
+        logging.getLogger("cifar_resnet").error("%s", error)
+        sys.exit(128 + signal.SIGTERM)
     except StudyError as error:
         logging.getLogger("cifar_resnet").error("%s", error)
         sys.exit(1)
