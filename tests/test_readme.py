@@ -70,6 +70,14 @@ def test_variant_table_lists_every_variant_in_order():
     assert "He et al. 2019" in lines[3]
 
 
+def test_variant_table_shows_html_in_a_description_as_text():
+    variants = {"x": {"description": '<img src=x onerror="alert(1)"> & <b>bold</b>', "source": "<i>me</i>"}}
+    row = variant_table(variants).splitlines()[2]
+    assert "<" not in row and ">" not in row
+    assert '&lt;img src=x onerror="alert(1)"&gt; &amp; &lt;b&gt;bold&lt;/b&gt;' in row
+    assert "&lt;i&gt;me&lt;/i&gt;" in row
+
+
 def test_variant_table_names_a_variant_without_a_source():
     with pytest.raises(StudyError, match="'paper' lacks source"):
         variant_table({"paper": {"description": "The original recipe"}})

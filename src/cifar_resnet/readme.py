@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,8 +28,9 @@ def variant_table(variants: Mapping[str, Mapping]) -> str:
 
 
 def _table_cell(text: str) -> str:
-    # Config descriptions may span lines (YAML block scalars) or hold "|", which would split the cell.
-    return " ".join(str(text).split()).replace("|", "\\|")
+    # Config descriptions may span lines (YAML block scalars) or hold "|", which would split the cell, or
+    # HTML, which Markdown would pass through as markup: they are shown as written.
+    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|")
 
 
 VARIANTS_MARKERS = ("<!-- variants:start -->", "<!-- variants:end -->")
