@@ -70,8 +70,11 @@ def partial_writer(owner, name):
     if owner is torch or owner is Path:
 
         def partial(first, *args, **kwargs):
-            path = args[0] if owner is torch else first
-            Path(path).write_bytes(b"half a file")
+            target = args[0] if owner is torch else first
+            if hasattr(target, "write"):  # torch.save into an open file
+                target.write(b"half a file")
+            else:
+                Path(target).write_bytes(b"half a file")
             raise OSError(errno.ENOSPC, "No space left on device")
 
         return partial

@@ -79,6 +79,55 @@ def test_the_release_folder_must_be_new(finished_run, tmp_path):  # noqa: F811
         release_runs([finished_run], tmp_path / "v1")
 
 
+def test_the_same_runs_give_the_same_bytes(finished_run, tmp_path):  # noqa: F811
+    """A release is reproducible: nothing in its files depends on when, where or under which temporary
+    name it was built, so the same runs give the same sha256 values."""
+    release_runs([finished_run], tmp_path / "a")
+    release_runs([finished_run], tmp_path / "b")
+    files = sorted(path.name for path in (tmp_path / "a").iterdir())
+    assert files == sorted(path.name for path in (tmp_path / "b").iterdir())
+    assert all((tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes() for name in files)
+
+
+@pytest.mark.parametrize(
+    ("damage", "sentence"),
+    [
+        ("model.pt", r"seed0 has no model.pt: name the folders of finished runs"),
+        ("eval.json", r"seed0 has no eval.json: name the folders of finished runs"),
+        ("folder", r"seed0 is not a folder: name the folders of finished runs"),
+    ],
+)
+def test_a_folder_that_is_not_a_finished_run_is_named_and_nothing_is_left(
+    finished_run,  # noqa: F811
+    tmp_path,
+    damage,
+    sentence,
+):
+    import shutil
+
+    run_dir = tmp_path / "runs" / "paper" / "resnet20" / "seed0"
+    shutil.copytree(finished_run, run_dir)
+    if damage == "folder":
+        shutil.rmtree(run_dir)
+    else:
+        (run_dir / damage).unlink()
+    with pytest.raises(StudyError, match=sentence):
+        release_runs([finished_run, run_dir], tmp_path / "v1")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]
+
+
+def test_a_release_that_fails_while_building_leaves_nothing(finished_run, tmp_path, monkeypatch):  # noqa: F811
+    from cifar_resnet import release
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(release, "write_json", full_disk)
+    with pytest.raises(OSError):
+        release_runs([finished_run], tmp_path / "v1")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_command_releases_the_runs_named(finished_run, tmp_path):  # noqa: F811
     out = tmp_path / "release"
     command = [sys.executable, "-m", "cifar_resnet.cli", "release", str(out), str(finished_run)]

@@ -33,20 +33,45 @@ def release_runs(run_dirs: list[Path], out: Path) -> dict:
         raise StudyError(
             "No runs to release: name their folders, e.g. results/cifar10/runs/paper/resnet20/seed0."
         )
+    for run_dir in map(Path, run_dirs):
+        check_finished(run_dir)
     building = out.with_name(f".{out.name}.building")
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
+    try:
+        manifest = build_release(run_dirs, building)
+        building.rename(out)
+    finally:  # a failed release leaves nothing behind
+        shutil.rmtree(building, ignore_errors=True)
+    return manifest
+
+
+# What a run's folder holds once its training job has finished: what a release packs.
+FINISHED_RUN = ("model.pt", "train.json", "eval.json")
+
+
+def check_finished(run_dir: Path) -> None:
+    missing = [name for name in FINISHED_RUN if not (run_dir / name).is_file()]
+    if missing:
+        what = "is not a folder" if not run_dir.is_dir() else f"has no {' and no '.join(missing)}"
+        raise StudyError(
+            f"{run_dir} {what}: name the folders of finished runs, such as "
+            "results/cifar10/runs/paper/resnet20/seed0 (cifar-resnet status lists them)."
+        )
+
+
+def build_release(run_dirs: list[Path], folder: Path) -> dict:
+    """Each run's files, the manifest and the checksums in ``folder``; returns the manifest."""
     models = {}
     for run_dir in map(Path, run_dirs):
-        entry = release_run(run_dir, building)
+        entry = release_run(run_dir, folder)
         if entry["name"] in models:
             raise StudyError(f"{run_dir} is the same run as another one named; release each run once.")
         models[entry["name"]] = entry
     manifest = {"models": models}
-    write_json(building / MANIFEST, manifest)
-    files = sorted(path for path in building.iterdir() if path.name != CHECKSUMS)
-    write_text(building / CHECKSUMS, "".join(f"{sha256(path)}  {path.name}\n" for path in files))
-    building.rename(out)
+    write_json(folder / MANIFEST, manifest)
+    files = sorted(path for path in folder.iterdir() if path.name != CHECKSUMS)
+    write_text(folder / CHECKSUMS, "".join(f"{sha256(path)}  {path.name}\n" for path in files))
     return manifest
 
 

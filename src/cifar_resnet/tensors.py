@@ -14,9 +14,11 @@ from cifar_resnet.files import atomic_output, check_tensor_file, unreadable
 
 
 def save_tensors(path: str | os.PathLike, data) -> None:
-    """``torch.save`` of tensors and plain containers only, so ``load_tensors`` can refuse anything else."""
-    with atomic_output(path) as temporary:
-        torch.save(data, temporary)
+    """``torch.save`` of tensors and plain containers only, so ``load_tensors`` can refuse anything else.
+    Saved through a file object: torch names the archive inside after a path it is given, which would
+    record the temporary name and make the same tensors give other bytes each time."""
+    with atomic_output(path) as temporary, open(temporary, "wb") as handle:
+        torch.save(data, handle)
 
 
 def load_tensors(path: str | os.PathLike, map_location="cpu"):
