@@ -14,7 +14,7 @@ from cifar_resnet import files, tensors
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import check_csv, check_json, check_tensor_file
 from cifar_resnet.plots import plot_confusion_matrix
-from cifar_resnet.run import HISTORY_COLUMNS, write_history
+from cifar_resnet.records import HISTORY_COLUMNS, write_history
 from cifar_resnet.tensors import load_checkpoint, save_tensors
 
 

@@ -5,7 +5,6 @@ selected model, ``eval.json``."""
 
 from __future__ import annotations
 
-import csv
 import logging
 import statistics
 import time
@@ -18,9 +17,10 @@ from cifar_resnet import checkpoint, datasets
 from cifar_resnet.config import config_hash
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import evaluate_run
-from cifar_resnet.files import atomic_output, write_json
+from cifar_resnet.files import write_json
 from cifar_resnet.models import ModelSpec
 from cifar_resnet.provenance import describe_device, git_commit, versions
+from cifar_resnet.records import write_history
 from cifar_resnet.runtime import Runtime, compile_counts
 from cifar_resnet.selection import Monitor, monitors_of, watch
 from cifar_resnet.tensors import save_tensors
@@ -35,20 +35,6 @@ CHECKPOINT_INTERVAL_SECONDS = 60.0
 # that a running study shows its progress; on a fast GPU's half-second epochs, writing (and syncing) it
 # after every epoch would cost more than the progress is worth.
 PROGRESS_INTERVAL_SECONDS = 10.0
-
-HISTORY_COLUMNS = [
-    "epoch",
-    "iteration",
-    "lr",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "seconds",
-    "images_per_s",
-    "val_seconds",
-    "epochs",
-]
 
 
 @dataclass
@@ -283,10 +269,3 @@ def write_outputs(
             summary["execution"]["cuda_graph_skips"],
         )
     return summary
-
-
-def write_history(path: Path, rows: list[dict]) -> None:
-    with atomic_output(path) as temporary, open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)

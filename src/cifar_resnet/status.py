@@ -5,20 +5,25 @@ logs) and the configuration, so it answers the same locally and under SLURM, fro
 
 from __future__ import annotations
 
-import csv
-import json
+import re
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cifar_resnet.config import Run, Study
-from cifar_resnet.layout import LOGS, RUN_DIR, RUN_NAME, run_path
+from cifar_resnet.files import check_json
+from cifar_resnet.layout import LOGS, RESULTS, RUN_DIR, RUN_NAME, run_path
+from cifar_resnet.records import read_history
 from cifar_resnet.tables import format_duration
 
 # The line a job's log holds when the job failed: workflow.run_job logs its one sentence at this level.
 FAILURE_MARK = " ERROR "
-STATES = ("done", "trained", "training", "failed", "waiting")
+# The sentence a training job logs when a signal stopped it after saving its work (run.stop).
+STOPPED = re.compile(
+    r"Stopped by (?P<signal>\w+) .*? at epoch (?P<epoch>\d+)/(?P<epochs>\d+), step (?P<step>\d+)"
+)
+STATES = ("done", "trained", "training", "stopped", "failed", "waiting")
 
 
 @dataclass
@@ -29,7 +34,9 @@ class RunState:
     epochs: int | None = None
     seconds_left: float | None = None  # the run's training time left, from its epochs so far
     updated: float | None = None  # when its history.csv was last written (epoch seconds)
-    log: Path | None = None  # the failed job's log
+    log: Path | None = None  # the failed or stopped job's log
+    stopped_by: str | None = None  # the signal that stopped it (SIGTERM: a cluster's time limit, most often)
+    step: int | None = None  # where in its epoch it stopped
 
 
 def run_state(run: Run, deploys: bool) -> RunState:
@@ -44,16 +51,27 @@ def run_state(run: Run, deploys: bool) -> RunState:
             if failed(logs["deploy"])
             else RunState(run, "trained")
         )
+    stopped = stop_of(logs["train"])
+    if stopped:
+        return RunState(
+            run,
+            "stopped",
+            epoch=int(stopped["epoch"]),
+            epochs=int(stopped["epochs"]),
+            log=logs["train"],
+            stopped_by=stopped["signal"],
+            step=int(stopped["step"]),
+        )
     if failed(logs["train"]):
         return RunState(run, "failed", log=logs["train"])
     history = run_dir / "history.csv"
     if not history.exists():
         return RunState(run, "training" if logs["train"].exists() else "waiting")
-    rows = list(csv.DictReader(history.open()))
+    rows = read_history(history)
     if not rows:
         return RunState(run, "training")
     last, epochs = rows[-1], int(rows[-1].get("epochs") or len(rows))
-    epoch_seconds = statistics.mean(float(row["seconds"]) + float(row["val_seconds"] or 0) for row in rows)
+    epoch_seconds = statistics.mean(row["seconds"] + (row.get("val_seconds") or 0) for row in rows)
     return RunState(
         run,
         "training",
@@ -68,6 +86,11 @@ def failed(log: Path) -> bool:
     return log.exists() and FAILURE_MARK in log.read_text(errors="replace")
 
 
+def stop_of(log: Path) -> re.Match | None:
+    """Where the job whose log this is was stopped by a signal, having saved its work; None otherwise."""
+    return STOPPED.search(log.read_text(errors="replace")) if log.exists() else None
+
+
 def study_state(study: Study, deploys: bool) -> list[RunState]:
     """Every run the workflow trains, pretraining runs included, in the workflow's order."""
     return [run_state(run, deploys) for run in study.trained_runs()]
@@ -80,7 +103,7 @@ def training_seconds_left(states: list[RunState], study: Study) -> float | None:
     run has finished."""
     done = [s for s in states if s.state in ("done", "trained")]
     rates = [
-        json.loads(Path(run_path(f"{RUN_DIR}/train.json", s.run)).read_text())["wall_seconds"]
+        check_json(run_path(f"{RUN_DIR}/train.json", s.run), ("wall_seconds",))["wall_seconds"]
         / compute(s.run, study)
         for s in done
     ]
@@ -88,7 +111,9 @@ def training_seconds_left(states: list[RunState], study: Study) -> float | None:
         return None
     rate = statistics.median(rates)
     running = [s for s in states if s.state == "training"]
-    waiting = [s for s in states if s.state == "waiting"]
+    waiting = [
+        s for s in states if s.state in ("waiting", "stopped")
+    ]  # a stopped run: at most its whole time
     work = sum(s.seconds_left or 0 for s in running) + sum(rate * compute(s.run, study) for s in waiting)
     return work / max(1, len(running))
 
@@ -111,10 +136,19 @@ def describe(states: list[RunState], seconds_left: float | None, now: float | No
             )
         elif s.state == "training":
             lines.append(f"training  {name}: starting")
+        elif s.state == "stopped":
+            lines.append(
+                f"stopped   {name}: by {s.stopped_by} at epoch {s.epoch}/{s.epochs}, step {s.step}, its work "
+                f"saved; the same snakemake command resumes it (see {s.log})"
+            )
         elif s.state == "failed":
             lines.append(f"failed    {name}: see {s.log}")
         elif s.state == "trained":
             lines.append(f"trained   {name}: its deployment is to come")
+    if not Path(RESULTS).is_dir():
+        lines.append(
+            f"nothing has run in {Path.cwd()} (it has no {RESULTS}/ folder): run this where you run snakemake"
+        )
     counts = {state: sum(s.state == state for s in states) for state in STATES}
     lines.append(", ".join(f"{count} {state}" for state, count in counts.items()) + f" of {len(states)} runs")
     if counts["done"] + counts["trained"] < len(states):
