@@ -54,6 +54,43 @@ def test_the_loaded_model_scores_the_runs_test_accuracy(finished_run, prepared):
     )
 
 
+def test_the_model_takes_channels_last_and_numpy_images_as_the_same_images(finished_run, prepared):
+    model = cifar_resnet.load_run(finished_run)
+    images = load_prepared(prepared, splits=("test",))["test_images"][:4]
+    with torch.no_grad():
+        expected = model(images)
+        channels_last = images.permute(0, 2, 3, 1).contiguous()
+        torch.testing.assert_close(model(channels_last), expected)
+        torch.testing.assert_close(model(channels_last.numpy()), expected)
+        torch.testing.assert_close(model(channels_last[0]), expected[:1])  # one [32, 32, 3] image
+        torch.testing.assert_close(model(images[0]), expected[:1])  # one [3, 32, 32] image
+
+
+@pytest.mark.parametrize(
+    ("make", "sentence"),
+    [
+        (
+            lambda x: x.float() / 255,
+            r"uint8 images with values 0 to 255, not torch.float32: pass them before",
+        ),
+        (lambda x: x.numpy().astype("float64"), r"not torch.float64"),
+        (
+            lambda x: torch.nn.functional.interpolate(x.float(), 64).to(torch.uint8),
+            r"32×32 images, not 64×64",
+        ),
+        (lambda x: x[:, :1], r"RGB images \[batch, 3, 32, 32\] .* not a tensor of shape \[4, 1, 32, 32\]"),
+        (lambda x: x.tolist(), r"as a tensor or numpy array, not a list"),
+    ],
+)
+def test_the_model_refuses_what_it_would_answer_with_garbage_in_one_sentence(
+    finished_run, prepared, make, sentence
+):
+    model = cifar_resnet.load_run(finished_run)
+    images = load_prepared(prepared, splits=("test",))["test_images"][:4]
+    with pytest.raises(StudyError, match=sentence):
+        model(make(images))
+
+
 def test_a_train_json_without_the_inputs_normalisation_is_refused(finished_run, tmp_path):
     for name in ("model.pt", "eval.json"):
         (tmp_path / name).write_bytes((finished_run / name).read_bytes())

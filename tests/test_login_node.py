@@ -132,15 +132,25 @@ def test_a_module_deployment_runs_with_a_python_that_lacks_the_package_and_statu
         MODULE_SNAKEFILE.format(snakefile=workflow / "workflow" / "Snakefile")
     )
     shutil.copytree(workflow / TEST_CASE / "config", deployment / "config")
-    run([str(python), "-m", "snakemake", "--cores", "2"], deployment, clean_environment())
+    home = tmp_path / "home"  # what the jobs write outside the working folder lands here
+    home.mkdir()
+    environment = {k: v for k, v in clean_environment(HOME=str(home)).items() if not k.startswith("XDG_")}
+    run([str(python), "-m", "snakemake", "--cores", "2"], deployment, environment)
     runs = sorted((deployment / "results" / "demo" / "runs").glob("*/resnet8/seed*"))
     assert len(runs) == 4 and all((run / "deploy.json").is_file() for run in runs)
     assert (deployment / "results" / "demo" / "tables" / "accuracy.md").is_file()
 
-    cli = [sys.executable, "-m", "cifar_resnet.cli"]
-    status = run([*cli, "status"], deployment, clean_environment()).stdout
-    assert status.splitlines()[-1] == "4 done, 0 trained, 0 training, 0 failed, 0 waiting of 4 runs"
-    run([*cli, "release", "release", str(runs[0].relative_to(deployment))], deployment, clean_environment())
+    # Snakemake's own process makes the empty folders of its source cache under ~/.cache; nothing else
+    written = [path.relative_to(home) for path in home.rglob("*") if not path.is_dir()]
+    assert written == [], f"the run wrote outside its folder: {written}"
+
+    cli = [sys.executable, "-m", "cifar_resnet.cli"]  # the clone's package, as the jobs had it
+    environment["PYTHONPATH"] = str(workflow / "src")
+    status = run([*cli, "status"], deployment, environment).stdout
+    assert (
+        status.splitlines()[-1] == "4 done, 0 trained, 0 training, 0 stopped, 0 failed, 0 waiting of 4 runs"
+    )
+    run([*cli, "release", "release", str(runs[0].relative_to(deployment))], deployment, environment)
     assert (deployment / "release" / "manifest.json").is_file()
 
 

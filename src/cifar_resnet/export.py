@@ -36,7 +36,43 @@ class DeployedModel(nn.Module):
         self.register_buffer("shift", (-mean / std).view(1, 3, 1, 1))
 
     def forward(self, images):
+        images = as_images(images)
         return self.model(images.float() * self.scale + self.shift)
+
+
+def as_images(images) -> torch.Tensor:
+    """The model's input contract: uint8 RGB images ``[batch, 3, 32, 32]``, values 0 to 255, as a tensor
+    or a numpy array. Where the layout is unambiguous it is converted: one image ``[3, 32, 32]``, and
+    channels last (``[32, 32, 3]`` or ``[batch, 32, 32, 3]``, what PIL and numpy give). Anything else, a
+    float image scaled to [0, 1] (torchvision's ``ToTensor``) among them, is refused in one sentence:
+    the model would return confident garbage."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        raise StudyError(
+            f"The model takes uint8 images as a tensor or numpy array, not a {type(images).__name__}."
+        )
+    if images.dtype != torch.uint8:
+        raise StudyError(
+            f"The model takes uint8 images with values 0 to 255, not {images.dtype}: pass them before "
+            "ToTensor or any scaling (a float image x in [0, 1] is (x * 255).round().to(torch.uint8))."
+        )
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() == 4 and images.shape[-1] == 3 and images.shape[1] != 3:
+        images = images.permute(0, 3, 1, 2)  # channels last, as PIL and numpy hold images
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise StudyError(
+            f"The model takes RGB images [batch, 3, 32, 32] (or one [32, 32, 3] image), not a tensor of "
+            f"shape {list(images.shape)}."
+        )
+    if tuple(images.shape[2:]) != (32, 32):
+        height, width = images.shape[2:]
+        raise StudyError(
+            f"The model takes 32×32 images, not {height}×{width}: resize them to 32×32 first, the size it "
+            "was trained on."
+        )
+    return images
 
 
 def export_onnx(model: DeployedModel, path: Path) -> None:

@@ -12,10 +12,14 @@ PACKAGE_PATH = str(Path(RULES_FOLDER).parents[1] / "src")
 if PACKAGE_PATH not in sys.path:
     sys.path.insert(0, PACKAGE_PATH)
 INHERITED_PATH = os.getenv("PYTHONPATH", "").split(os.pathsep)
+# Nothing outside the working folder: matplotlib's font cache goes under .snakemake/, and onnxruntime's
+# telemetry, which would write a device id and a database under ~/.cache, is off.
 os.environ.update(
     PYTHONPATH=os.pathsep.join(
         dict.fromkeys(filter(None, [PACKAGE_PATH, *INHERITED_PATH]))
-    )
+    ),
+    MPLCONFIGDIR=str(Path(".snakemake", "matplotlib").resolve()),
+    ORT_DISABLE_TELEMETRY="1",
 )
 
 from cifar_resnet.config import Run, check_unique_keys, load_study
