@@ -5,7 +5,8 @@
 
 ``release`` is the URL of a release folder's ``manifest.json`` (a GitHub release's assets, or any web
 server); without it, the environment variable CIFAR_RESNET_RELEASE. The weights are downloaded once into
-torch.hub's cache and verified against the sha256 their file name carries.
+torch.hub's cache; every load verifies them against the full sha256 the manifest records, and their
+provenance against the run asked for.
 """
 
 import os

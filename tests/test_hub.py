@@ -1,6 +1,7 @@
 """cifar_resnet.load_run: a finished run's model, ready to classify uint8 images in one call."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,31 @@ def test_the_model_refuses_what_it_would_answer_with_garbage_in_one_sentence(
     images = load_prepared(prepared, splits=("test",))["test_images"][:4]
     with pytest.raises(StudyError, match=sentence):
         model(make(images))
+
+
+def test_a_folder_that_is_not_a_finished_run_is_one_sentence(finished_run, tmp_path):
+    with pytest.raises(StudyError, match=r"nowhere is not a folder: name the folders of finished runs"):
+        cifar_resnet.load_run(tmp_path / "nowhere")
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / "eval.json").unlink()
+    with pytest.raises(StudyError, match=r"run has no eval.json: name the folders of finished runs"):
+        cifar_resnet.load_run(run_dir)
+
+
+def test_weights_of_another_depth_in_a_runs_folder_are_one_sentence(finished_run, study, tmp_path):
+    from cifar_resnet.config import Run
+    from cifar_resnet.models import ModelSpec, build_model
+    from cifar_resnet.tensors import save_tensors
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    resnet8 = build_model(ModelSpec.for_run(study.run_config(Run("demo", "paper", 8, 0)), 10))
+    save_tensors(run_dir / "model.pt", resnet8.state_dict())
+    with pytest.raises(
+        StudyError, match=r"model.pt does not hold the weights of the ResNet-20 \(paper\) its train"
+    ):
+        cifar_resnet.load_run(run_dir)
 
 
 def test_a_train_json_without_the_inputs_normalisation_is_refused(finished_run, tmp_path):

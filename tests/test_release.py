@@ -62,9 +62,76 @@ def test_a_tampered_weights_file_is_refused_in_one_sentence_and_not_cached(relea
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
 
-    with pytest.raises(StudyError, match=f"{weights.name} .* does not match the sha256 in its name"):
+    with pytest.raises(StudyError, match=f"{weights.name} .* does not match the sha256 its manifest records"):
         torch.hub.load(str(ROOT), "resnet20", source="local", dataset="demo", release=manifest_url)
     assert not list((tmp_path / "torch-home").rglob("*.pt"))
+
+
+def load(manifest_url: str, seed: int = 0):
+    return torch.hub.load(
+        str(ROOT), "resnet20", source="local", dataset="demo", seed=seed, release=manifest_url
+    )
+
+
+def test_every_load_verifies_the_cached_weights_not_only_the_download(released, tmp_path):
+    """A cached copy changed after its download (a flipped bit, another run's weights put in its place) is
+    refused on the next load, and removed, instead of loading silently."""
+    folder, manifest_url = released
+    load(manifest_url)
+    (cached,) = (tmp_path / "torch-home").rglob(f"{NAME}-*.pt")
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    cached.write_bytes(bytes(data))
+    with pytest.raises(
+        StudyError, match="does not match the sha256 its manifest records: the download or the"
+    ):
+        load(manifest_url)
+    assert not cached.exists()
+    assert load(manifest_url).provenance["seed"] == 0  # downloaded again, whole
+
+
+def edit_manifest(folder: Path, change) -> None:
+    manifest = json.loads((folder / MANIFEST).read_text())
+    (folder / MANIFEST).write_text(json.dumps(change(manifest)))
+
+
+def test_weights_of_another_run_than_the_manifest_names_are_refused(released):
+    folder, manifest_url = released
+    edit_manifest(folder, lambda m: {"models": {NAME.replace("seed0", "seed1"): m["models"][NAME]}})
+    with pytest.raises(
+        StudyError, match=f"holds the model {NAME}, not demo-paper-resnet20-seed1 as its manifest"
+    ):
+        load(manifest_url, seed=1)
+
+
+@pytest.mark.parametrize(
+    ("change", "sentence"),
+    [
+        (lambda m: list(m["models"]), r"is not a release manifest: it has no mapping of models"),
+        (lambda m: {"models": {NAME: {"name": NAME}}}, r"lacks its weights file or their full sha256"),
+        (
+            lambda m: {"models": {NAME: {**m["models"][NAME], "sha256": {}}}},
+            r"lacks its weights file or their",
+        ),
+        (
+            lambda m: {"models": {NAME: {**m["models"][NAME], "sha256": {"weights": "0" * 12}}}},
+            r"lacks its weights file or their full sha256",
+        ),
+        (
+            lambda m: {"models": {NAME: {**m["models"][NAME], "sha256": {"weights": "0" * 64}}}},
+            r"does not match the sha256 its manifest records",
+        ),
+        (
+            lambda m: {"models": {NAME: {**m["models"][NAME], "files": {"weights": "missing.pt"}}}},
+            r"Cannot download http://127.0.0.1:\d+/v1/missing.pt \(HTTP Error 404",
+        ),
+    ],
+)
+def test_a_malformed_manifest_is_one_sentence_and_nothing_is_loaded(released, change, sentence):
+    folder, manifest_url = released
+    edit_manifest(folder, change)
+    with pytest.raises(StudyError, match=sentence):
+        load(manifest_url)
 
 
 def test_a_model_the_release_lacks_is_named_with_what_it_has(released):

@@ -91,5 +91,13 @@ def load_trained_run(train_summary: Path, model_path: Path, num_classes: int) ->
     the CPU in eval mode."""
     run_config = check_json(train_summary, ("config",))["config"]
     model = build_model(ModelSpec.for_run(run_config, num_classes))
-    model.load_state_dict(load_checkpoint(model_path))
+    try:
+        model.load_state_dict(load_checkpoint(model_path))
+    except RuntimeError as error:  # another architecture's weights: torch lists every mismatch
+        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise StudyError(
+            f"{model_path} does not hold the weights of the ResNet-{run_config['depth']} "
+            f"({run_config['variant']}) its {train_summary.name} describes ({first.rstrip('.')}); the run's "
+            "files come from different trainings: delete them and run the workflow again to retrain it."
+        ) from None
     return run_config, model.eval()

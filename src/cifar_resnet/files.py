@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -132,3 +133,12 @@ def check_tensor_file(path: str | os.PathLike, remedy: str = REBUILD) -> None:
         raise unreadable(
             path, "is damaged (its bytes no longer match the checksums written with them)", remedy
         )
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The file's sha256, as ``sha256sum`` prints it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

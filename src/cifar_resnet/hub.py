@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from urllib.parse import urljoin
 from urllib.request import urlopen
@@ -11,10 +12,12 @@ from urllib.request import urlopen
 import torch
 
 from cifar_resnet.checkpoint import load_trained_run
+from cifar_resnet.config import lookup
 from cifar_resnet.errors import StudyError
 from cifar_resnet.export import DeployedModel
-from cifar_resnet.files import check_json
+from cifar_resnet.files import check_json, sha256
 from cifar_resnet.models import ModelSpec, build_model
+from cifar_resnet.tensors import load_checkpoint
 
 # What load_run reads from the run's train.json and eval.json.
 TRAIN_FIELDS = ("dataset", "variant", "depth", "seed", "config_hash", "git_commit", "versions")
@@ -30,6 +33,7 @@ def load_run(run_dir: str | Path) -> DeployedModel:
     ``model.class_names`` names the logits' classes; ``model.provenance`` holds the run (dataset, variant,
     depth, seed), its configuration hash, git commit and library versions, and its test error."""
     run_dir = Path(run_dir)
+    check_finished(run_dir)
     summary = read_train_summary(run_dir / "train.json")
     class_names = summary["class_names"]
     _, network = load_trained_run(run_dir / "train.json", run_dir / "model.pt", len(class_names))
@@ -41,6 +45,20 @@ def load_run(run_dir: str | Path) -> DeployedModel:
         field: evaluation[field] for field in EVAL_FIELDS
     }
     return model.eval()
+
+
+# What a run's folder holds once its training job has finished: what loading or releasing it reads.
+FINISHED_RUN = ("model.pt", "train.json", "eval.json")
+
+
+def check_finished(run_dir: Path) -> None:
+    missing = [name for name in FINISHED_RUN if not (run_dir / name).is_file()]
+    if missing:
+        what = "is not a folder" if not run_dir.is_dir() else f"has no {' and no '.join(missing)}"
+        raise StudyError(
+            f"{run_dir} {what}: name the folders of finished runs, such as "
+            "results/cifar10/runs/paper/resnet20/seed0 (cifar-resnet status lists them)."
+        )
 
 
 def read_train_summary(path: Path, fields: tuple[str, ...] = ()) -> dict:
@@ -64,33 +82,66 @@ def model_name(dataset: str, variant: str, depth: int, seed: int) -> str:
 
 def load_released(manifest_url: str, dataset: str, variant: str, depth: int, seed: int) -> DeployedModel:
     """A released model (``cifar_resnet.release``) from the release whose ``manifest.json`` is at
-    ``manifest_url``: its weights file is downloaded once into torch.hub's cache and verified against the
-    sha256 its name carries. The same model as ``load_run`` gives for the run."""
-    manifest = _read_manifest(manifest_url)
+    ``manifest_url``: its weights file is downloaded once into torch.hub's cache, and every load (the
+    first, and each from the cache) verifies it against the full sha256 the manifest records and its
+    provenance against the run asked for. The same model as ``load_run`` gives for the run."""
     name = model_name(dataset, variant, depth, seed)
-    entry = manifest.get("models", {}).get(name)
-    if entry is None:
-        released = ", ".join(sorted(manifest.get("models", {}))) or "none"
-        raise StudyError(f"The release at {manifest_url} has no model {name}; it has: {released}.")
-    weights = entry["files"]["weights"]
-    try:
-        checkpoint = torch.hub.load_state_dict_from_url(
-            urljoin(manifest_url, weights), map_location="cpu", check_hash=True, weights_only=True
-        )
-    except RuntimeError as error:
-        if "invalid hash value" not in str(error):
-            raise
+    entry = manifest_entry(_read_manifest(manifest_url), manifest_url, name)
+    weights, expected = entry["files"]["weights"], entry["sha256"]["weights"]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights).name
+    if not cached.exists():
+        _download(urljoin(manifest_url, weights), cached)
+    if sha256(cached) != expected:
+        cached.unlink()
         raise StudyError(
-            f"{weights} from {manifest_url} does not match the sha256 in its name: the download is damaged or"
-            f" was altered; it was not loaded and is removed from torch.hub's cache."
-        ) from None
+            f"{weights} from {manifest_url} does not match the sha256 its manifest records: the download or"
+            " the cached copy is damaged or was altered; it was not loaded and is removed from torch.hub's"
+            " cache."
+        )
+    checkpoint = load_checkpoint(cached)
+    provenance = checkpoint["provenance"]
+    found = model_name(*(provenance.get(field) for field in ("dataset", "variant", "depth", "seed")))
+    if found != name:
+        raise StudyError(
+            f"{weights} from {manifest_url} holds the model {found}, not {name} as its manifest says; the "
+            "release is inconsistent, and it was not loaded."
+        )
     network = build_model(ModelSpec(**checkpoint["spec"]))
     network.load_state_dict(checkpoint["state_dict"])
     normalization = checkpoint["normalization"]
     model = DeployedModel(network, torch.tensor(normalization["mean"]), torch.tensor(normalization["std"]))
     model.class_names = list(checkpoint["class_names"])
-    model.provenance = dict(checkpoint["provenance"])
+    model.provenance = dict(provenance)
     return model.eval()
+
+
+def manifest_entry(manifest, manifest_url: str, name: str) -> dict:
+    """The manifest's entry for the model ``name``, with the weights' file and full sha256; a manifest
+    that is not a release's, or lacks either, is one sentence."""
+    models = manifest.get("models") if isinstance(manifest, dict) else None
+    if not isinstance(models, dict):
+        raise StudyError(f"{manifest_url} is not a release manifest: it has no mapping of models.")
+    entry = models.get(name)
+    if entry is None:
+        released = ", ".join(sorted(models)) or "none"
+        raise StudyError(f"The release at {manifest_url} has no model {name}; it has: {released}.")
+    weights, digest = lookup(entry, ("files", "weights")), lookup(entry, ("sha256", "weights"))
+    if not isinstance(weights, str) or not (
+        isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)
+    ):
+        raise StudyError(
+            f"The entry for {name} in {manifest_url} lacks its weights file or their full sha256, so they "
+            "cannot be verified; it was not loaded."
+        )
+    return entry
+
+
+def _download(url: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(path), progress=False)
+    except (OSError, ValueError) as error:
+        raise StudyError(f"Cannot download {url} ({error}).") from None
 
 
 def _read_manifest(url: str) -> dict:

@@ -7,15 +7,14 @@ and ``SHA256SUMS``, which ``sha256sum -c`` checks."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import statistics
 from pathlib import Path
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import check_json, write_json, write_text
-from cifar_resnet.hub import EVAL_FIELDS, TRAIN_FIELDS, model_name, read_train_summary
+from cifar_resnet.files import check_json, sha256, write_json, write_text
+from cifar_resnet.hub import EVAL_FIELDS, TRAIN_FIELDS, check_finished, model_name, read_train_summary
 from cifar_resnet.tensors import load_checkpoint, save_tensors
 
 MANIFEST = "manifest.json"
@@ -44,20 +43,6 @@ def release_runs(run_dirs: list[Path], out: Path) -> dict:
     finally:  # a failed release leaves nothing behind
         shutil.rmtree(building, ignore_errors=True)
     return manifest
-
-
-# What a run's folder holds once its training job has finished: what a release packs.
-FINISHED_RUN = ("model.pt", "train.json", "eval.json")
-
-
-def check_finished(run_dir: Path) -> None:
-    missing = [name for name in FINISHED_RUN if not (run_dir / name).is_file()]
-    if missing:
-        what = "is not a folder" if not run_dir.is_dir() else f"has no {' and no '.join(missing)}"
-        raise StudyError(
-            f"{run_dir} {what}: name the folders of finished runs, such as "
-            "results/cifar10/runs/paper/resnet20/seed0 (cifar-resnet status lists them)."
-        )
 
 
 def build_release(run_dirs: list[Path], folder: Path) -> dict:
@@ -203,11 +188,3 @@ def model_card(entry: dict, summary: dict, evaluation: dict, deployment: dict | 
 
 def fmt(values: list[float]) -> str:
     return "(" + ", ".join(f"{value:.4f}" for value in values) + ")"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
