@@ -5,6 +5,7 @@ import json
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from cifar_resnet import datasets, latency, quantize
 from cifar_resnet.deploy import deploy_run
 from cifar_resnet.errors import StudyError
 from cifar_resnet.export import (
+    INPUT_FORMAT,
     DeployedModel,
     agreement,
     check_agreement,
@@ -78,6 +80,9 @@ def test_the_exported_model_takes_any_batch_of_uint8_images(tmp_path):
     export_onnx(model, tmp_path / "model.onnx")
     session = onnx_session(tmp_path / "model.onnx", threads=1)
     assert session.get_inputs()[0].type == "tensor(uint8)"
+    assert session.get_inputs()[0].shape == ["batch", 3, 32, 32]
+    described = onnx.load(tmp_path / "model.onnx")  # the contract, for tools that show a model's inputs
+    assert described.graph.input[0].doc_string == INPUT_FORMAT and INPUT_FORMAT in described.doc_string
     for batch in (1, 7):
         images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
         assert onnx_logits(session, images.numpy()).shape == (batch, 10)

@@ -88,6 +88,9 @@ def export_onnx(model: DeployedModel, path: Path) -> None:
         dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
         verbose=False,
     )
+    # The input contract, where tools that show a model's inputs (Netron, onnx.helper) print it.
+    program.model.doc_string = f"CIFAR ResNet: logits of {INPUT_FORMAT}"
+    program.model.graph.inputs[0].doc_string = INPUT_FORMAT
     with atomic_output(path) as temporary:
         program.save(temporary)
 

@@ -1,7 +1,7 @@
 """A release of chosen runs: a self-describing folder to attach to a GitHub release and load with
 ``torch.hub`` (``hubconf.py``). Per run it holds the weights with everything needed to use them (the
 architecture, the input's normalisation, the class names, the provenance) in one file whose name carries
-the start of its sha256, as ``torch.hub.load_state_dict_from_url(check_hash=True)`` verifies; the ONNX
+the start of its sha256 (the manifest records all of it, and every load checks it); the ONNX
 and INT8 models where the run was deployed; a model card; and for the folder a manifest (``manifest.json``)
 and ``SHA256SUMS``, which ``sha256sum -c`` checks."""
 
