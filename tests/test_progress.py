@@ -13,10 +13,10 @@ def histories_seen_at_each_epoch(study, prepared, folder, monkeypatch, interval)
     seen = []
     train_epoch = run_module.train_epoch
 
-    def spying(trainer, epoch):
+    def spying(trainer, epoch, partial):
         path = folder / "history.csv"
         seen.append(list(csv.DictReader(io.StringIO(path.read_text()))) if path.exists() else None)
-        return train_epoch(trainer, epoch)
+        return train_epoch(trainer, epoch, partial)
 
     monkeypatch.setattr(run_module, "train_epoch", spying)
     monkeypatch.setattr(run_module, "PROGRESS_INTERVAL_SECONDS", interval)

@@ -701,10 +701,10 @@ def test_a_run_stopped_between_epochs_resumes_its_selection_and_early_stopping(
 
     epoch_of_run = run_module.train_epoch
 
-    def stopped_in_epoch_4(trainer, epoch):
+    def stopped_in_epoch_4(trainer, epoch, partial):
         if epoch == 4:
             raise KeyboardInterrupt
-        return epoch_of_run(trainer, epoch)
+        return epoch_of_run(trainer, epoch, partial)
 
     scripted(monkeypatch, losses, accuracies)
     with monkeypatch.context() as patch:
