@@ -361,9 +361,12 @@ def json_metrics(path: Path) -> dict:
     return {key: metrics[key] for key in ("test_accuracy", "test_loss", "confusion_matrix", "params", "macs")}
 
 
-def cancel_when_running(comment: str, deadline: float) -> str | None:
-    """Cancel the first running SLURM job whose comment (the plugin writes the rule or group there)
-    holds ``comment``, as the cluster would stop a job at its time limit; its id, or None."""
+def cancel_when_running(
+    comment: str, deadline: float, options: tuple[str, ...] = (), ready: Path | None = None
+) -> str | None:
+    """``scancel`` with ``options`` the first running SLURM job whose comment (the plugin writes the rule
+    or group there) holds ``comment``, once ``ready`` exists where it is given, as the cluster stops a
+    job at its time limit; its id, or None."""
     while time.monotonic() < deadline:
         listed = subprocess.run(
             ["squeue", "--noheader", "--states=RUNNING", "--format=%i|%k"],
@@ -373,10 +376,10 @@ def cancel_when_running(comment: str, deadline: float) -> str | None:
         ).stdout
         for line in listed.splitlines():
             job_id, _, job_comment = line.partition("|")
-            if comment in job_comment:
-                subprocess.run(["scancel", job_id], timeout=15, check=True)
+            if comment in job_comment and (ready is None or ready.exists()):
+                subprocess.run(["scancel", *options, job_id], timeout=15, check=True)
                 return job_id
-        time.sleep(0.5)
+        time.sleep(0.2)
     return None
 
 
@@ -404,25 +407,6 @@ def test_a_run_stopped_by_the_cluster_is_resubmitted_with_larger_limits(tmp_path
     assert (workdir / target).stat().st_size > 0
 
 
-def terminate_when_training(comment: str, history: Path, deadline: float) -> str | None:
-    """Send SIGTERM, as SLURM does at a job's time limit, to the first running job whose comment holds
-    ``comment`` once its training has written ``history`` (an epoch done, more to come); its id, or None."""
-    while time.monotonic() < deadline:
-        listed = subprocess.run(
-            ["squeue", "--noheader", "--states=RUNNING", "--format=%i|%k"],
-            capture_output=True,
-            text=True,
-            timeout=15,
-        ).stdout
-        for line in listed.splitlines():
-            job_id, _, job_comment = line.partition("|")
-            if comment in job_comment and history.exists():
-                subprocess.run(["scancel", "--signal=TERM", job_id], timeout=15, check=True)
-                return job_id
-        time.sleep(0.2)
-    return None
-
-
 @pytest.mark.slow
 def test_a_run_the_cluster_sends_sigterm_saves_its_training_and_its_retry_resumes_there(tmp_path: Path):
     """`scancel --signal=TERM` while a run trains: the job saves its resume state at the next step, says
@@ -433,8 +417,13 @@ def test_a_run_the_cluster_sends_sigterm_saves_its_training_and_its_retry_resume
     run_dir = workdir / "results/demo/runs/paper/resnet20/seed0"
     extra = [*configs, *ON_CI_CLUSTER, "--retries", "1"]
     with ThreadPoolExecutor(1) as pool:
+        # SIGTERM, as SLURM sends at a job's time limit, once an epoch is done and more are to come
         signalled = pool.submit(
-            terminate_when_training, "run_demo_paper_20_0", run_dir / "history.csv", time.monotonic() + 240
+            cancel_when_running,
+            "run_demo_paper_20_0",
+            time.monotonic() + 240,
+            ("--signal=TERM",),
+            run_dir / "history.csv",
         )
         run = run_through_slurm(
             workdir, [str(run_dir / "deploy.json")], extra, timeout_s=400, profile=PROJECT_PROFILE

@@ -259,20 +259,25 @@ train_job(config, prepared, outputs, folder / "resume.pt", checkpoint_interval=0
 """
 
 
+def signalled_training(script: str, config, prepared, folder: Path, written: str, after: float):
+    """``script`` training ``config`` into ``folder`` in a process of its own, returned ``after`` seconds
+    past the moment its training first wrote ``written`` there: a signal sent then lands in training."""
+    folder.mkdir()
+    process = subprocess.Popen([sys.executable, "-c", script, json.dumps(config), str(prepared), str(folder)])
+    deadline = time.monotonic() + 120
+    while not (folder / written).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(after)
+    return process
+
+
 def check_kill_and_resume(config, prepared, tmp_path, into_epoch=0.3):
     """Train ``config`` uninterrupted, then in a process killed (SIGKILL) ``into_epoch`` seconds after
     its first resume state, resumed here: it must end with the same weights, history and selection."""
     train(config, prepared, tmp_path / "uninterrupted")
 
     killed = tmp_path / "killed"
-    killed.mkdir()
-    process = subprocess.Popen(
-        [sys.executable, "-c", TRAIN_IN_SUBPROCESS, json.dumps(config), str(prepared), str(killed)]
-    )
-    deadline = time.monotonic() + 120
-    while not (killed / "resume.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(into_epoch)
+    process = signalled_training(TRAIN_IN_SUBPROCESS, config, prepared, killed, "resume.pt", into_epoch)
     process.send_signal(signal.SIGKILL)
     process.wait()
     state = load_tensors(killed / "resume.pt")
@@ -364,14 +369,7 @@ def test_a_training_job_given_sigterm_saves_its_work_says_where_and_resumes_ther
     config = run(study, "dropout", depth=8, unit="epochs", duration=6)
     train(config, prepared, tmp_path / "uninterrupted")
     stopped = tmp_path / "stopped"
-    stopped.mkdir()
-    process = subprocess.Popen(
-        [sys.executable, "-c", SIGTERM_JOB, json.dumps(config), str(prepared), str(stopped)]
-    )
-    deadline = time.monotonic() + 120
-    while not (stopped / "history.csv").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.2)
+    process = signalled_training(SIGTERM_JOB, config, prepared, stopped, "history.csv", 0.2)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 143
     lines = (stopped / "train.log").read_text().splitlines()
