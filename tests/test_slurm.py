@@ -349,9 +349,9 @@ def test_demo_through_slurm_matches_a_local_run(tmp_path: Path):
     # cifar-resnet status reads the files the SLURM jobs wrote as it reads a local run's
     status = [sys.executable, "-m", "cifar_resnet.cli", "status", *configs]
     printed = subprocess.run(status, cwd=slurm_dir, capture_output=True, text=True, check=True).stdout
-    assert re.search(r"^(\d+) done, 0 trained, 0 training, 0 failed, 0 waiting of \1 runs$", printed, re.M), (
-        printed
-    )
+    assert re.search(
+        r"^(\d+) done, 0 trained, 0 training, 0 stopped, 0 failed, 0 waiting of \1 runs$", printed, re.M
+    ), printed
 
 
 def json_metrics(path: Path) -> dict:
@@ -414,7 +414,8 @@ def test_a_run_the_cluster_sends_sigterm_saves_its_training_and_its_retry_resume
     from concurrent.futures import ThreadPoolExecutor
 
     workdir, configs = demo_workdir(tmp_path / "term", ["paper"])
-    run_dir = workdir / "results/demo/runs/paper/resnet20/seed0"
+    target = "results/demo/runs/paper/resnet20/seed0/deploy.json"
+    run_dir = (workdir / target).parent
     extra = [*configs, *ON_CI_CLUSTER, "--retries", "1"]
     with ThreadPoolExecutor(1) as pool:
         # SIGTERM, as SLURM sends at a job's time limit, once an epoch is done and more are to come
@@ -425,9 +426,7 @@ def test_a_run_the_cluster_sends_sigterm_saves_its_training_and_its_retry_resume
             ("--signal=TERM",),
             run_dir / "history.csv",
         )
-        run = run_through_slurm(
-            workdir, [str(run_dir / "deploy.json")], extra, timeout_s=400, profile=PROJECT_PROFILE
-        )
+        run = run_through_slurm(workdir, [target], extra, timeout_s=400, profile=PROJECT_PROFILE)
         signalled = signalled.result()
     assert run.returncode == 0, run.describe()
     assert signalled in run.job_ids, (signalled, run.describe())
