@@ -446,7 +446,7 @@ def test_a_killed_workflow_resumes_its_training_job_to_identical_results(tmp_pat
 
 THREE_SEEDS = {**TINY, "study": {**TINY["study"], "variants": ["paper"], "seeds": [0, 1, 2]}}
 COUNTS = re.compile(
-    r"^(\d+) done, (\d+) trained, (\d+) training, (\d+) failed, (\d+) waiting of 3 runs$", re.M
+    r"^(\d+) done, (\d+) trained, (\d+) training, (\d+) stopped, (\d+) failed, (\d+) waiting of 3 runs$", re.M
 )
 
 
@@ -474,14 +474,14 @@ def test_status_of_a_killed_demo_shows_done_training_and_waiting_runs_then_it_re
     process.wait()
 
     printed = subprocess.run(status, cwd=workdir, capture_output=True, text=True, check=True).stdout
-    done, trained, training, failed, waiting = map(int, COUNTS.search(printed).groups())
-    assert done + trained == 1 and training == 1 and failed == 0 and waiting == 1, printed
+    done, trained, training, stopped, failed, waiting = map(int, COUNTS.search(printed).groups())
+    assert done + trained == 1 and training == 1 and stopped == failed == 0 and waiting == 1, printed
     assert re.search(r"^training  demo/paper/ResNet-20/seed \d: epoch \d+/\d+, ", printed, re.M), printed
 
     subprocess.run([*command, "--unlock"], cwd=workdir, check=True, capture_output=True)
     subprocess.run(command, cwd=workdir, check=True, capture_output=True)
     printed = subprocess.run(status, cwd=workdir, capture_output=True, text=True, check=True).stdout
-    assert COUNTS.search(printed).groups() == ("3", "0", "0", "0", "0"), printed
+    assert COUNTS.search(printed).groups() == ("3", "0", "0", "0", "0", "0"), printed
 
 
 def test_the_readme_rule_splices_a_real_datasets_results(tmp_path):
