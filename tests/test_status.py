@@ -151,8 +151,9 @@ def test_a_run_a_signal_stopped_is_shown_as_stopped_not_training(study):
     )
     line = describe([state], None).splitlines()[0]
     assert line == (
-        "stopped   demo/wide/ResNet-20/seed 0: by SIGTERM at epoch 3/8, step 5, its work saved; the same "
-        f"snakemake command resumes it (see {log})"
+        "stopped   demo/wide/ResNet-20/seed 0: by SIGTERM (most likely the cluster's time limit; else "
+        "preemption or scancel) at epoch 3/8, step 5, its work saved; the same snakemake command resumes it "
+        f"(see {log})"
     )
 
 

@@ -23,6 +23,8 @@ FAILURE_MARK = " ERROR "
 STOPPED = re.compile(
     r"Stopped by (?P<signal>\w+) .*? at epoch (?P<epoch>\d+)/(?P<epochs>\d+), step (?P<step>\d+)"
 )
+# What sends a job the signal, most likely first: SLURM sends SIGTERM at a job's time limit.
+SIGNAL_CAUSES = {"SIGTERM": " (most likely the cluster's time limit; else preemption or scancel)"}
 STATES = ("done", "trained", "training", "stopped", "failed", "waiting")
 
 
@@ -138,8 +140,9 @@ def describe(states: list[RunState], seconds_left: float | None, now: float | No
             lines.append(f"training  {name}: starting")
         elif s.state == "stopped":
             lines.append(
-                f"stopped   {name}: by {s.stopped_by} at epoch {s.epoch}/{s.epochs}, step {s.step}, its work "
-                f"saved; the same snakemake command resumes it (see {s.log})"
+                f"stopped   {name}: by {s.stopped_by}{SIGNAL_CAUSES.get(s.stopped_by, '')} at epoch "
+                f"{s.epoch}/{s.epochs}, step {s.step}, its work saved; the same snakemake command resumes it "
+                f"(see {s.log})"
             )
         elif s.state == "failed":
             lines.append(f"failed    {name}: see {s.log}")
