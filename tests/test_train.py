@@ -22,6 +22,7 @@ from cifar_resnet.evaluate import Evaluation, evaluate_run
 from cifar_resnet.files import read_json
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.provenance import describe_device, git_commit, versions
+from cifar_resnet.records import read_history
 from cifar_resnet.run import Outputs, train_job, train_run
 from cifar_resnet.runtime import Runtime
 from cifar_resnet.selection import Monitor
@@ -344,9 +345,14 @@ def test_a_stop_request_saves_the_epoch_at_its_step_and_the_rerun_continues_iden
     assert not (stopped / "model.pt").exists() and (stopped / "history.csv").is_file()
 
     monkeypatch.undo()
-    train(config, prepared, stopped)
+    summary = train(config, prepared, stopped)
     assert_same_run(stopped, tmp_path / "uninterrupted")
     assert not (stopped / "resume.pt").exists()
+    # the run's train_seconds count both processes; the resumed process's timings its own steps only
+    rows = read_history(stopped / "history.csv")
+    assert summary["train_seconds"] == pytest.approx(sum(row["seconds"] for row in rows))
+    resumed_seconds = sum(row["seconds"] for row in rows[epoch - 1 :]) - state["partial"]["seconds"]
+    assert summary["timings"]["training_seconds"] == pytest.approx(resumed_seconds)
 
 
 SIGTERM_JOB = """

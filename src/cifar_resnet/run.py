@@ -100,7 +100,7 @@ def train_run(
             stop(row, trainer, monitors, progress, resume_file, outputs.history)
         progress["partial"] = None
         after_epoch(trainer, monitors, progress, row, training)
-        times.training += row["seconds"]
+        times.training += row["seconds"] - (partial.seconds if partial else 0.0)  # this process's share
         times.validation += row["val_seconds"]
         finished = progress["epoch"] == trainer.total_epochs or progress["stopped_early"]
         if not finished and (
