@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from test_summary import train_record
 
 from cifar_resnet import datasets, latency, quantize
 from cifar_resnet.deploy import deploy_run
@@ -24,7 +25,7 @@ from cifar_resnet.export import (
 )
 from cifar_resnet.files import write_json
 from cifar_resnet.models import ModelSpec, build_model
-from cifar_resnet.tensors import save_tensors
+from cifar_resnet.tensors import load_tensors, save_tensors
 
 TOLERANCE = {"max_relative_logit_difference": 1e-4, "min_top1_agreement": 0.999}
 LATENCY = {"runs": 3, "warmup_runs": 1, "batch_size": 8}
@@ -119,7 +120,18 @@ def run_files(prepared, study, tmp_path_factory):
     run_config = {"depth": 8, "recipe": study.recipes["paper"]}
     model = with_trained_statistics(build_model(ModelSpec.for_run(run_config, 10)), seed=0)
     save_tensors(folder / "model.pt", model.state_dict())
-    write_json(folder / "train.json", {"config": run_config})
+    data = load_tensors(prepared)
+    record = train_record(
+        "paper",
+        8,
+        0,
+        dataset="demo",
+        config=run_config,
+        model=vars(ModelSpec.for_run(run_config, 10)),
+        normalization={"mean": data["mean"].tolist(), "std": data["std"].tolist()},
+        class_names=data["class_names"],
+    )
+    write_json(folder / "train.json", record)
     return folder
 
 
@@ -215,7 +227,7 @@ def test_a_latency_batch_larger_than_the_test_split_is_refused_before_the_export
     run_files, prepared, tmp_path
 ):
     too_large = {**DEPLOY, "latency": {**LATENCY, "batch_size": 101}}
-    with pytest.raises(StudyError, match=r"deploy.latency.batch_size is 101, more than the 100 test images"):
+    with pytest.raises(StudyError, match=r"batch_size is 101, more than the 100 images of the test split"):
         deploy(run_files, prepared, tmp_path, deploy=too_large)
     assert not list(tmp_path.iterdir())
 

@@ -124,7 +124,7 @@ def test_a_train_json_without_the_inputs_normalisation_is_refused(finished_run, 
     del summary["normalization"]
     (tmp_path / "train.json").write_text(json.dumps(summary))
 
-    with pytest.raises(StudyError, match="train.json lacks normalization.*retrain"):
+    with pytest.raises(StudyError, match="train.json lacks normalization; delete it and run"):
         cifar_resnet.load_run(tmp_path)
 
 

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_summary import deployment, eval_record, train_record
 
 from cifar_resnet.files import read_json, write_json
 from tools.timings import (
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def write_train_json(folder, variant, depth, iterations, train_seconds, job_seconds, overhead, **extra):
     path = folder / "runs" / variant / f"resnet{depth}" / "seed0" / "train.json"
-    summary = {"dataset": "demo", "variant": variant, "depth": depth, "seed": 0, "device": "cuda (H100)"}
+    summary = train_record(variant, depth, 0, dataset="demo", device="cuda (H100)")
     summary |= {"iterations": iterations, "train_seconds": train_seconds, "images_per_s": 1000.0, **extra}
     summary["timings"] = {
         "startup_seconds": 2.0,
@@ -38,9 +39,11 @@ def write_train_json(folder, variant, depth, iterations, train_seconds, job_seco
 
 
 def write_job_json(path, work_name, work_seconds, job_seconds, started_at):
+    """A whole eval.json or deploy.json (by ``path``'s name) with the job's timings."""
     timings = {"startup_seconds": 2.0, "setup_seconds": 0.5, work_name: work_seconds}
     timings |= {"job_seconds": job_seconds, "overhead_fraction": 1 - work_seconds / job_seconds}
-    write_json(path, {"test_accuracy": 0.9, "timings": {**timings, "started_at": started_at}})
+    record = eval_record() if path.name == "eval.json" else deployment(8.0)
+    write_json(path, record | {"timings": {**timings, "started_at": started_at}})
 
 
 def write_eval_json(folder, variant, depth, inference_seconds, job_seconds, started_at):

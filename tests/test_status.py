@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from test_config import demo_config
+from test_summary import train_record
 
 from cifar_resnet import cli
 from cifar_resnet.config import Run, load_study
@@ -23,7 +24,8 @@ def write(path: str, text: str) -> None:
 
 
 def finished(run: Run, wall_seconds: float, deployed: bool = True) -> None:
-    write(run_path(f"{RUN_DIR}/train.json", run), json.dumps({"wall_seconds": wall_seconds}))
+    record = train_record(run.variant, run.depth, run.seed, dataset=run.dataset, wall_seconds=wall_seconds)
+    write(run_path(f"{RUN_DIR}/train.json", run), json.dumps(record))
     write(run_path(f"{RUN_DIR}/eval.json", run), "{}")
     if deployed:
         write(run_path(f"{RUN_DIR}/deploy.json", run), "{}")

@@ -77,9 +77,9 @@ def deployed_summary() -> pd.DataFrame:
     )
 
 
-def write_run(run_dir, variant, depth, seed, error, **train_overrides):
-    run_dir.mkdir(parents=True)
-    train = {
+def train_record(variant="paper", depth=20, seed=0, **overrides) -> dict:
+    """A whole train.json of a CIFAR-10 run, with ``overrides``."""
+    return {
         "dataset": "cifar10",
         "variant": variant,
         "depth": depth,
@@ -92,9 +92,21 @@ def write_run(run_dir, variant, depth, seed, error, **train_overrides):
         "stopped_early": False,
         "device": "cpu",
         "config_hash": "abc",
-        "torch_version": "ignored",
-    } | train_overrides
-    evaluation = {
+        "git_commit": "0123abc",
+        "versions": {"torch": "ignored"},
+        "config": {},
+        "model": {"depth": depth},
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+        "class_names": [str(index) for index in range(10)],
+        "wall_seconds": 50.0,
+        "images_per_s": 1000.0,
+        "timings": {},
+    } | overrides
+
+
+def eval_record(error=8.0, depth=20, **overrides) -> dict:
+    """A whole eval.json of a CIFAR-10 run with the test error ``error``, with ``overrides``."""
+    return {
         "test_accuracy": 1 - error / 100,
         "test_loss": 0.5,
         "test_error": error,
@@ -105,7 +117,14 @@ def write_run(run_dir, variant, depth, seed, error, **train_overrides):
         "class_names": [str(index) for index in range(10)],
         "inference_images_per_s": 2500.0,
         "num_test_images": 10000,
-    }
+        "timings": {},
+    } | overrides
+
+
+def write_run(run_dir, variant, depth, seed, error, **train_overrides):
+    run_dir.mkdir(parents=True)
+    train = train_record(variant, depth, seed, **train_overrides)
+    evaluation = eval_record(error, depth)
     (run_dir / "train.json").write_text(json.dumps(train))
     (run_dir / "eval.json").write_text(json.dumps(evaluation))
     return run_dir
@@ -165,8 +184,9 @@ def test_summarize_runs_refuses_the_same_run_twice(tmp_path):
 def test_summarize_runs_of_deployed_runs_ends_with_their_deployment(tmp_path):
     with_int8 = write_run(tmp_path / "paper/resnet20/seed0", "paper", 20, 0, 8.0)
     without_int8 = write_run(tmp_path / "paper/resnet32/seed0", "paper", 32, 0, 7.5)
-    (with_int8 / "deploy.json").write_text(json.dumps(deployment(8.0, int8_error=8.3) | {"extra": 1}))
-    (without_int8 / "deploy.json").write_text(json.dumps(deployment(7.5, onnx_ms=0.8)))
+    deployed = deployment(8.0, int8_error=8.3) | {"extra": 1, "timings": {}}
+    (with_int8 / "deploy.json").write_text(json.dumps(deployed))
+    (without_int8 / "deploy.json").write_text(json.dumps(deployment(7.5, onnx_ms=0.8) | {"timings": {}}))
     write_csv(tmp_path / "summary.csv", summarize_runs([without_int8, with_int8], deployed=True))
 
     summary = pd.read_csv(tmp_path / "summary.csv")
@@ -190,7 +210,7 @@ def test_summarize_runs_of_deployed_runs_names_a_missing_deployment(tmp_path):
 
 def test_summarize_runs_of_deployed_runs_names_missing_deployment_keys(tmp_path):
     run_dir = write_run(tmp_path / "run", "paper", 20, 0, 8.0)
-    fields = deployment(8.0, int8_error=8.3)
+    fields = deployment(8.0, int8_error=8.3) | {"timings": {}}
     del fields["int8_b1_ms"]
     (run_dir / "deploy.json").write_text(json.dumps(fields))
 

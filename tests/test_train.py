@@ -28,6 +28,7 @@ from cifar_resnet.runtime import Runtime
 from cifar_resnet.selection import Monitor
 from cifar_resnet.tensors import load_tensors, save_tensors
 from cifar_resnet.train import build_trainer
+from cifar_resnet.trained import load_network
 from cifar_resnet.workflow import Stopped
 
 DEPTHS = (20, 32, 44, 56, 110)
@@ -482,8 +483,8 @@ def test_a_train_json_without_the_runs_config_is_refused_naming_the_file(tmp_pat
     """Evaluation, deployment and the hub rebuild the model from train.json's config: a file without
     it is named, not met with a KeyError."""
     (tmp_path / "train.json").write_text(json.dumps({"dataset": "demo", "depth": 20}))
-    with pytest.raises(StudyError, match=r"train\.json .*lacks config"):
-        checkpoint.load_trained_run(tmp_path / "train.json", tmp_path / "model.pt", 10)
+    with pytest.raises(StudyError, match=r"train\.json .*lacks .*config"):
+        load_network(tmp_path / "train.json", tmp_path / "model.pt")
 
 
 def test_evaluation_reads_the_test_split_by_its_content(study, prepared, pretrained_paper, tmp_path):

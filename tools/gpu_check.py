@@ -25,7 +25,7 @@ from cifar_resnet.benchmark import runner, tables
 from cifar_resnet.config import Run
 from cifar_resnet.errors import StudyError, exit_on_study_error
 from cifar_resnet.files import atomic_output, read_json, write_csv, write_json, write_text
-from cifar_resnet.layout import LOGS, RESULTS, RUN_DIR, run_path
+from cifar_resnet.layout import HISTORY, LOGS, RESULTS, TRAIN_RECORD, run_file
 from tools import timings
 
 GPU_CHECK = """What the GPU path has left to prove, within a time budget and in this order: the CUDA
@@ -242,7 +242,7 @@ def run_job(form: Form, work: Path, depth: int, iterations: int, deadline: float
         config_link.symlink_to(REPOSITORY / "config")
     overrides = work / f"job{depth}.yaml"
     write_text(overrides, yaml.safe_dump(timing_overrides(form, depth, iterations)))
-    target = run_path(f"{RUN_DIR}/train.json", Run(DATASET, "paper", depth, 0))
+    target = run_file(TRAIN_RECORD, Run(DATASET, "paper", depth, 0))
     snakefile = REPOSITORY / "workflow" / "Snakefile"
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--nolock"]
     command += ["--cores", str(os.cpu_count() or 1), "--resources", "gpu=1", "--rerun-incomplete"]
@@ -266,7 +266,7 @@ def pack(
     """Write OUT: the report, the benchmark's CSV and plot, the jobs' CSV and the logs' archive (the
     stages' logs, the jobs' logs, train.json and history.csv)."""
     out.mkdir(parents=True, exist_ok=True)
-    summaries = timings.run_files(work / RESULTS / DATASET, "train.json")
+    summaries = timings.run_files(work / RESULTS / DATASET, TRAIN_RECORD)
     jobs = timings.job_timings(summaries) if summaries else None
     lines = [
         "# GPU check",
@@ -340,7 +340,7 @@ def archive_logs(path: Path, work: Path, summaries: list[Path]) -> None:
         ]:
             archive.add(log, arcname=str(log.relative_to(work)))
         for summary in summaries:
-            for name in ("train.json", "history.csv"):
+            for name in (TRAIN_RECORD, HISTORY):
                 archive.add(summary.with_name(name), arcname=str(summary.with_name(name).relative_to(work)))
 
 

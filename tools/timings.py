@@ -14,8 +14,8 @@ from tabulate import tabulate
 
 from cifar_resnet.benchmark.tables import github_table
 from cifar_resnet.errors import StudyError, exit_on_study_error
-from cifar_resnet.layout import run_dirs
-from cifar_resnet.summary import read_fields
+from cifar_resnet.layout import DEPLOY_RECORD, EVAL_RECORD, TRAIN_RECORD, run_dirs
+from cifar_resnet.records import read_deploy_record, read_eval_record, read_train_record
 from cifar_resnet.timings import WORK_OF_JOB
 
 TIMINGS = """Real training jobs against the speed targets of docs/benchmark.md, read from their
@@ -34,8 +34,11 @@ TIMED_FIELDS = (
     "timings",
 )
 FIVE_DEPTHS = (20, 32, 44, 56, 110)
-# The file each job type other than training records its timings in.
-TIMINGS_FILE = {"evaluation": "eval.json", "deployment": "deploy.json"}
+# The file each job type other than training records its timings in, and its reader.
+TIMINGS_FILE = {
+    "evaluation": (EVAL_RECORD, read_eval_record),
+    "deployment": (DEPLOY_RECORD, read_deploy_record),
+}
 VERDICT_COLUMNS = ["dataset", "seed", "device", "target", "measured", "limit", "met"]
 
 
@@ -50,7 +53,7 @@ def summaries(paths: Sequence[Path]) -> list[Path]:
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += run_files(path, "train.json")
+            found += run_files(path, TRAIN_RECORD)
         elif path.is_file():
             found.append(path)
         else:
@@ -63,7 +66,7 @@ def job_files(paths: Sequence[Path]) -> dict[str, list[Path]]:
     folder named."""
     return {
         job: [found for path in map(Path, paths) if path.is_dir() for found in run_files(path, name)]
-        for job, name in TIMINGS_FILE.items()
+        for job, (name, _) in TIMINGS_FILE.items()
     }
 
 
@@ -74,12 +77,12 @@ def job_types(summaries: Sequence, other_jobs: dict[str, Sequence]) -> pd.DataFr
     it spent outside work, and the median job's overhead fraction."""
     rows = []
     for path in summaries:
-        times = read_fields(Path(path), ("timings",))["timings"]
+        times = read_train_record(path)["timings"]
         work = times["training_seconds"] - (times["first_step_seconds"] or 0.0)
         rows.append(job_row("training", times, times["first_step_seconds"], work))
     for job, files in other_jobs.items():
         for path in files:
-            times = read_fields(Path(path), ("timings",))["timings"]
+            times = TIMINGS_FILE[job][1](path)["timings"]
             rows.append(job_row(job, times, 0.0, times[WORK_OF_JOB[job]]))
     if not rows:
         raise StudyError("no train.json or eval.json to read: run the workflow first.")
@@ -123,7 +126,8 @@ def job_timings(summaries: Sequence) -> pd.DataFrame:
     paper's 64k iterations, its job time from process start and its overhead fraction."""
     rows = []
     for path in summaries:
-        summary = read_fields(Path(path), TIMED_FIELDS)
+        record = read_train_record(path)
+        summary = {field: record[field] for field in TIMED_FIELDS}
         timings = summary.pop("timings")
         rows.append(
             {

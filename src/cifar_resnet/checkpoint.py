@@ -1,7 +1,6 @@
 """Checkpoints: the resume state, everything a restarted job needs to continue bit-identically after its
 last saved epoch (one dict in one file, written atomically and refused when it belongs to another
-configuration), the pretrained backbone a fine-tuning run starts from, and a trained run's selected
-model as evaluation and deployment load it."""
+configuration), and the pretrained backbone a fine-tuning run starts from."""
 
 from __future__ import annotations
 
@@ -11,8 +10,6 @@ from pathlib import Path
 import torch
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import check_json
-from cifar_resnet.models import CifarResNet, ModelSpec, build_model
 from cifar_resnet.tensors import load_checkpoint, load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
@@ -84,20 +81,3 @@ def load_pretrained_backbone(model, checkpoint_path: Path, freeze: bool) -> None
     if freeze:
         model.backbone.requires_grad_(False)
     log.info("backbone initialised from %s%s", checkpoint_path, " and frozen" if freeze else "")
-
-
-def load_trained_run(train_summary: Path, model_path: Path, num_classes: int) -> tuple[dict, CifarResNet]:
-    """A trained run's configuration (from its ``train.json``) and its selected model (``model.pt``), on
-    the CPU in eval mode."""
-    run_config = check_json(train_summary, ("config",))["config"]
-    model = build_model(ModelSpec.for_run(run_config, num_classes))
-    try:
-        model.load_state_dict(load_checkpoint(model_path))
-    except RuntimeError as error:  # another architecture's weights: torch lists every mismatch
-        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-        raise StudyError(
-            f"{model_path} does not hold the weights of the ResNet-{run_config['depth']} "
-            f"({run_config['variant']}) its {train_summary.name} describes ({first.rstrip('.')}); the run's "
-            "files come from different trainings: delete them and run the workflow again to retrain it."
-        ) from None
-    return run_config, model.eval()

@@ -82,6 +82,10 @@ class Study:
         sources = [self.pretraining_run(run) for run in runs]
         return runs + sorted({source for source in sources if source and source not in runs})
 
+    def compute(self, run: Run) -> int:
+        """A run's compute relative to the others': depth times width squared."""
+        return run.depth * self.recipes[run.variant]["model"]["width"] ** 2
+
     def trained_variants(self) -> list[tuple[str, str]]:
         """The (dataset, variant) pairs the workflow trains, at every depth and seed of the study."""
         return list(dict.fromkeys((run.dataset, run.variant) for run in self.trained_runs()))
@@ -346,6 +350,15 @@ def check_report(study: Study) -> None:
         )
 
 
+def check_latency_batch(batch_size: int, test_images: int, test_split: str) -> None:
+    """The latency's batch is drawn from the test split, which must hold as many images."""
+    if batch_size > test_images:
+        raise StudyError(
+            f"deploy.latency.batch_size is {batch_size}, more than the {test_images} images of {test_split}; "
+            f"choose at most {test_images}."
+        )
+
+
 def check_deploy(study: Study) -> None:
     """INT8 calibration draws its images from each dataset's training split, and the latency's batch from
     its test split: each must hold as many."""
@@ -354,11 +367,7 @@ def check_deploy(study: Study) -> None:
         return
     for dataset in study.datasets:
         test_images = DATASETS[dataset].test_records or study.config["data"]["demo"]["test_size"]
-        if deploy["latency"]["batch_size"] > test_images:
-            raise StudyError(
-                f"deploy.latency.batch_size is {deploy['latency']['batch_size']}, more than the "
-                f"{test_images} images of the {dataset} test split; choose at most {test_images}."
-            )
+        check_latency_batch(deploy["latency"]["batch_size"], test_images, f"the {dataset} test split")
         sizes = split_sizes(study.config, dataset)
         if deploy["int8"] and deploy["calibration_images"] > sizes.train:
             raise StudyError(

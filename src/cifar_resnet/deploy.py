@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 
 from cifar_resnet import datasets
-from cifar_resnet.checkpoint import load_trained_run
-from cifar_resnet.errors import StudyError
-from cifar_resnet.export import DeployedModel, export_checked
-from cifar_resnet.files import write_json
+from cifar_resnet.config import check_latency_batch
+from cifar_resnet.export import export_checked
 from cifar_resnet.latency import measure_latency
 from cifar_resnet.provenance import cpu_model
 from cifar_resnet.quantize import quantize_and_measure
+from cifar_resnet.records import DEPLOY_RECORD_FIELDS, write_record
 from cifar_resnet.timings import process_age, work_timings
+from cifar_resnet.trained import deployed_model, trained_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,9 @@ def deploy_run(
         logging.getLogger(name).setLevel(logging.WARNING)
     data = datasets.load_prepared(prepared, splits=("train", "test") if int8_path else ("test",))
     latency = deploy["latency"]
-    if len(data["test_images"]) < latency["batch_size"]:
-        raise StudyError(
-            f"deploy.latency.batch_size is {latency['batch_size']}, more than the {len(data['test_images'])} "
-            f"test images of {prepared}; choose a smaller batch."
-        )
-    _, network = load_trained_run(train_summary, model_path, data["num_classes"])
-    model = DeployedModel(network, data["mean"], data["std"]).eval()
+    check_latency_batch(latency["batch_size"], len(data["test_images"]), f"the test split of {prepared}")
+    checkpoint = trained_checkpoint(train_summary, model_path)
+    model = deployed_model(checkpoint, str(model_path), Path(train_summary).name)
     working = time.perf_counter()
     record, logits = export_checked(model, onnx_path, data, deploy["tolerance"])
     log.info(
@@ -71,7 +67,7 @@ def deploy_run(
     record["timings"] = work_timings(
         "deployment", startup, working - started, ended - working, ended - started
     )
-    write_json(output, record)
+    write_record(output, record, DEPLOY_RECORD_FIELDS)
     log.info(
         "batch 1, 1 thread: onnxruntime %.3f ms, INT8 %s, PyTorch eager %.3f ms (%s)",
         record["onnx_b1_ms"],

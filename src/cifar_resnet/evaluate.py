@@ -13,11 +13,11 @@ import torch.nn.functional as F
 
 from cifar_resnet import datasets
 from cifar_resnet.augment import normalize
-from cifar_resnet.checkpoint import load_trained_run
-from cifar_resnet.files import write_json
 from cifar_resnet.models import count_parameters
+from cifar_resnet.records import EVAL_RECORD_FIELDS, write_record
 from cifar_resnet.runtime import Runtime
 from cifar_resnet.timings import work_timings
+from cifar_resnet.trained import load_network
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def evaluate_run(
     speed. Part of the training job, after the model was selected and saved."""
     started = time.perf_counter()
     data = datasets.load_prepared(prepared, splits=("test",))
-    _, model = load_trained_run(train_summary, model_path, data["num_classes"])
+    model = load_network(train_summary, model_path)
     params = count_parameters(model, trainable_only=False)
     macs = macs_per_image(model)
 
@@ -131,7 +131,7 @@ def evaluate_run(
     metrics["timings"] = work_timings(
         "evaluation", None, inference_started - started, seconds, time.perf_counter() - started
     )
-    write_json(output, metrics)
+    write_record(output, metrics, EVAL_RECORD_FIELDS)
     log.info(
         "test accuracy %.2f%% (error %.2f%%), loss %.4f, %d params, %.1fM MACs, %.0f img/s inference",
         100 * result.accuracy,

@@ -11,18 +11,13 @@ from urllib.request import urlopen
 
 import torch
 
-from cifar_resnet.checkpoint import load_trained_run
 from cifar_resnet.config import lookup
 from cifar_resnet.errors import StudyError
 from cifar_resnet.export import DeployedModel
-from cifar_resnet.files import check_json, sha256
-from cifar_resnet.models import ModelSpec, build_model
+from cifar_resnet.files import sha256
+from cifar_resnet.layout import MODEL, TRAIN_RECORD
 from cifar_resnet.tensors import load_checkpoint
-
-# What load_run reads from the run's train.json and eval.json.
-TRAIN_FIELDS = ("dataset", "variant", "depth", "seed", "config_hash", "git_commit", "versions")
-INPUT_FIELDS = ("normalization", "class_names")
-EVAL_FIELDS = ("test_error", "test_accuracy")
+from cifar_resnet.trained import deployed_model, run_checkpoint
 
 
 def load_run(run_dir: str | Path) -> DeployedModel:
@@ -33,46 +28,7 @@ def load_run(run_dir: str | Path) -> DeployedModel:
     ``model.class_names`` names the logits' classes; ``model.provenance`` holds the run (dataset, variant,
     depth, seed), its configuration hash, git commit and library versions, and its test error."""
     run_dir = Path(run_dir)
-    check_finished(run_dir)
-    summary = read_train_summary(run_dir / "train.json")
-    class_names = summary["class_names"]
-    _, network = load_trained_run(run_dir / "train.json", run_dir / "model.pt", len(class_names))
-    normalization = summary["normalization"]
-    model = DeployedModel(network, torch.tensor(normalization["mean"]), torch.tensor(normalization["std"]))
-    model.class_names = list(class_names)
-    evaluation = check_json(run_dir / "eval.json", EVAL_FIELDS)
-    model.provenance = {field: summary[field] for field in TRAIN_FIELDS} | {
-        field: evaluation[field] for field in EVAL_FIELDS
-    }
-    return model.eval()
-
-
-# What a run's folder holds once its training job has finished: what loading or releasing it reads.
-FINISHED_RUN = ("model.pt", "train.json", "eval.json")
-
-
-def check_finished(run_dir: Path) -> None:
-    missing = [name for name in FINISHED_RUN if not (run_dir / name).is_file()]
-    if missing:
-        what = "is not a folder" if not run_dir.is_dir() else f"has no {' and no '.join(missing)}"
-        raise StudyError(
-            f"{run_dir} {what}: name the folders of finished runs, such as "
-            "results/cifar10/runs/paper/resnet20/seed0 (cifar-resnet status lists them)."
-        )
-
-
-def read_train_summary(path: Path, fields: tuple[str, ...] = ()) -> dict:
-    """A run's train.json, which must hold the configuration, the provenance, what the model's input and
-    output mean (written by the training since the normalisation and class names were added) and
-    ``fields``."""
-    summary = check_json(path, ("config", *TRAIN_FIELDS, *fields))
-    missing = [field for field in INPUT_FIELDS if field not in summary]
-    if missing:
-        raise StudyError(
-            f"{path} lacks {', '.join(missing)}: it was written by an older version of the training; delete"
-            " it and run the workflow again to retrain that run."
-        )
-    return summary
+    return deployed_model(run_checkpoint(run_dir), str(run_dir / MODEL), TRAIN_RECORD)
 
 
 def model_name(dataset: str, variant: str, depth: int, seed: int) -> str:
@@ -106,13 +62,7 @@ def load_released(manifest_url: str, dataset: str, variant: str, depth: int, see
             f"{weights} from {manifest_url} holds the model {found}, not {name} as its manifest says; the "
             "release is inconsistent, and it was not loaded."
         )
-    network = build_model(ModelSpec(**checkpoint["spec"]))
-    network.load_state_dict(checkpoint["state_dict"])
-    normalization = checkpoint["normalization"]
-    model = DeployedModel(network, torch.tensor(normalization["mean"]), torch.tensor(normalization["std"]))
-    model.class_names = list(checkpoint["class_names"])
-    model.provenance = dict(provenance)
-    return model.eval()
+    return deployed_model(checkpoint, f"{weights} from {manifest_url}", "release entry")
 
 
 def manifest_entry(manifest, manifest_url: str, name: str) -> dict:

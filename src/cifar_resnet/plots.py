@@ -8,7 +8,6 @@ need no closing.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import atomic_output, check_csv
+from cifar_resnet.files import atomic_output
 from cifar_resnet.records import LEARNING_CURVE_COLUMNS
 from cifar_resnet.summary import single_dataset
 from cifar_resnet.tables import PAPER_TABLE6_ERROR, deployment_statistics
@@ -119,9 +118,24 @@ def palette(count: int) -> list:
     return sns.color_palette("tab10" if count <= 10 else "tab20", n_colors=count)
 
 
-def read_history(path: str | Path) -> pd.DataFrame:
-    """A run's history.csv, refused in one sentence when it cannot give the learning curves."""
-    return pd.read_csv(io.StringIO(check_csv(path, LEARNING_CURVE_COLUMNS)))
+def curve_depth(summary: pd.DataFrame, depth: int | None) -> int:
+    """The depth whose runs the learning curves and the confusion matrix show: ``depth`` (the report's
+    option), or the smallest the summary holds."""
+    return depth or int(summary["depth"].min())
+
+
+def learning_curve_runs(summary: pd.DataFrame, depth: int) -> pd.DataFrame:
+    """The rows of the runs the learning-curve figure shows: each variant's first seed at ``depth``."""
+    at_depth = summary[summary["depth"] == depth]
+    return at_depth[at_depth["seed"] == at_depth["seed"].min()]
+
+
+def confusion_runs(summary: pd.DataFrame, depth: int, baseline: str) -> pd.DataFrame:
+    """The rows of the runs whose test confusion matrices are summed: every seed of the ``baseline``
+    variant at ``depth``, or of the first variant there when the baseline has none."""
+    at_depth = summary[summary["depth"] == depth]
+    shown = at_depth[at_depth["variant"] == baseline]
+    return shown if len(shown) else at_depth[at_depth["variant"] == at_depth["variant"].iloc[0]]
 
 
 def plot_learning_curves(histories: Mapping[str, pd.DataFrame], path: str | Path) -> None:

@@ -10,27 +10,32 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterable
-from functools import partial
 from pathlib import Path
 
+from cifar_resnet.config import Run
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import check_csv, check_json, check_tensor_file
-from cifar_resnet.readme import check_markers
-from cifar_resnet.records import (
-    CONFUSION_FIELDS,
-    DEPLOY_FIELDS,
-    EVAL_FIELDS,
-    LEARNING_CURVE_COLUMNS,
-    TRAIN_FIELDS,
+from cifar_resnet.files import check_tensor_file
+from cifar_resnet.layout import (
+    DEPLOY_LOG,
+    DEPLOY_RECORD,
+    EVAL_RECORD,
+    HISTORY,
+    MODEL,
+    RESUME_FILE,
+    TRAIN_LOG,
+    TRAIN_RECORD,
+    run_path,
 )
+from cifar_resnet.readme import check_markers
+from cifar_resnet.records import read_deploy_record, read_eval_record, read_train_record, read_trained_history
 
-# What the jobs that read a run's files need of each.
+# What the jobs that read a run's files need of each: its format's reader.
 RUN_FILE_CHECKS = {
-    "model.pt": check_tensor_file,
-    "history.csv": partial(check_csv, numeric_columns=LEARNING_CURVE_COLUMNS),
-    "train.json": partial(check_json, fields=(*TRAIN_FIELDS, "config")),
-    "eval.json": partial(check_json, fields=(*EVAL_FIELDS, *CONFUSION_FIELDS)),
-    "deploy.json": partial(check_json, fields=DEPLOY_FIELDS),
+    MODEL: check_tensor_file,
+    HISTORY: read_trained_history,
+    TRAIN_RECORD: read_train_record,
+    EVAL_RECORD: read_eval_record,
+    DEPLOY_RECORD: read_deploy_record,
 }
 
 
@@ -41,16 +46,20 @@ REPREPARE = (
 )
 
 
-def check_before_jobs(outputs: Iterable[str], prepared: Iterable[str], readme: Path | None) -> None:
-    """Check that the folders of ``outputs`` can be written, those of ``outputs`` that exist and that jobs
-    read, the ``prepared`` datasets that exist, and ``readme``'s markers when it is given; raises
-    StudyError naming the first problem."""
-    outputs = [Path(path) for path in outputs]
-    check_writable(outputs)
+def check_before_jobs(
+    targets: Iterable[str], prepared: Iterable[str], runs: Iterable[Run], readme: Path | None
+):
+    """Check that the jobs can write every file they write (the ``targets``, the ``prepared`` datasets,
+    the trained ``runs``' resume states and logs, and ``readme`` when it is given), that those that exist
+    and that jobs read are whole, and ``readme``'s markers; raises StudyError naming the first problem."""
+    prepared = [Path(path) for path in prepared]
+    run_files = [run_path(pattern, run) for run in runs for pattern in (RESUME_FILE, TRAIN_LOG, DEPLOY_LOG)]
+    outputs = [Path(path) for path in (*targets, *run_files)]
+    check_writable([*outputs, *prepared, *([readme] if readme else [])])
     for path in outputs:
         if path.name in RUN_FILE_CHECKS and path.exists():
             RUN_FILE_CHECKS[path.name](path)
-    for path in map(Path, prepared):
+    for path in prepared:
         if path.exists():
             check_tensor_file(path, REPREPARE)
     if readme is not None:

@@ -37,6 +37,15 @@ VARIANTS_MARKERS = ("<!-- variants:start -->", "<!-- variants:end -->")
 RESULTS_MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
 
 
+def splices_readme(setting: bool | str, workflow_root: Path, datasets: Sequence[str]) -> bool:
+    """Whether the workflow splices its results block into README.md: where ``setting``
+    (report.update_readme) is true, or "auto" and the workflow runs in its own clone (``workflow_root``,
+    the folder above workflow/, is the working folder), never into the folder of a deployment (a module,
+    or -s); and only for a study of real ``datasets``."""
+    own_clone = Path(workflow_root).resolve() == Path.cwd().resolve()
+    return (setting is True or (setting == "auto" and own_clone)) and bool(datasets)
+
+
 def update_readme(readme: Path, blocks: Mapping[tuple[str, str], str]) -> None:
     """Splice each block between its (start, end) markers: every marker is checked and the whole new
     README built before it is written, once, so the README changes whole or not at all."""

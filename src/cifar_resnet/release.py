@@ -13,13 +13,15 @@ import statistics
 from pathlib import Path
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import check_json, sha256, write_json, write_text
-from cifar_resnet.hub import EVAL_FIELDS, TRAIN_FIELDS, check_finished, model_name, read_train_summary
-from cifar_resnet.tensors import load_checkpoint, save_tensors
+from cifar_resnet.files import sha256, write_json, write_text
+from cifar_resnet.hub import model_name
+from cifar_resnet.layout import DEPLOY_RECORD, DEPLOYED_MODELS, EVAL_RECORD, TRAIN_RECORD, seed_dirs
+from cifar_resnet.records import read_deploy_record, read_eval_record, read_train_record
+from cifar_resnet.tensors import save_tensors
+from cifar_resnet.trained import check_finished, run_checkpoint
 
 MANIFEST = "manifest.json"
 CHECKSUMS = "SHA256SUMS"
-DEPLOYED = {"onnx": "model.onnx", "int8": "model.int8.onnx"}
 
 
 def release_runs(run_dirs: list[Path], out: Path) -> dict:
@@ -62,26 +64,16 @@ def build_release(run_dirs: list[Path], folder: Path) -> dict:
 
 def release_run(run_dir: Path, folder: Path) -> dict:
     """One run's files in ``folder``; returns its manifest entry."""
-    summary = read_train_summary(
-        run_dir / "train.json", ("model", "train_seconds", "epochs", "iterations", "selected_epoch", "device")
-    )
-    evaluation = check_json(run_dir / "eval.json", (*EVAL_FIELDS, "params", "macs"))
+    checkpoint = run_checkpoint(run_dir)
+    summary, evaluation = read_train_record(run_dir / TRAIN_RECORD), read_eval_record(run_dir / EVAL_RECORD)
     name = model_name(summary["dataset"], summary["variant"], summary["depth"], summary["seed"])
-    checkpoint = {
-        "state_dict": load_checkpoint(run_dir / "model.pt"),
-        "spec": summary["model"],
-        "normalization": summary["normalization"],
-        "class_names": summary["class_names"],
-        "provenance": {field: summary[field] for field in TRAIN_FIELDS}
-        | {field: evaluation[field] for field in EVAL_FIELDS},
-    }
     unnamed = folder / f"{name}.pt"
     save_tensors(unnamed, checkpoint)
     digest = sha256(unnamed)
     weights = unnamed.rename(folder / f"{name}-{digest[:12]}.pt").name
     files = {"weights": weights}
-    deployment = run_dir / "deploy.json"
-    for kind, file in DEPLOYED.items():
+    deployment = run_dir / DEPLOY_RECORD
+    for kind, file in DEPLOYED_MODELS.items():
         if (run_dir / file).exists():
             files[kind] = f"{name}.{file.removeprefix('model.')}"
             shutil.copyfile(run_dir / file, folder / files[kind])
@@ -93,32 +85,48 @@ def release_run(run_dir: Path, folder: Path) -> dict:
         "sha256": {"weights": digest},
         "test_error": evaluation["test_error"],
     }
-    write_text(
-        folder / files["card"],
-        model_card(
-            entry, summary, evaluation, check_json(deployment) if deployment.exists() else None, run_dir
-        ),
-    )
+    deployed = read_deploy_record(deployment) if deployment.exists() else None
+    write_text(folder / files["card"], model_card(entry, summary, evaluation, deployed, seed_errors(run_dir)))
     return entry
 
 
 def seed_errors(run_dir: Path) -> list[float]:
-    """The test errors of the run and of the other finished seeds of its dataset, variant and depth (the
-    sibling folders ``seed*`` of the workflow's layout)."""
-    paths = {path.resolve() for path in run_dir.parent.glob("seed*/eval.json")} | {
-        (run_dir / "eval.json").resolve()
-    }
-    return [check_json(path, ("test_error",))["test_error"] for path in sorted(paths)]
+    """The test errors of the run and of the other finished seeds of its dataset, variant and depth."""
+    finished = {path.resolve() for path in seed_dirs(run_dir) if (path / EVAL_RECORD).exists()}
+    return [
+        read_eval_record(path / EVAL_RECORD)["test_error"] for path in sorted(finished | {run_dir.resolve()})
+    ]
 
 
-def model_card(entry: dict, summary: dict, evaluation: dict, deployment: dict | None, run_dir: Path) -> str:
-    """The model card: what the model is, how well it does, how fast, where it comes from, how to load it."""
-    config, errors = summary["config"], seed_errors(run_dir)
+def model_card(
+    entry: dict, summary: dict, evaluation: dict, deployment: dict | None, errors: list[float]
+) -> str:
+    """The model card: what the model is, how well it does (this seed's test error and all seeds'
+    ``errors``), how fast, where it comes from, how to load it."""
+    run = f"{entry['dataset']} ResNet-{entry['depth']}, variant `{entry['variant']}`, seed {entry['seed']}"
+    return "\n".join(
+        [
+            f"# {run}",
+            "",
+            *card_table(entry, summary, evaluation, deployment, errors),
+            "",
+            *card_provenance(summary),
+            "",
+            "## Files",
+            "",
+            *[f"- `{file}`" for file in entry["files"].values()],
+            "",
+            "`SHA256SUMS` lists every file's sha256 (`sha256sum -c SHA256SUMS`).",
+            "",
+            *card_loading(entry),
+        ]
+    )
+
+
+def card_table(entry: dict, summary: dict, evaluation: dict, deployment: dict | None, errors: list[float]):
+    """The card's table: test error, size, training and, for a deployed run, CPU latency."""
     spread = f" ± {statistics.stdev(errors):.2f}" if len(errors) > 1 else ""
-    normalization = summary["normalization"]
     lines = [
-        f"# {entry['dataset']} ResNet-{entry['depth']}, variant `{entry['variant']}`, seed {entry['seed']}",
-        "",
         "| | |",
         "|---|---|",
         f"| Test error | {evaluation['test_error']:.2f} % (this seed); "
@@ -128,18 +136,24 @@ def model_card(entry: dict, summary: dict, evaluation: dict, deployment: dict | 
         f"{summary['selected_epoch']}, {summary['train_seconds']:.0f} s on {summary['device']} |",
     ]
     if deployment:
-        lines += [
+        int8 = "int8" in entry["files"]
+        lines.append(
             f"| CPU latency, batch 1, 1 thread (median) | onnxruntime float {deployment['onnx_b1_ms']:.2f} ms"
-            + (f", INT8 {deployment['int8_b1_ms']:.2f} ms" if "int8" in entry["files"] else "")
-            + f", PyTorch eager {deployment['eager_b1_ms']:.2f} ms, on {deployment['cpu']} |",
-        ]
-        if "int8" in entry["files"]:
+            + (f", INT8 {deployment['int8_b1_ms']:.2f} ms" if int8 else "")
+            + f", PyTorch eager {deployment['eager_b1_ms']:.2f} ms, on {deployment['cpu']} |"
+        )
+        if int8:
             lines.append(f"| INT8 test error | {deployment['int8_test_error']:.2f} % |")
-    lines += [
-        "",
+    return lines
+
+
+def card_provenance(summary: dict) -> list[str]:
+    """The card's sections on the data the model saw, its recipe and where it comes from."""
+    config, normalization = summary["config"], summary["normalization"]
+    return [
         "## Data",
         "",
-        f"{entry['dataset']}: trained on the training split "
+        f"{summary['dataset']}: trained on the training split "
         f"({1 - config['data']['validation_fraction']:.0%} of the training set,"
         f" split seed {config['data']['split_seed']}), selected on the validation split,"
         " tested once on the test set. Input: uint8 RGB images `[batch, 3, 32, 32]`, values 0 to 255; the"
@@ -157,13 +171,12 @@ def model_card(entry: dict, summary: dict, evaluation: dict, deployment: dict | 
         f"Configuration hash {summary['config_hash']}, git commit {summary['git_commit']}, versions "
         + ", ".join(f"{package} {version}" for package, version in sorted(summary["versions"].items()))
         + ".",
-        "",
-        "## Files",
-        "",
-        *[f"- `{file}`" for file in entry["files"].values()],
-        "",
-        "`SHA256SUMS` lists every file's sha256 (`sha256sum -c SHA256SUMS`).",
-        "",
+    ]
+
+
+def card_loading(entry: dict) -> list[str]:
+    """How to load the model: torch.hub, and onnxruntime where the run was deployed."""
+    lines = [
         "## How to load it",
         "",
         "```python",
@@ -183,7 +196,7 @@ def model_card(entry: dict, summary: dict, evaluation: dict, deployment: dict | 
             " (uint8, as above), output the logits.",
             "",
         ]
-    return "\n".join(lines)
+    return lines
 
 
 def fmt(values: list[float]) -> str:

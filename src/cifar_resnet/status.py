@@ -12,9 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cifar_resnet.config import Run, Study
-from cifar_resnet.files import check_json
-from cifar_resnet.layout import LOGS, RESULTS, RUN_DIR, RUN_NAME, run_path
-from cifar_resnet.records import read_history
+from cifar_resnet.layout import (
+    DEPLOY_LOG,
+    DEPLOY_RECORD,
+    EVAL_RECORD,
+    HISTORY,
+    RESULTS,
+    TRAIN_LOG,
+    TRAIN_RECORD,
+    run_file,
+    run_path,
+)
+from cifar_resnet.records import read_history, read_train_record
 from cifar_resnet.tables import format_duration
 
 # The line a job's log holds when the job failed: workflow.run_job logs its one sentence at this level.
@@ -43,10 +52,9 @@ class RunState:
 
 def run_state(run: Run, deploys: bool) -> RunState:
     """One run's state from its files (paths relative to the study's working directory)."""
-    run_dir = Path(run_path(RUN_DIR, run))
-    logs = {job: Path(run_path(f"{LOGS}/{job}/{RUN_NAME}.log", run)) for job in ("train", "deploy")}
-    if (run_dir / "eval.json").exists():
-        if not deploys or (run_dir / "deploy.json").exists():
+    logs = {"train": Path(run_path(TRAIN_LOG, run)), "deploy": Path(run_path(DEPLOY_LOG, run))}
+    if Path(run_file(EVAL_RECORD, run)).exists():
+        if not deploys or Path(run_file(DEPLOY_RECORD, run)).exists():
             return RunState(run, "done")
         return (
             RunState(run, "failed", log=logs["deploy"])
@@ -66,7 +74,7 @@ def run_state(run: Run, deploys: bool) -> RunState:
         )
     if failed(logs["train"]):
         return RunState(run, "failed", log=logs["train"])
-    history = run_dir / "history.csv"
+    history = Path(run_file(HISTORY, run))
     if not history.exists():
         return RunState(run, "training" if logs["train"].exists() else "waiting")
     rows = read_history(history)
@@ -105,9 +113,7 @@ def training_seconds_left(states: list[RunState], study: Study) -> float | None:
     run has finished."""
     done = [s for s in states if s.state in ("done", "trained")]
     rates = [
-        check_json(run_path(f"{RUN_DIR}/train.json", s.run), ("wall_seconds",))["wall_seconds"]
-        / compute(s.run, study)
-        for s in done
+        read_train_record(run_file(TRAIN_RECORD, s.run))["wall_seconds"] / study.compute(s.run) for s in done
     ]
     if not rates:
         return None
@@ -116,12 +122,8 @@ def training_seconds_left(states: list[RunState], study: Study) -> float | None:
     waiting = [
         s for s in states if s.state in ("waiting", "stopped")
     ]  # a stopped run: at most its whole time
-    work = sum(s.seconds_left or 0 for s in running) + sum(rate * compute(s.run, study) for s in waiting)
+    work = sum(s.seconds_left or 0 for s in running) + sum(rate * study.compute(s.run) for s in waiting)
     return work / max(1, len(running))
-
-
-def compute(run: Run, study: Study) -> int:
-    return run.depth * study.recipes[run.variant]["model"]["width"] ** 2
 
 
 def describe(states: list[RunState], seconds_left: float | None, now: float | None = None) -> str:

@@ -10,14 +10,16 @@ from pathlib import Path
 import pandas as pd
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import check_csv, check_json, unreadable
+from cifar_resnet.files import check_csv, unreadable
+from cifar_resnet.layout import DEPLOY_RECORD, EVAL_RECORD, TRAIN_RECORD
 from cifar_resnet.records import (
     DEPLOY_FIELDS,
-    EVAL_FIELDS,
     RUN_KEY,
     TEST_RESULTS,
-    TRAIN_FIELDS,
     TRAINING,
+    read_deploy_record,
+    read_eval_record,
+    read_train_record,
 )
 
 # The run, its test results, its training, and the inference speed last; deployed summaries add DEPLOY_FIELDS.
@@ -32,11 +34,12 @@ def summarize_runs(run_dirs: Sequence[Path], deployed: bool = False) -> pd.DataF
         raise StudyError("There are no runs to summarize; check that the config lists variants and seeds.")
     rows = []
     for run_dir in map(Path, run_dirs):
-        row = read_fields(run_dir / "train.json", TRAIN_FIELDS) | read_fields(
-            run_dir / "eval.json", EVAL_FIELDS
-        )
+        # Each column from the record that owns it: train.json and eval.json both name a device.
+        trained, tested = read_train_record(run_dir / TRAIN_RECORD), read_eval_record(run_dir / EVAL_RECORD)
+        row = {field: trained[field] for field in (*RUN_KEY, *TRAINING)}
+        row |= {field: tested[field] for field in (*TEST_RESULTS, "inference_images_per_s")}
         if deployed:
-            row |= read_fields(run_dir / "deploy.json", DEPLOY_FIELDS, written_by="deployment")
+            row |= {field: read_deploy_record(run_dir / DEPLOY_RECORD)[field] for field in DEPLOY_FIELDS}
         rows.append(row)
     columns = [*SUMMARY_COLUMNS, *DEPLOY_FIELDS] if deployed else list(SUMMARY_COLUMNS)
     summary = pd.DataFrame(rows, columns=columns)
@@ -60,16 +63,6 @@ def read_summary(path: str | Path) -> pd.DataFrame:
     if missing and len(missing) < len(DEPLOY_FIELDS):
         raise unreadable(path, f"lacks the columns {', '.join(missing)}")
     return summary
-
-
-def read_fields(path: Path, fields: Sequence[str], written_by: str = "training and evaluation") -> dict:
-    """``fields`` of a run's JSON file, or one sentence on what is wrong with it; a missing file names the
-    run's jobs that write it, ``written_by``."""
-    try:
-        record = check_json(path, fields)
-    except FileNotFoundError:
-        raise StudyError(f"{path} is missing; run that run's {written_by} first.") from None
-    return {field: record[field] for field in fields}
 
 
 def has_deployment(summary: pd.DataFrame) -> bool:

@@ -25,17 +25,16 @@ os.environ.update(
 from cifar_resnet.config import Run, check_unique_keys, load_study
 from cifar_resnet.errors import exit_on_study_error
 from cifar_resnet.layout import (
-    DEPLOYMENT_PLOTS,
+    DEPLOYED_MODELS,
+    DEPLOY_RECORD,
+    EVAL_RECORD,
     LOGS,
+    MODEL,
     RESULTS,
-    RESUME_FILE,
     RUN_DIR,
-    RUN_NAME,
-    plot_names,
-    run_path,
+    TRAINED,
+    run_file,
 )
-from cifar_resnet.preflight import check_before_jobs, check_local_device
-from cifar_resnet.report import write_report
 from cifar_resnet.sources import DATASETS, downloaded_datasets, get_source
 
 # A StudyError in Snakemake's own process ends it with the sentence alone, as in a job, rather than
@@ -45,35 +44,14 @@ with exit_on_study_error():
     STUDY = load_study(config, command_line=workflow.config_settings.config)
 DATA_ROOT = config["data"]["root"]
 REAL_DATASETS = downloaded_datasets()
-
 PREPARED = f"{DATA_ROOT}/{{dataset}}/prepared.pt"
-
-# Threads of a training job. Its data lives on its device, so on a GPU one thread launches the
-# kernels and the job needs few more. On the CPU, single-thread jobs side by side give more images/s
-# than one job on every core (the benchmark's `jobs` rows, docs/benchmark.md), and the grid has jobs
-# to spare.
-JOB_THREADS = 1
-SUMMARY = f"{RESULTS}/{{dataset}}/summary.csv"
-ACCURACY_TABLE = f"{RESULTS}/{{dataset}}/tables/accuracy.md"
-ACCURACY_HTML = f"{RESULTS}/{{dataset}}/tables/accuracy.html"
-ACCURACY_STATISTICS = f"{RESULTS}/{{dataset}}/tables/accuracy.csv"
-RUN_CURVES = f"{RESULTS}/{{dataset}}/plots/runs"
-TRAIN_LOG = f"{LOGS}/train/{RUN_NAME}.log"
-DEPLOY_LOG = f"{LOGS}/deploy/{RUN_NAME}.log"
-# `snakemake report` writes it; a target rule takes no wildcards, so one path for every study.
-REPORT = f"{RESULTS}/report.html"
-README_BLOCK = f"{RESULTS}/readme_block.md"
-README = "README.md"
 DEPLOYS = config["deploy"]["enabled"]
-BUILDS_INT8 = DEPLOYS and config["deploy"]["int8"]
-PLOTS = plot_names(DEPLOYS)
-# The README's results block belongs to this repository: by default (auto) it is spliced only where the
-# workflow runs in its own clone, never into the working directory of a deployment (a module, or -s).
-IN_OWN_REPOSITORY = Path(RULES_FOLDER).parents[1].resolve() == Path.cwd().resolve()
-SPLICES_README = config["report"]["update_readme"]
-UPDATES_README = (
-    SPLICES_README is True or (SPLICES_README == "auto" and IN_OWN_REPOSITORY)
-) and bool(set(STUDY.datasets) & set(REAL_DATASETS))
+# The deployment's model files by kind: the float ONNX model, and the INT8 one where it is built.
+DEPLOYED = {
+    kind: name
+    for kind, name in DEPLOYED_MODELS.items()
+    if kind != "int8" or config["deploy"]["int8"]
+}
 
 
 wildcard_constraints:
@@ -93,37 +71,34 @@ def archive_path(dataset: str) -> str:
     return f"{DATA_ROOT}/{dataset}/{get_source(dataset).archive_name}"
 
 
-def pretrained_model(wildcards) -> list[str]:
-    source = STUDY.pretraining_run(run_of(wildcards))
-    return [run_path(f"{RUN_DIR}/model.pt", source)] if source else []
-
-
-def deployed_models() -> dict[str, str]:
-    """The export's model files: the float ONNX model, and the INT8 one where it is built."""
-    models = {"onnx": f"{RUN_DIR}/model.onnx"}
-    if BUILDS_INT8:
-        models["int8"] = f"{RUN_DIR}/model.int8.onnx"
-    return models
-
-
 def run_files(dataset: str, name: str) -> list[str]:
-    return [run_path(f"{RUN_DIR}/{name}", run) for run in STUDY.runs(dataset)]
+    return [run_file(name, run) for run in STUDY.runs(dataset)]
 
 
 def primary_results() -> list[str]:
-    """Every trained run's model.pt, history.csv and train.json and every study run's eval.json and,
-    when deploying, its exported models and deploy.json."""
-    outputs = [
-        run_path(f"{RUN_DIR}/{name}", run)
-        for run in STUDY.trained_runs()
-        for name in ("model.pt", "history.csv", "train.json")
-    ]
-    per_run = [f"{RUN_DIR}/eval.json"]
-    if DEPLOYS:
-        per_run += [*deployed_models().values(), f"{RUN_DIR}/deploy.json"]
-    return outputs + [
-        run_path(pattern, run) for run in STUDY.runs() for pattern in per_run
-    ]
+    """Every trained run's model, history and train.json and every study run's eval.json and, when
+    deploying, its exported models and deploy.json."""
+    outputs = [run_file(name, run) for run in STUDY.trained_runs() for name in TRAINED]
+    per_run = (
+        [EVAL_RECORD, *DEPLOYED.values(), DEPLOY_RECORD] if DEPLOYS else [EVAL_RECORD]
+    )
+    return outputs + [run_file(name, run) for run in STUDY.runs() for name in per_run]
+
+
+def run_compute(wildcards) -> int:
+    """A run's compute relative to the others'. Its jobs' priority: the longest start first, so that none
+    is left running alone at the end."""
+    return STUDY.compute(run_of(wildcards))
+
+
+def pretrained_model(wildcards) -> list[str]:
+    source = STUDY.pretraining_run(run_of(wildcards))
+    return [run_file(MODEL, source)] if source else []
+
+
+def train_minutes(wildcards) -> int:
+    """A SLURM time limit with room to spare for an H100-class GPU, scaled by the run's compute."""
+    return 20 + run_compute(wildcards) // 2
 
 
 def plot_file(dataset: str, name: str) -> str:
@@ -145,29 +120,19 @@ def final_outputs() -> list[str]:
     outputs = primary_results()
     for dataset in STUDY.datasets:
         outputs += [
-            SUMMARY.format(dataset=dataset),
-            ACCURACY_TABLE.format(dataset=dataset),
-            ACCURACY_HTML.format(dataset=dataset),
-            ACCURACY_STATISTICS.format(dataset=dataset),
-            RUN_CURVES.format(dataset=dataset),
+            pattern.format(dataset=dataset)
+            for pattern in (
+                SUMMARY,
+                ACCURACY_TABLE,
+                ACCURACY_HTML,
+                ACCURACY_STATISTICS,
+                RUN_CURVES,
+            )
         ]
         outputs += [plot_file(dataset, name) for name in PLOTS]
     if UPDATES_README:
         outputs.append(README_BLOCK)
     return outputs
-
-
-def run_compute(wildcards) -> int:
-    """A run's compute relative to the others' (depth x width squared). Its jobs' priority: the longest
-    start first, so that none is left running alone at the end."""
-    return (
-        int(wildcards.depth) * STUDY.recipes[wildcards.variant]["model"]["width"] ** 2
-    )
-
-
-def train_minutes(wildcards) -> int:
-    """A SLURM time limit with room to spare for an H100-class GPU, scaled by depth and width."""
-    return 20 + run_compute(wildcards) // 2
 
 
 def growing(limit):
@@ -180,37 +145,6 @@ def growing(limit):
 
 
 # A cluster submits each group as one job: a run's training (which ends with its evaluation) and its
-# deployment, so that one submission waits in the queue per run; and the demo's archive with its
-# preparation. A run's group is its own: a pretraining edge must not join two runs into one job.
+# deployment, so that one submission waits in the queue per run. A run's group is its own: a
+# pretraining edge must not join two runs into one job.
 RUN_GROUP = "run_{dataset}_{variant}_{depth}_{seed}"
-DATA_GROUP = "data"
-
-
-# Before any job starts (cifar_resnet.preflight). Only the scheduling process checks: a cluster job
-# reads this workflow again, and would read every run's files again for each job.
-if workflow.is_main_process:
-    PREPARED_FILES = [PREPARED.format(dataset=dataset) for dataset in STUDY.datasets]
-    WRITTEN = [
-        *final_outputs(),
-        *PREPARED_FILES,
-        *([README] if UPDATES_README else []),
-        *[
-            run_path(pattern, run)
-            for run in STUDY.trained_runs()
-            for pattern in (RESUME_FILE, TRAIN_LOG, DEPLOY_LOG)
-        ],
-    ]
-    with exit_on_study_error():
-        check_before_jobs(
-            WRITTEN, PREPARED_FILES, Path(README) if UPDATES_README else None
-        )
-
-
-# Once the executor is known (not when the workflow is read): a local run that asks for CUDA on a
-# machine without it stops here, before any job.
-onstart:
-    with exit_on_study_error():
-        check_local_device(
-            config["runtime"]["device"],
-            local=not workflow.executor_plugin.common_settings.non_local_exec,
-        )

@@ -1,6 +1,9 @@
 # Official archives (downloaded, or a local copy named in data.archives), the generated demo archive,
 # and one prepared file per dataset that every training job loads.
 
+# A cluster submits the demo's archive and its preparation as one job.
+DATA_GROUP = "data"
+
 
 rule download:
     output:

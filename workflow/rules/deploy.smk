@@ -2,6 +2,8 @@
 # checked against PyTorch on the test split, INT8 calibrated on the training split, then CPU latency
 # and sizes.
 
+from cifar_resnet.layout import DEPLOY_LOG, TRAIN_RECORD
+
 # A number the configuration gives, never the core count of the machine that submits the jobs. A
 # cluster asks for it as cpus_per_task (the SLURM plugin's CPU request), because Snakemake caps a rule's
 # threads at the submitting host's cores (--cores, which the workflow profile sets to all).
@@ -10,12 +12,12 @@ LATENCY_THREADS = config["deploy"]["latency"]["batch_threads"]
 
 rule deploy:
     input:
-        model=f"{RUN_DIR}/model.pt",
-        summary=f"{RUN_DIR}/train.json",
+        model=f"{RUN_DIR}/{MODEL}",
+        summary=f"{RUN_DIR}/{TRAIN_RECORD}",
         prepared=PREPARED,
     output:
-        **deployed_models(),
-        report=f"{RUN_DIR}/deploy.json",
+        **{kind: f"{RUN_DIR}/{name}" for kind, name in DEPLOYED.items()},
+        report=f"{RUN_DIR}/{DEPLOY_RECORD}",
     log:
         DEPLOY_LOG,
     priority: run_compute

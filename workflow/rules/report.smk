@@ -1,8 +1,32 @@
 # Aggregation, the accuracy table, plots, the README block and the HTML report: small jobs on the
 # submitting host.
 
+from cifar_resnet.layout import (
+    DEPLOYMENT_PLOTS,
+    HISTORY,
+    RUN_NAME,
+    TRAIN_RECORD,
+    plot_names,
+)
+from cifar_resnet.readme import splices_readme
+from cifar_resnet.report import write_report
 
+SUMMARY = f"{RESULTS}/{{dataset}}/summary.csv"
+ACCURACY_TABLE = f"{RESULTS}/{{dataset}}/tables/accuracy.md"
+ACCURACY_HTML = f"{RESULTS}/{{dataset}}/tables/accuracy.html"
+ACCURACY_STATISTICS = f"{RESULTS}/{{dataset}}/tables/accuracy.csv"
+RUN_CURVES = f"{RESULTS}/{{dataset}}/plots/runs"
+PLOTS = plot_names(DEPLOYS)
+# `snakemake report` writes it; a target rule takes no wildcards, so one path for every study.
+REPORT = f"{RESULTS}/report.html"
+README_BLOCK = f"{RESULTS}/readme_block.md"
+README = "README.md"
 README_DATASETS = [d for d in STUDY.datasets if d in REAL_DATASETS]
+# The README's results block belongs to this repository: by default (auto) it is spliced only where the
+# workflow runs in its own clone.
+UPDATES_README = splices_readme(
+    config["report"]["update_readme"], Path(RULES_FOLDER).parents[1], README_DATASETS
+)
 
 
 localrules:
@@ -15,17 +39,17 @@ localrules:
 
 rule summarize:
     input:
-        train=lambda wildcards: run_files(wildcards.dataset, "train.json"),
-        evaluation=lambda wildcards: run_files(wildcards.dataset, "eval.json"),
+        train=lambda wildcards: run_files(wildcards.dataset, TRAIN_RECORD),
+        evaluation=lambda wildcards: run_files(wildcards.dataset, EVAL_RECORD),
         deploy=lambda wildcards: (
-            run_files(wildcards.dataset, "deploy.json") if DEPLOYS else []
+            run_files(wildcards.dataset, DEPLOY_RECORD) if DEPLOYS else []
         ),
     output:
         report(
             SUMMARY,
             caption="../report/summary.rst",
             category="Data",
-            labels={"dataset": "{dataset}", "file": "summary.csv"},
+            labels={"dataset": "{dataset}", "file": Path(SUMMARY).name},
         ),
     log:
         f"{LOGS}/summarize.log",
@@ -67,8 +91,8 @@ rule accuracy_table:
 rule plots:
     input:
         summary=SUMMARY,
-        histories=lambda wildcards: run_files(wildcards.dataset, "history.csv"),
-        evaluation=lambda wildcards: run_files(wildcards.dataset, "eval.json"),
+        histories=lambda wildcards: run_files(wildcards.dataset, HISTORY),
+        evaluation=lambda wildcards: run_files(wildcards.dataset, EVAL_RECORD),
     output:
         **{
             name: report(

@@ -3,16 +3,30 @@
 # pretraining run's model, so Snakemake trains that first and retrains both when the pretraining
 # changes.
 
+from cifar_resnet.layout import (
+    DEPLOYMENT,
+    HISTORY,
+    RESUME_FILE,
+    TRAIN_LOG,
+    TRAIN_RECORD,
+)
+
+# Threads of a training job. Its data lives on its device, so on a GPU one thread launches the
+# kernels and the job needs few more. On the CPU, single-thread jobs side by side give more images/s
+# than one job on every core (the benchmark's `jobs` rows, docs/benchmark.md), and the grid has jobs
+# to spare.
+JOB_THREADS = 1
+
 
 rule train:
     input:
         prepared=PREPARED,
         pretrained=pretrained_model,
     output:
-        model=f"{RUN_DIR}/model.pt",
-        history=f"{RUN_DIR}/history.csv",
-        summary=f"{RUN_DIR}/train.json",
-        evaluation=f"{RUN_DIR}/eval.json",
+        model=f"{RUN_DIR}/{MODEL}",
+        history=f"{RUN_DIR}/{HISTORY}",
+        summary=f"{RUN_DIR}/{TRAIN_RECORD}",
+        evaluation=f"{RUN_DIR}/{EVAL_RECORD}",
     log:
         TRAIN_LOG,
     priority: run_compute
@@ -31,10 +45,7 @@ rule train:
         resume=RESUME_FILE,
         # Snakemake removes a job's outputs before it starts: the job removes the deployment of the
         # model it replaces, so a failure never leaves it beside a missing model.
-        derived=[
-            f"{RUN_DIR}/{name}"
-            for name in ("model.onnx", "model.int8.onnx", "deploy.json")
-        ],
+        derived=[f"{RUN_DIR}/{name}" for name in DEPLOYMENT],
         gpu_slots=".snakemake/gpu-slots",
         # Inductor's compiled code, shared by every job: a graph is compiled once per workflow.
         compile_cache=".snakemake/torch-compile-cache",

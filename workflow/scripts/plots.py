@@ -8,20 +8,22 @@ Only the files the rule declares are read: each run's history.csv and eval.json,
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import check_json
 from cifar_resnet.layout import RUN_NAME
 from cifar_resnet.plots import (
+    confusion_runs,
+    curve_depth,
+    learning_curve_runs,
     plot_confusion_matrix,
     plot_error_vs_depth,
     plot_error_vs_latency,
     plot_error_vs_params,
     plot_learning_curves,
     plot_run_curve,
-    read_history,
 )
-from cifar_resnet.records import CONFUSION_FIELDS
+from cifar_resnet.records import read_eval_record, read_trained_history
 from cifar_resnet.summary import read_summary
 from cifar_resnet.tables import PAPER_TABLE6_ERROR
 from cifar_resnet.workflow import run_job
@@ -54,7 +56,10 @@ def plots():
         plot_error_vs_latency(summary, latency_plot)
 
     history_files = by_run(snakemake.input.histories)
-    histories = {row.Index: read_history(declared(history_files, row)) for row in summary.itertuples()}
+    histories = {
+        row.Index: pd.DataFrame(read_trained_history(declared(history_files, row)))
+        for row in summary.itertuples()
+    }
     for row in summary.itertuples():
         plot_run_curve(
             histories[row.Index],
@@ -65,23 +70,18 @@ def plots():
             float(row.test_error),
         )
 
-    depth = snakemake.params.options["learning_curve_depth"] or int(summary["depth"].min())
-    at_depth = summary[summary["depth"] == depth]
-    first_seeds = at_depth[at_depth["seed"] == at_depth["seed"].min()]
+    depth = curve_depth(summary, snakemake.params.options["learning_curve_depth"])
     plot_learning_curves(
         {
             f"{row.variant} / ResNet-{depth} / seed {row.seed}": histories[row.Index]
-            for row in first_seeds.itertuples()
+            for row in learning_curve_runs(summary, depth).itertuples()
         },
         output.learning_curves,
     )
 
-    shown = at_depth[at_depth["variant"] == baseline]
-    shown = shown if len(shown) else at_depth[at_depth["variant"] == at_depth["variant"].iloc[0]]
+    shown = confusion_runs(summary, depth, baseline)
     evaluation_files = by_run(snakemake.input.evaluation)
-    evaluations = [
-        check_json(declared(evaluation_files, row), CONFUSION_FIELDS) for row in shown.itertuples()
-    ]
+    evaluations = [read_eval_record(declared(evaluation_files, row)) for row in shown.itertuples()]
     plot_confusion_matrix(
         np.sum([evaluation["confusion_matrix"] for evaluation in evaluations], axis=0),
         evaluations[0]["class_names"],
