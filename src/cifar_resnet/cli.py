@@ -59,6 +59,15 @@ SMALL = {
 
 
 def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
+    """The ``benchmark`` subcommand's options, in the order its help lists them."""
+    add_protocol_options(parser)
+    add_core_options(parser)
+    add_packing_options(parser)
+    add_run_options(parser)
+
+
+def add_protocol_options(parser: argparse.ArgumentParser) -> None:
+    """What each row of our step and the classical pipeline trains, and how its speed is measured."""
     parser.add_argument("--depths", type=int, nargs="+", default=[20, 32, 44, 56, 110])
     parser.add_argument(
         "--modes",
@@ -80,6 +89,10 @@ def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
         help="interleaved rounds, one repeat of each row per round; median and range reported",
     )
     parser.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
+
+
+def add_core_options(parser: argparse.ArgumentParser) -> None:
+    """The cores each row uses: the classical pipeline's workers, and torch threads."""
     parser.add_argument(
         "--workers",
         type=int,
@@ -92,6 +105,10 @@ def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
         help="cores per row (default: workers + 1): our torch threads; the classical pipeline's threads "
         "plus its workers; K processes' threads together",
     )
+
+
+def add_packing_options(parser: argparse.ArgumentParser) -> None:
+    """The K-model rows: how many models per device, their batch and their mode."""
     parser.add_argument(
         "--packed",
         type=int,
@@ -107,6 +124,10 @@ def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
         "--packed-mode",
         help="mode of the K-model rows: eager or compile, +bf16 (default: bf16 on CUDA, fp32 on the CPU)",
     )
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The run as a whole: its device, data, seed and study config, where it writes, and its presets."""
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--dataset-size", type=int, default=EPOCH_IMAGES, help="synthetic images")
     parser.add_argument("--seed", type=int, default=0)
