@@ -7,6 +7,8 @@ the report libraries; the download job, which only fetches and verifies an archi
 torch nor numpy. The imports come from the sources themselves (the workflow files' import statements,
 each script's), and the scripts and their environments from the rules' ``script:`` and ``conda:``
 directives, so the test follows the workflow as it changes.
+
+The ``cifar-resnet`` command imports torch (seconds) only in the subcommand that trains, the benchmark.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import ast
 import importlib.metadata
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +150,31 @@ def test_every_snakemake_script_is_run_by_a_rule():
         assert uses_snakemake == (script in run), (
             f"{script.name}: uses the snakemake object: {uses_snakemake}, run by a rule: {script in run}"
         )
+
+
+def test_importing_the_command_line_imports_no_torch():
+    assert "torch" not in imported_modules("import cifar_resnet.cli")
+
+
+def test_status_and_every_help_import_no_torch(tmp_path):
+    """``cifar-resnet status`` and ``--help`` answer without torch: the benchmark's modules and the
+    release's tensors are imported by their subcommands alone."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(ROOT / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    printed = tmp_path / "printed.txt"
+    code = f"""
+import contextlib, io, os
+os.chdir({str(tmp_path)!r})
+from cifar_resnet import cli
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    for command in ([], ["benchmark"], ["status"], ["release"]):
+        with contextlib.suppress(SystemExit):
+            cli.parse_args([*command, "--help"])
+    cli.main(["status"])
+open({str(printed)!r}, "w").write(out.getvalue())
+"""
+    found = imported_modules(code)
+    text = printed.read_text()
+    assert "usage: cifar-resnet benchmark" in text and "usage: cifar-resnet release" in text
+    assert "nothing has run in" in text  # the status itself
+    assert "torch" not in found

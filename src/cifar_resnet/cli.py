@@ -18,18 +18,14 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
-from cifar_resnet.benchmark import runner, tables
-from cifar_resnet.benchmark.data import EPOCH_IMAGES
 from cifar_resnet.benchmark.modes import ALL_MODES, DEFAULT_MODES, Mode, packing_mode
-from cifar_resnet.benchmark.pipelines import default_workers
-from cifar_resnet.benchmark.settings import load_settings
 from cifar_resnet.config import DEFAULT_CONFIG, load_study, read_study_config
 from cifar_resnet.errors import exit_on_study_error
 from cifar_resnet.files import write_csv
-from cifar_resnet.release import release_runs
 from cifar_resnet.status import describe, study_state, training_seconds_left
+
+# torch, the benchmark's pipelines and the release's tensors are imported by the subcommands that use
+# them, so that ``status`` and ``--help`` start without them.
 
 BENCHMARK = """Training speed of the CIFAR ResNets on this machine: a training job's step loop in each
 mode, the classical DataLoader pipeline, and K models per device (packed into one step, one after the
@@ -59,6 +55,15 @@ SMALL = {
 
 
 def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
+    """The ``benchmark`` subcommand's options, in the order its help lists them."""
+    add_protocol_options(parser)
+    add_core_options(parser)
+    add_packing_options(parser)
+    add_run_options(parser)
+
+
+def add_protocol_options(parser: argparse.ArgumentParser) -> None:
+    """What each row of our step and the classical pipeline trains, and how its speed is measured."""
     parser.add_argument("--depths", type=int, nargs="+", default=[20, 32, 44, 56, 110])
     parser.add_argument(
         "--modes",
@@ -80,10 +85,13 @@ def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
         help="interleaved rounds, one repeat of each row per round; median and range reported",
     )
     parser.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
+
+
+def add_core_options(parser: argparse.ArgumentParser) -> None:
+    """The cores each row uses: the classical pipeline's workers, and torch threads."""
     parser.add_argument(
         "--workers",
         type=int,
-        default=default_workers(),
         help="classical DataLoader workers (min(8, CPUs - 1))",
     )
     parser.add_argument(
@@ -92,6 +100,10 @@ def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
         help="cores per row (default: workers + 1): our torch threads; the classical pipeline's threads "
         "plus its workers; K processes' threads together",
     )
+
+
+def add_packing_options(parser: argparse.ArgumentParser) -> None:
+    """The K-model rows: how many models per device, their batch and their mode."""
     parser.add_argument(
         "--packed",
         type=int,
@@ -107,8 +119,12 @@ def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
         "--packed-mode",
         help="mode of the K-model rows: eager or compile, +bf16 (default: bf16 on CUDA, fp32 on the CPU)",
     )
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The run as a whole: its device, data, seed and study config, where it writes, and its presets."""
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--dataset-size", type=int, default=EPOCH_IMAGES, help="synthetic images")
+    parser.add_argument("--dataset-size", type=int, help="synthetic images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--config", type=Path, default=DEFAULT_CONFIG, help="the study config whose paper recipe is trained"
@@ -151,8 +167,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if getattr(parser.parse_known_args(argv)[0], "small", False):
         benchmark.set_defaults(**SMALL)
     args = parser.parse_args(argv)
-    if args.command != "benchmark":
-        return args
+    if args.command == "benchmark":
+        complete_benchmark_args(args, benchmark)
+    return args
+
+
+def complete_benchmark_args(args: argparse.Namespace, benchmark: argparse.ArgumentParser) -> None:
+    """The benchmark's defaults that come from its pipelines (imported here, with torch, as the other
+    subcommands need neither), and the checks of its options that argparse does not make."""
+    import torch
+
+    from cifar_resnet.benchmark.data import EPOCH_IMAGES
+    from cifar_resnet.benchmark.pipelines import default_workers
+
+    if args.workers is None:
+        args.workers = default_workers()
+    if args.dataset_size is None:
+        args.dataset_size = EPOCH_IMAGES
     if args.modes == ["all"]:
         args.modes = list(ALL_MODES)
     if args.rounds < 3:
@@ -165,7 +196,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         packing_mode(args.packed_mode, torch.device("cpu"))
     except ValueError as error:
         benchmark.error(str(error))
-    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -175,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def make_release(args: argparse.Namespace) -> None:
+    from cifar_resnet.release import release_runs  # with torch, which reads and writes the weights
+
     manifest = release_runs(args.runs, args.out)
     print(f"released {len(manifest['models'])} model(s) in {args.out}; attach its files to a release")
 
@@ -189,6 +221,9 @@ def show_status(args: argparse.Namespace) -> None:
 
 
 def run_benchmark(args: argparse.Namespace) -> None:
+    from cifar_resnet.benchmark import runner, tables
+    from cifar_resnet.benchmark.settings import load_settings
+
     logging.basicConfig(format="%(message)s")
     logging.getLogger("cifar_resnet").setLevel(logging.INFO)
     csv_path, plot_path = args.out / "benchmark.csv", args.out / "benchmark.png"

@@ -65,7 +65,9 @@ OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "nadam": torch.o
 
 def make_optimizer(parameters, settings: dict, runtime: Runtime) -> torch.optim.Optimizer:
     """The recipe's optimizer (``settings``), with fused kernels where the runtime allows them and the
-    optimizer has them (NAdam has none), else foreach."""
+    optimizer has them (NAdam has none), else foreach. Part of this module's interface for callers that
+    train parameters of their own by the recipe (the benchmark's classical pipeline and packed models),
+    so that they get the trainer's optimizer."""
     hyper = {"lr": settings["lr"], "weight_decay": settings["weight_decay"]}
     if settings["name"] == "sgd":
         hyper |= {"momentum": settings["momentum"], "nesterov": settings["nesterov"]}
@@ -132,7 +134,9 @@ def train_step(forward, optimizer, images, labels, mean, std, runtime: Runtime):
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """Each epoch's randomness (order, augmentation, dropout) depends only on (seed, epoch): a resumed
-    run draws exactly what an uninterrupted one would have."""
+    run draws exactly what an uninterrupted one would have. Part of this module's interface for callers
+    that draw an epoch's data themselves (the benchmark's packed models), so that they draw as
+    ``train_steps`` does."""
     return seed * 1_000_003 + epoch
 
 
@@ -268,6 +272,9 @@ def train_epoch(trainer: Trainer, epoch: int, partial: PartialEpoch | None = Non
 
 
 def check_finite(step_losses: torch.Tensor, epoch: int, first_iteration: int) -> None:
+    """Raises StudyError naming the first non-finite loss among ``step_losses``, epoch ``epoch``'s from
+    iteration ``first_iteration`` + 1 on. Part of this module's interface for callers that run a step
+    loop of their own (the benchmark's packed models), so that they stop on divergence as a job does."""
     finite = torch.isfinite(step_losses)
     if not bool(finite.all()):
         step = int((~finite).nonzero()[0])

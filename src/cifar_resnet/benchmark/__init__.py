@@ -11,8 +11,9 @@ is the median over the rounds with its range, and each ratio is taken within a r
 * ``ours`` (``pipelines``): a trainer built by ``train.build_trainer``, as a training job builds it,
   timed through the trainer's own ``train.train_steps``. Its modes (``modes.Mode``) switch the
   trainer's runtime switches: torch.compile, bf16 autocast, channels_last and CUDA graphs. A mode with
-  a switch that the trainer does not apply on the device (``runtime.inactive_switches``: all four act
-  on CUDA only) is not run but reported as "n/a on cpu".
+  a switch that the trainer does not apply on the device (``runtime.Runtime``'s ``not_applied``: on the
+  CPU the switches act only under the runtime section's ``switches_on_cpu``, CUDA graphs on CUDA alone)
+  is not run but reported as "n/a on cpu".
 * ``classical`` (``pipelines``): the torchvision DataLoader pipeline of most CIFAR reproductions.
 * ``packed``, ``sequential`` (``packing``) and ``jobs`` (``jobs``): K independent models of one
   architecture trained as one vmapped computation, by K trainers one after the other in one process,

@@ -1,16 +1,16 @@
 """How our step runs: ``Mode`` names the trainer's runtime switches (compile, bf16, channels_last,
 CUDA graphs), and whether a mode runs on a device is the trainer's own decision
 (``runtime.Runtime``'s ``not_applied``): a mode with a switch that does not act there would time another mode
-under its name."""
+under its name. Importing this module imports no torch: the command line's options name the modes."""
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from cifar_resnet.runtime import Runtime
+if TYPE_CHECKING:
+    import torch
 
 FLAGS = ("bf16", "channels_last", "cuda_graphs")  # what follows eager or compile in a mode's name
 
@@ -57,6 +57,8 @@ class Mode:
 
     def unavailable_on(self, device: torch.device, study_runtime: dict) -> str | None:
         """Why this mode is not run on ``device`` under the study's runtime section, or None when it is."""
+        from cifar_resnet.runtime import Runtime  # here: the module's names come without torch
+
         inactive = Runtime.resolve(self.runtime(study_runtime, device), device).not_applied
         if inactive:
             return f"n/a on {device.type} (the trainer does not apply {', '.join(inactive)} there)"

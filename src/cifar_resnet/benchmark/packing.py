@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
+from cifar_resnet import train
 from cifar_resnet.augment import augment, normalize
 from cifar_resnet.benchmark.data import on_device
 from cifar_resnet.benchmark.modes import Mode, packing_mode
@@ -20,7 +21,6 @@ from cifar_resnet.benchmark.settings import Settings
 from cifar_resnet.benchmark.timing import Pipeline, Protocol
 from cifar_resnet.models import CifarResNet
 from cifar_resnet.runtime import Runtime
-from cifar_resnet.train import Trainer, check_finite, epoch_seed, make_optimizer
 
 
 class PackedModels:
@@ -47,7 +47,7 @@ class PackedModels:
         self.runtime = runtime
         self.template = copy.deepcopy(models[0]).to("meta").train()
         self.params, self.buffers = stack_module_state(list(models))
-        self.optimizer = make_optimizer(list(self.params.values()), optimizer_settings, runtime)
+        self.optimizer = train.make_optimizer(list(self.params.values()), optimizer_settings, runtime)
         # Each model its own dropout masks.
         self.losses = runtime.forward_of(vmap(self._loss, randomness="different"))
 
@@ -86,10 +86,12 @@ def epoch_chunk(
     return chunk.view(models, count, *images.shape[1:]), labels[orders]
 
 
-def packed_steps(trainers: Sequence[Trainer], seed: int) -> Callable[[int], None]:
+def packed_steps(trainers: Sequence[train.Trainer], seed: int) -> Callable[[int], None]:
     """``run(steps)`` for the trainers' models packed into one vmapped step, on the first trainer's
     data, with the recipe's optimizer at its base learning rate; each epoch of ``steps`` (``epoch_pieces``)
-    draws its own orders and augmentation."""
+    draws its own orders and augmentation. What it shares with the trainer comes from train.py's
+    interface for such callers: the optimizer (``train.make_optimizer``), each epoch's seed
+    (``train.epoch_seed``) and the closing finiteness check (``train.check_finite``)."""
     first = trainers[0]
     device, batch_size, models = first.runtime.device, first.batch_size, len(trainers)
     optimizer_settings = first.recipe["optimizer"]
@@ -101,7 +103,7 @@ def packed_steps(trainers: Sequence[Trainer], seed: int) -> Callable[[int], None
     def run(steps: int) -> None:
         for piece in epoch_pieces(steps, first.steps_per_epoch):
             epochs[0] += 1
-            generator = torch.Generator(device=device).manual_seed(epoch_seed(seed, epochs[0]))
+            generator = torch.Generator(device=device).manual_seed(train.epoch_seed(seed, epochs[0]))
             chunk_images, chunk_labels = epoch_chunk(
                 images, labels, models, piece, batch_size, augmentation, generator
             )
@@ -109,7 +111,7 @@ def packed_steps(trainers: Sequence[Trainer], seed: int) -> Callable[[int], None
             for step in range(piece):
                 batch = slice(step * batch_size, (step + 1) * batch_size)
                 step_losses[step] = packed.step(chunk_images[:, batch], chunk_labels[:, batch], mean, std)[0]
-            check_finite(step_losses.flatten(), epochs[0], 0)
+            train.check_finite(step_losses.flatten(), epochs[0], 0)
 
     return run
 

@@ -249,6 +249,19 @@ def run_benchmark(
     packed = packing_mode(packed_mode, device)
     groups = plan(bench, depths, ours, protocol, packed, packed_models, packed_protocol)
     kept = resumable_rows(earlier, [row for group in groups for row in group], earlier_source)
+    return measure_groups(groups, kept, protocol, device, progress)
+
+
+def measure_groups(
+    groups: Sequence[Sequence[Planned]],
+    kept: dict[tuple, dict],
+    protocol: Protocol,
+    device: torch.device,
+    progress: Callable[[pd.DataFrame], None],
+) -> pd.DataFrame:
+    """The rows of ``groups``, group by group: a group whose measured rows are all in ``kept`` (by
+    identity, ``resumable_rows``) takes them from there, any other is measured (``measure``). ``progress``
+    receives the rows so far after each group."""
     rows = []
     for group in groups:
         measured = [row for row in group if not isinstance(row.build, str)]
