@@ -414,7 +414,7 @@ def test_resume_file_of_another_config_is_not_used(study, prepared, tmp_path, ca
 
 def trainer_of(config: dict, data: dict):
     """The trainer a training job builds for ``config`` on ``data``, without a pretrained backbone."""
-    return build_trainer(config, data, None, Runtime.start(config["runtime"]))[0]
+    return build_trainer(config, data, None, Runtime.start(config["runtime"]))
 
 
 def test_a_resume_file_of_another_optimizer_version_is_not_used(study, prepared, tmp_path, caplog):

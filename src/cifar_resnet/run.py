@@ -18,7 +18,6 @@ from cifar_resnet.config import config_hash
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import evaluate_run
 from cifar_resnet.files import write_json
-from cifar_resnet.models import ModelSpec
 from cifar_resnet.provenance import describe_device, git_commit, versions
 from cifar_resnet.records import write_history
 from cifar_resnet.runtime import Runtime, compile_counts
@@ -75,7 +74,7 @@ def train_run(
     times = ProcessTimes(startup=process_age())
     training = run_config["recipe"]["training"]
     data = datasets.load_prepared(prepared, splits=("train", "val"))
-    trainer, spec = build_trainer(run_config, data, pretrained, runtime)
+    trainer = build_trainer(run_config, data, pretrained, runtime)
     times.setup = time.perf_counter() - started
     monitors = monitors_of(training)
     progress = resume(trainer, monitors, resume_file, config_hash(run_config))
@@ -116,7 +115,7 @@ def train_run(
         )
         last_checkpoint = time.perf_counter()
         times.checkpoints += last_checkpoint - checkpoint_started
-    return write_outputs(outputs, run_config, trainer, spec, data["class_names"], progress, started, times)
+    return write_outputs(outputs, run_config, trainer, progress, started, times)
 
 
 def stop(
@@ -210,8 +209,6 @@ def write_outputs(
     outputs: Outputs,
     run_config: dict,
     trainer: Trainer,
-    spec: ModelSpec,
-    class_names: list[str],
     progress: dict,
     started: float,
     times: ProcessTimes,
@@ -231,9 +228,9 @@ def write_outputs(
         "seed": trainer.seed,
         "config": run_config,
         "config_hash": progress["config_hash"],
-        "model": vars(spec),
+        "model": vars(trainer.spec),
         "normalization": {"mean": trainer.mean.tolist(), "std": trainer.std.tolist()},
-        "class_names": class_names,
+        "class_names": trainer.class_names,
         "train_seconds": progress["train_seconds"],
         "wall_seconds": wall_seconds,
         "timings": times.summary(wall_seconds, trainer.first_step_seconds),
