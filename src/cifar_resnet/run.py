@@ -242,15 +242,27 @@ def write_outputs(
     started: float,
     times: ProcessTimes,
 ) -> dict:
-    """The selected model, the history and ``train.json`` (the run's summary, returned), which also holds
-    what the model's input and output mean: the training split's normalisation and the class names."""
-    final = {"epoch": progress.epoch, "model": checkpoint.cpu_state(trainer.model)}
-    selected = progress.selected or final
-    selected_row = progress.history[selected["epoch"] - 1]
+    """The selected model (the last epoch's where the selection picked none), the history and
+    ``train.json`` (the run's summary, returned)."""
+    selected = progress.selected or {"epoch": progress.epoch, "model": checkpoint.cpu_state(trainer.model)}
     save_tensors(outputs.model, selected["model"])
     write_history(outputs.history, progress.history)
     wall_seconds = time.perf_counter() - started
     summary = {
+        **summarize(run_config, trainer, progress, selected["epoch"]),
+        "wall_seconds": wall_seconds,
+        "timings": times.summary(wall_seconds, trainer.first_step_seconds),
+    }
+    write_json(outputs.summary, summary)
+    log_done(summary)
+    return summary
+
+
+def summarize(run_config: dict, trainer: Trainer, progress: Progress, selected_epoch: int) -> dict:
+    """``train.json`` but for its times: the run, its selected epoch, what the model's input and output
+    mean (the training split's normalisation and the class names) and where it ran."""
+    selected_row = progress.history[selected_epoch - 1]
+    return {
         "dataset": run_config["dataset"],
         "variant": run_config["variant"],
         "depth": run_config["depth"],
@@ -261,11 +273,9 @@ def write_outputs(
         "normalization": {"mean": trainer.mean.tolist(), "std": trainer.std.tolist()},
         "class_names": trainer.class_names,
         "train_seconds": progress.train_seconds,
-        "wall_seconds": wall_seconds,
-        "timings": times.summary(wall_seconds, trainer.first_step_seconds),
         "epochs": progress.epoch,
         "iterations": progress.history[-1]["iteration"],
-        "selected_epoch": selected["epoch"],
+        "selected_epoch": selected_epoch,
         "selected_val_accuracy": selected_row["val_accuracy"],
         "selected_val_loss": selected_row["val_loss"],
         "stopped_early": progress.stopped_early,
@@ -279,11 +289,13 @@ def write_outputs(
         "versions": versions(),
         "git_commit": git_commit(),
     }
-    write_json(outputs.summary, summary)
+
+
+def log_done(summary: dict) -> None:
     log.info(
         "done: selected epoch %d (val acc %.2f%%), %.1f s training, %.1f s wall",
-        selected["epoch"],
-        100 * selected_row["val_accuracy"],
+        summary["selected_epoch"],
+        100 * summary["selected_val_accuracy"],
         summary["train_seconds"],
         summary["wall_seconds"],
     )
@@ -294,4 +306,3 @@ def write_outputs(
             summary["execution"]["compiled_graphs"],
             summary["execution"]["cuda_graph_skips"],
         )
-    return summary
