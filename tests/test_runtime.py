@@ -201,7 +201,7 @@ def compiled_runs(study, prepared, tmp_path_factory):
             train_switched(config, prepared, folder / "resumed", checkpoint_interval=0)
     finally:
         checkpoint.save_resume_state = save
-    assert load_tensors(folder / "resumed" / "resume.pt")["epoch"] == 2
+    assert load_tensors(folder / "resumed" / "resume.pt")["progress"]["epoch"] == 2
     resumed = train_switched(config, prepared, folder / "resumed")
     return config, folder, uninterrupted, resumed, graphs
 

@@ -282,7 +282,7 @@ def check_kill_and_resume(config, prepared, tmp_path, into_epoch=0.3):
     process = signalled_training(TRAIN_IN_SUBPROCESS, config, prepared, killed, "resume.pt", into_epoch)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    state = load_tensors(killed / "resume.pt")
+    state = load_tensors(killed / "resume.pt")["progress"]
     assert 1 <= state["epoch"] < config["recipe"]["training"]["duration"], "the kill must land in training"
     assert not (killed / "model.pt").exists()
 
@@ -341,7 +341,7 @@ def test_a_stop_request_saves_the_epoch_at_its_step_and_the_rerun_continues_iden
     where = rf"at epoch {epoch}/3, step {step} \(iteration {steps}\); its state is saved in .*resume.pt"
     with pytest.raises(Stopped, match=rf"^Stopped by SIGTERM \(.*\) {where}"):
         train(config, prepared, stopped, checkpoint_interval=3600)
-    state = load_tensors(stopped / "resume.pt")
+    state = load_tensors(stopped / "resume.pt")["progress"]
     assert (state["epoch"], state["partial"]["epoch"], state["partial"]["steps"]) == (epoch - 1, epoch, step)
     assert not (stopped / "model.pt").exists() and (stopped / "history.csv").is_file()
 
@@ -381,7 +381,7 @@ def test_a_training_job_given_sigterm_saves_its_work_says_where_and_resumes_ther
     assert process.wait(timeout=60) == 143
     lines = (stopped / "train.log").read_text().splitlines()
     assert "ERROR Stopped by SIGTERM (a cluster's time limit, preemption or scancel) at epoch" in lines[-1]
-    state = load_tensors(stopped / "resume.pt")
+    state = load_tensors(stopped / "resume.pt")["progress"]
     assert 1 <= state["epoch"] < 6 and not (stopped / "model.pt").exists()
 
     train(config, prepared, stopped)
@@ -407,15 +407,51 @@ def test_resume_file_of_another_config_is_not_used(study, prepared, tmp_path, ca
     other = run(study, "paper", depth=8, duration=20)
     process_folder = tmp_path / "run"
     train(other, prepared, process_folder)
-    torch.save({"config_hash": "0123456789abcdef", "epoch": 1}, process_folder / "resume.pt")
+    foreign = run_module.Progress("0123456789abcdef", epoch=1)
+    torch.save({"progress": foreign.plain()}, process_folder / "resume.pt")
     summary = train(run(study, "paper"), prepared, process_folder)
     assert "belongs to another configuration" in caplog.text
     assert summary["iterations"] == 3
 
 
+def test_a_resume_file_of_the_earlier_layout_is_not_used(study, prepared, tmp_path, caplog):
+    """A resume state of this configuration as the code before the progress's one entry wrote it, the
+    progress beside the model's state: refused with a warning, and the run trains from the start."""
+    config = run(study, "paper", depth=8, duration=20)
+    train(config, prepared, tmp_path / "clean")
+    earlier = run_module.Progress(run_module.config_hash(config), epoch=1, history=[{"epoch": 1}]).plain()
+    torch.save(
+        {**earlier, "model": {}, "optimizer": {}, "schedule": {}, "monitors": {}}, tmp_path / "resume.pt"
+    )
+    summary = train(config, prepared, tmp_path)
+    assert "is not a resume state of this version: starting from scratch" in caplog.text
+    assert summary["iterations"] == 20 and not (tmp_path / "resume.pt").exists()
+    clean, restarted = load_tensors(tmp_path / "clean" / "model.pt"), load_tensors(tmp_path / "model.pt")
+    assert all(torch.equal(clean[k], restarted[k]) for k in clean)
+
+
+def test_the_progress_is_saved_as_plain_data_and_restored_as_it_was(tmp_path):
+    """Its stopped epoch included, through a file loaded weights_only; a progress of other fields (an
+    earlier version's) is refused in one sentence."""
+    partial = train_module.PartialEpoch(2, 3, torch.arange(3.0), 7, 1.5, 0.1, torch.get_rng_state(), None)
+    weights = {"w": torch.ones(2)}
+    progress = run_module.Progress(
+        "abc", 1, [{"epoch": 1}], 2.5, {"epoch": 1, "model": weights}, True, partial
+    )
+    save_tensors(tmp_path / "resume.pt", {"progress": progress.plain()})
+    restored = run_module.Progress.of_plain(load_tensors(tmp_path / "resume.pt")["progress"])
+    same = lambda a, b: torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b  # noqa: E731
+    assert all(same(getattr(restored.partial, name), value) for name, value in vars(partial).items())
+    assert restored.selected["epoch"] == 1 and restored.selected["model"]["w"].equal(weights["w"])
+    fields = ("config_hash", "epoch", "history", "train_seconds", "stopped_early")
+    assert [getattr(restored, name) for name in fields] == ["abc", 1, [{"epoch": 1}], 2.5, True]
+    with pytest.raises(StudyError, match=r"its progress holds \['config_hash', 'epoch'\], not \["):
+        run_module.Progress.of_plain({"config_hash": "abc", "epoch": 1})
+
+
 def trainer_of(config: dict, data: dict):
     """The trainer a training job builds for ``config`` on ``data``, without a pretrained backbone."""
-    return build_trainer(config, data, None, Runtime.start(config["runtime"]))[0]
+    return build_trainer(config, data, None, Runtime.start(config["runtime"]))
 
 
 def test_a_resume_file_of_another_optimizer_version_is_not_used(study, prepared, tmp_path, caplog):
@@ -427,8 +463,8 @@ def test_a_resume_file_of_another_optimizer_version_is_not_used(study, prepared,
     trainer = trainer_of(config, datasets.load_prepared(prepared, splits=("train", "val")))
     own = [{"momentum_buffer": torch.zeros_like(parameter)} for parameter in trainer.model.parameters()]
     foreign = {"name": "sgd", "state": own}
-    stale = {"config_hash": run_module.config_hash(config), "epoch": 1, "optimizer": foreign}
-    torch.save({**stale, "model": {}}, tmp_path / "resume.pt")
+    progress = run_module.Progress(run_module.config_hash(config), epoch=1).plain()
+    torch.save({"progress": progress, "optimizer": foreign, "model": {}}, tmp_path / "resume.pt")
     summary = train(config, prepared, tmp_path)
     assert "does not fit" in caplog.text and "starting from scratch" in caplog.text
     assert "is not a torch.optim state of this run's SGD (KeyError" in caplog.text  # what was wrong
@@ -681,7 +717,8 @@ def test_a_job_stopped_during_its_evaluation_resumes_instead_of_training_again(
         patch.setattr(run_module, "evaluate_run", stopped)
         with pytest.raises(KeyboardInterrupt):
             train(config, prepared, tmp_path, checkpoint_interval=0)
-    assert load_tensors(tmp_path / "resume.pt")["epoch"] == 2  # saved after every epoch but the last
+    saved = load_tensors(tmp_path / "resume.pt")["progress"]
+    assert saved["epoch"] == 2  # saved after every epoch but the last
     train(config, prepared, tmp_path)
     assert "resumed from" in caplog.text and (tmp_path / "eval.json").exists()
     assert not (tmp_path / "resume.pt").exists()
@@ -716,7 +753,7 @@ def test_a_run_stopped_between_epochs_resumes_its_selection_and_early_stopping(
         patch.setattr(run_module, "train_epoch", stopped_in_epoch_4)
         with pytest.raises(KeyboardInterrupt):
             train(config, prepared, tmp_path, checkpoint_interval=0)
-    assert load_tensors(tmp_path / "resume.pt")["epoch"] == 3
+    assert load_tensors(tmp_path / "resume.pt")["progress"]["epoch"] == 3
     scripted(monkeypatch, losses[3:], accuracies[3:])  # the validation of epochs 4 to 6
     resumed = train(config, prepared, tmp_path)
     for key in ("selected_epoch", "epochs", "stopped_early", "selected_val_accuracy"):

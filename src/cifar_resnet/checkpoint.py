@@ -20,12 +20,12 @@ def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_resume_state(path: Path, progress: dict, model, optimizer, schedule, monitors: dict) -> None:
-    """``progress`` (the run's own bookkeeping) with the state of the model, optimizer, schedule and
-    monitors, which ``restore`` puts back."""
+    """``progress`` (the training loop's own state, as plain data) with the state of the model,
+    optimizer, schedule and monitors, which ``restore`` puts back."""
     save_tensors(
         path,
         {
-            **progress,
+            "progress": progress,
             "model": cpu_state(model),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
@@ -36,20 +36,25 @@ def save_resume_state(path: Path, progress: dict, model, optimizer, schedule, mo
 
 def read_resume_state(path: Path, expected_hash: str) -> dict | None:
     """The resume state at ``path`` when it belongs to the configuration ``expected_hash``; an
-    unreadable or foreign file is removed and None returned, so the run starts from scratch."""
+    unreadable or foreign file (another configuration's, or one of an earlier layout, which kept the
+    progress beside the model's state) is removed and None returned, so the run starts from scratch."""
     if not path.exists():
         return None
     try:
         state = load_tensors(path)
     except Exception as error:  # a truncated or foreign file: any unpickling error means "not ours"
-        log.warning("resume file %s is unreadable (%s): starting from scratch", path, error)
-        path.unlink()
-        return None
-    if not isinstance(state, dict) or state.get("config_hash") != expected_hash:
-        log.warning("resume file %s belongs to another configuration: starting from scratch", path)
-        path.unlink()
-        return None
+        return discard(path, f"is unreadable ({error})")
+    progress = state.get("progress") if isinstance(state, dict) else None
+    if not isinstance(progress, dict):
+        return discard(path, "is not a resume state of this version")
+    if progress.get("config_hash") != expected_hash:
+        return discard(path, "belongs to another configuration")
     return state
+
+
+def discard(path: Path, why: str) -> None:
+    log.warning("resume file %s %s: starting from scratch", path, why)
+    path.unlink()
 
 
 def restore(state: dict, model, optimizer, schedule, monitors: dict) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -18,7 +18,6 @@ from cifar_resnet.config import config_hash
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import evaluate_run
 from cifar_resnet.files import write_json
-from cifar_resnet.models import ModelSpec
 from cifar_resnet.provenance import describe_device, git_commit, versions
 from cifar_resnet.records import write_history
 from cifar_resnet.runtime import Runtime, compile_counts
@@ -43,6 +42,33 @@ class Outputs:
     history: Path
     summary: Path
     evaluation: Path
+
+
+@dataclass
+class Progress:
+    """The training loop's own state, which the resume state saves as one entry beside the model's,
+    optimizer's, schedule's and monitors' (``plain``) and a resumed job restores as one (``of_plain``)."""
+
+    config_hash: str  # the run's configuration: a resume state of another is not used
+    epoch: int = 0  # the epochs done
+    history: list[dict] = field(default_factory=list)  # their rows
+    train_seconds: float = 0.0  # their step loops' time, over all processes
+    selected: dict | None = None  # the selection's pick: its "epoch" and its "model" weights on the CPU
+    stopped_early: bool = False
+    partial: PartialEpoch | None = None  # an epoch stopped at a step boundary
+
+    def plain(self) -> dict:
+        """Plain data (the resume state is loaded weights_only, which reads no classes of ours)."""
+        return {**vars(self), "partial": vars(self.partial) if self.partial else None}
+
+    @classmethod
+    def of_plain(cls, state: dict) -> Progress:
+        """The progress ``plain`` gave; refused (StudyError) where its fields are not this class's."""
+        names = [each.name for each in fields(cls)]
+        if sorted(state) != sorted(names):
+            raise StudyError(f"its progress holds {sorted(state)}, not {sorted(names)}")
+        partial = state["partial"]
+        return cls(**{**state, "partial": PartialEpoch(**partial) if partial else None})
 
 
 def train_job(run_config: dict, prepared: Path, outputs: Outputs, resume_file: Path, **options) -> dict:
@@ -75,10 +101,38 @@ def train_run(
     times = ProcessTimes(startup=process_age())
     training = run_config["recipe"]["training"]
     data = datasets.load_prepared(prepared, splits=("train", "val"))
-    trainer, spec = build_trainer(run_config, data, pretrained, runtime)
+    trainer = build_trainer(run_config, data, pretrained, runtime)
     times.setup = time.perf_counter() - started
     monitors = monitors_of(training)
     progress = resume(trainer, monitors, resume_file, config_hash(run_config))
+    log_start(run_config, trainer)
+    last_checkpoint = last_progress = time.perf_counter()
+    trainer.stop_requested = stop_request
+    while progress.epoch < trainer.total_epochs and not progress.stopped_early:
+        partial = progress.partial
+        row = train_epoch(trainer, progress.epoch + 1, partial)
+        if isinstance(row, PartialEpoch):
+            stop(row, trainer, monitors, progress, resume_file, outputs.history)
+        progress.partial = None
+        after_epoch(trainer, monitors, progress, row, training)
+        times.training += row["seconds"] - (partial.seconds if partial else 0.0)  # this process's share
+        times.validation += row["val_seconds"]
+        finished = progress.epoch == trainer.total_epochs or progress.stopped_early
+        if not finished and (
+            progress.epoch == 1 or time.perf_counter() - last_progress >= PROGRESS_INTERVAL_SECONDS
+        ):
+            write_history(outputs.history, progress.history)
+            last_progress = time.perf_counter()
+        if finished or time.perf_counter() - last_checkpoint < checkpoint_interval:
+            continue
+        checkpoint_started = time.perf_counter()
+        save(resume_file, progress, trainer, monitors)
+        last_checkpoint = time.perf_counter()
+        times.checkpoints += last_checkpoint - checkpoint_started
+    return write_outputs(outputs, run_config, trainer, progress, started, times)
+
+
+def log_start(run_config: dict, trainer: Trainer) -> None:
     log.info(
         "training %s ResNet-%d (%s), seed %d: %d iterations = %d epochs of %d steps, batch %d, on %s",
         run_config["variant"],
@@ -91,45 +145,28 @@ def train_run(
         trainer.batch_size,
         trainer.runtime.device,
     )
-    last_checkpoint = last_progress = time.perf_counter()
-    trainer.stop_requested = stop_request
-    while progress["epoch"] < trainer.total_epochs and not progress["stopped_early"]:
-        partial = PartialEpoch(**progress["partial"]) if progress["partial"] else None
-        row = train_epoch(trainer, progress["epoch"] + 1, partial)
-        if isinstance(row, PartialEpoch):
-            stop(row, trainer, monitors, progress, resume_file, outputs.history)
-        progress["partial"] = None
-        after_epoch(trainer, monitors, progress, row, training)
-        times.training += row["seconds"] - (partial.seconds if partial else 0.0)  # this process's share
-        times.validation += row["val_seconds"]
-        finished = progress["epoch"] == trainer.total_epochs or progress["stopped_early"]
-        if not finished and (
-            progress["epoch"] == 1 or time.perf_counter() - last_progress >= PROGRESS_INTERVAL_SECONDS
-        ):
-            write_history(outputs.history, progress["history"])
-            last_progress = time.perf_counter()
-        if finished or time.perf_counter() - last_checkpoint < checkpoint_interval:
-            continue
-        checkpoint_started = time.perf_counter()
-        checkpoint.save_resume_state(
-            resume_file, progress, trainer.model, trainer.optimizer, trainer.schedule, monitors
-        )
-        last_checkpoint = time.perf_counter()
-        times.checkpoints += last_checkpoint - checkpoint_started
-    return write_outputs(outputs, run_config, trainer, spec, data["class_names"], progress, started, times)
+
+
+def save(resume_file: Path, progress: Progress, trainer: Trainer, monitors: dict[str, Monitor]) -> None:
+    checkpoint.save_resume_state(
+        resume_file, progress.plain(), trainer.model, trainer.optimizer, trainer.schedule, monitors
+    )
 
 
 def stop(
-    partial: PartialEpoch, trainer: Trainer, monitors: dict, progress: dict, resume_file: Path, history: Path
+    partial: PartialEpoch,
+    trainer: Trainer,
+    monitors: dict[str, Monitor],
+    progress: Progress,
+    resume_file: Path,
+    history: Path,
 ) -> None:
     """Save the resume state with the epoch stopped at ``partial`` (and the history so far), then end the
     job with the one sentence that says where it stopped."""
-    progress["partial"] = vars(partial)
-    checkpoint.save_resume_state(
-        resume_file, progress, trainer.model, trainer.optimizer, trainer.schedule, monitors
-    )
-    if progress["history"]:
-        write_history(history, progress["history"])
+    progress.partial = partial
+    save(resume_file, progress, trainer, monitors)
+    if progress.history:
+        write_history(history, progress.history)
     iteration = (partial.epoch - 1) * trainer.steps_per_epoch + partial.steps
     raise Stopped(
         f"Stopped by {stop_request.name} (a cluster's time limit, preemption or scancel) at epoch "
@@ -138,42 +175,33 @@ def stop(
     )
 
 
-def resume(trainer: Trainer, monitors: dict[str, Monitor], resume_file: Path, run_hash: str) -> dict:
+def resume(trainer: Trainer, monitors: dict[str, Monitor], resume_file: Path, run_hash: str) -> Progress:
     """The run's progress: restored from ``resume_file`` (with the trainer's and monitors' state) when
     an earlier process of this configuration left one, else a fresh start."""
-    progress = {
-        "config_hash": run_hash,
-        "epoch": 0,
-        "history": [],
-        "train_seconds": 0.0,
-        "selected": None,
-        "stopped_early": False,
-        "partial": None,  # an epoch stopped at a step boundary (PartialEpoch's fields)
-    }
     resumed = checkpoint.read_resume_state(resume_file, run_hash)
     if not resumed:
-        return progress
-    try:
+        return Progress(run_hash)
+    try:  # the progress first: nothing has changed when either is refused
+        progress = Progress.of_plain(resumed["progress"])
         checkpoint.restore(resumed, trainer.model, trainer.optimizer, trainer.schedule, monitors)
-    except StudyError as error:  # an optimizer state of an earlier version of this code
+    except StudyError as error:  # the state of an earlier version of this code
         log.warning("resume file %s does not fit (%s): starting from scratch", resume_file, error)
         resume_file.unlink()
-        return progress
-    progress.update({key: resumed.get(key, progress[key]) for key in progress})
-    if progress["partial"]:
+        return Progress(run_hash)
+    if progress.partial:
         log.info(
             "resumed from %s at epoch %d, step %d",
             resume_file,
-            progress["partial"]["epoch"],
-            progress["partial"]["steps"],
+            progress.partial.epoch,
+            progress.partial.steps,
         )
     else:
-        log.info("resumed from %s after epoch %d", resume_file, progress["epoch"])
+        log.info("resumed from %s after epoch %d", resume_file, progress.epoch)
     return progress
 
 
 def after_epoch(
-    trainer: Trainer, monitors: dict[str, Monitor], progress: dict, row: dict, training: dict
+    trainer: Trainer, monitors: dict[str, Monitor], progress: Progress, row: dict, training: dict
 ) -> None:
     """Log the epoch, step the schedule, keep the model selection picks and decide early stopping."""
     log.info(
@@ -190,10 +218,10 @@ def after_epoch(
         row["images_per_s"],
     )
     trainer.schedule.end_of_epoch(row["val_accuracy"])
-    selected, progress["stopped_early"] = watch(monitors, row, training)
+    selected, progress.stopped_early = watch(monitors, row, training)
     if selected:
-        progress["selected"] = {"epoch": row["epoch"], "model": checkpoint.cpu_state(trainer.model)}
-    if progress["stopped_early"]:
+        progress.selected = {"epoch": row["epoch"], "model": checkpoint.cpu_state(trainer.model)}
+    if progress.stopped_early:
         stopping = monitors["early_stopping"]
         log.info(
             "early stopping after epoch %d: %s has not improved for %d epochs",
@@ -201,49 +229,57 @@ def after_epoch(
             stopping.metric,
             stopping.epochs_without_improvement,
         )
-    progress["history"].append(row)
-    progress["epoch"] = row["epoch"]
-    progress["train_seconds"] += row["seconds"]
+    progress.history.append(row)
+    progress.epoch = row["epoch"]
+    progress.train_seconds += row["seconds"]
 
 
 def write_outputs(
     outputs: Outputs,
     run_config: dict,
     trainer: Trainer,
-    spec: ModelSpec,
-    class_names: list[str],
-    progress: dict,
+    progress: Progress,
     started: float,
     times: ProcessTimes,
 ) -> dict:
-    """The selected model, the history and ``train.json`` (the run's summary, returned), which also holds
-    what the model's input and output mean: the training split's normalisation and the class names."""
-    final = {"epoch": progress["epoch"], "model": checkpoint.cpu_state(trainer.model)}
-    selected = progress["selected"] or final
-    selected_row = progress["history"][selected["epoch"] - 1]
+    """The selected model (the last epoch's where the selection picked none), the history and
+    ``train.json`` (the run's summary, returned)."""
+    selected = progress.selected or {"epoch": progress.epoch, "model": checkpoint.cpu_state(trainer.model)}
     save_tensors(outputs.model, selected["model"])
-    write_history(outputs.history, progress["history"])
+    write_history(outputs.history, progress.history)
     wall_seconds = time.perf_counter() - started
     summary = {
+        **summarize(run_config, trainer, progress, selected["epoch"]),
+        "wall_seconds": wall_seconds,
+        "timings": times.summary(wall_seconds, trainer.first_step_seconds),
+    }
+    write_json(outputs.summary, summary)
+    log_done(summary)
+    return summary
+
+
+def summarize(run_config: dict, trainer: Trainer, progress: Progress, selected_epoch: int) -> dict:
+    """``train.json`` but for its times: the run, its selected epoch, what the model's input and output
+    mean (the training split's normalisation and the class names) and where it ran."""
+    selected_row = progress.history[selected_epoch - 1]
+    return {
         "dataset": run_config["dataset"],
         "variant": run_config["variant"],
         "depth": run_config["depth"],
         "seed": trainer.seed,
         "config": run_config,
-        "config_hash": progress["config_hash"],
-        "model": vars(spec),
+        "config_hash": progress.config_hash,
+        "model": vars(trainer.spec),
         "normalization": {"mean": trainer.mean.tolist(), "std": trainer.std.tolist()},
-        "class_names": class_names,
-        "train_seconds": progress["train_seconds"],
-        "wall_seconds": wall_seconds,
-        "timings": times.summary(wall_seconds, trainer.first_step_seconds),
-        "epochs": progress["epoch"],
-        "iterations": progress["history"][-1]["iteration"],
-        "selected_epoch": selected["epoch"],
+        "class_names": trainer.class_names,
+        "train_seconds": progress.train_seconds,
+        "epochs": progress.epoch,
+        "iterations": progress.history[-1]["iteration"],
+        "selected_epoch": selected_epoch,
         "selected_val_accuracy": selected_row["val_accuracy"],
         "selected_val_loss": selected_row["val_loss"],
-        "stopped_early": progress["stopped_early"],
-        "images_per_s": statistics.median([row["images_per_s"] for row in progress["history"]]),
+        "stopped_early": progress.stopped_early,
+        "images_per_s": statistics.median([row["images_per_s"] for row in progress.history]),
         "device": describe_device(trainer.runtime.device),
         "execution": {
             **trainer.runtime.execution(trainer.optimizer),
@@ -253,11 +289,13 @@ def write_outputs(
         "versions": versions(),
         "git_commit": git_commit(),
     }
-    write_json(outputs.summary, summary)
+
+
+def log_done(summary: dict) -> None:
     log.info(
         "done: selected epoch %d (val acc %.2f%%), %.1f s training, %.1f s wall",
-        selected["epoch"],
-        100 * selected_row["val_accuracy"],
+        summary["selected_epoch"],
+        100 * summary["selected_val_accuracy"],
         summary["train_seconds"],
         summary["wall_seconds"],
     )
@@ -268,4 +306,3 @@ def write_outputs(
             summary["execution"]["compiled_graphs"],
             summary["execution"]["cuda_graph_skips"],
         )
-    return summary

@@ -29,9 +29,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Trainer:
-    """What every epoch of one run shares."""
+    """What every epoch of one run shares, and what its model's output means."""
 
     model: CifarResNet
+    spec: ModelSpec  # the model's architecture
+    class_names: list[str]  # the model's outputs, in order
     forward: Callable  # the model, compiled where enabled
     optimizer: torch.optim.Optimizer
     schedule: LearningRate
@@ -75,9 +77,7 @@ def make_optimizer(parameters, settings: dict, runtime: Runtime) -> torch.optim.
     return OPTIMIZERS[settings["name"]](parameters, **hyper, **{"fused" if fused else "foreach": True})
 
 
-def build_trainer(
-    run_config: dict, data: dict, pretrained: Path | None, runtime: Runtime
-) -> tuple[Trainer, ModelSpec]:
+def build_trainer(run_config: dict, data: dict, pretrained: Path | None, runtime: Runtime) -> Trainer:
     """The trainer of ``run_config`` on ``data`` (``datasets.load_prepared``'s train and val splits,
     on the CPU) with ``runtime``, its backbone loaded from ``pretrained`` where the recipe asks for it."""
     recipe, device = run_config["recipe"], runtime.device
@@ -97,6 +97,8 @@ def build_trainer(
         checkpoint.load_pretrained_backbone(model, pretrained, frozen)
     trainer = Trainer(
         model=model,
+        spec=spec,
+        class_names=data["class_names"],
         forward=runtime.forward_of(model),
         optimizer=make_optimizer(
             [p for p in model.parameters() if p.requires_grad], recipe["optimizer"], runtime
@@ -115,7 +117,7 @@ def build_trainer(
         show_progress=sys.stderr.isatty(),
     )
     log.info("%s", describe_execution(runtime.execution(trainer.optimizer)))
-    return trainer, spec
+    return trainer
 
 
 def train_step(forward, optimizer, images, labels, mean, std, runtime: Runtime):

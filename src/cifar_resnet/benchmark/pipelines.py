@@ -37,7 +37,7 @@ def our_trainer(
     dataset's dict, ``data.synthetic_data``), seeded with ``protocol.seed``, without its step counter."""
     runtime = mode.runtime(settings.runtime, device)
     run_config = settings.run_config(depth, runtime, protocol.seed, protocol.batch_size)
-    trainer, _ = train.build_trainer(run_config, data, None, Runtime.start(runtime))
+    trainer = train.build_trainer(run_config, data, None, Runtime.start(runtime))
     trainer.show_progress = False
     return trainer
 
