@@ -13,8 +13,9 @@ from test_train import one_thread, outputs, run, trainer_of  # noqa: F401  (one_
 
 from cifar_resnet import checkpoint, datasets
 from cifar_resnet import runtime as runtime_module
+from cifar_resnet.datasets import Split
 from cifar_resnet.errors import StudyError
-from cifar_resnet.evaluate import Split, evaluate_split
+from cifar_resnet.evaluate import evaluate_split
 from cifar_resnet.files import read_json
 from cifar_resnet.models import ModelSpec, build_model
 from cifar_resnet.run import train_job

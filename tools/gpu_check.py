@@ -283,33 +283,10 @@ def pack(
         "",
     ]
     lines += cuda_test_lines(state.get("tests"), work / "tests.log")
-    lines += ["", "## Benchmark", ""]
-    if benchmark is None:
-        lines.append("no row measured.")
-    else:
-        lines += [
-            "Each figure is the median over interleaved rounds with its range; each ratio is taken "
-            "within a round, between rows on equal cores (torch threads plus worker or job processes).",
-            "",
-            tables.markdown_table(benchmark),
-            "",
-            tables.ratio_table(benchmark),
-            "",
-            tables.sharing_table(benchmark),
-        ]
+    lines += ["", "## Benchmark", "", *benchmark_lines(benchmark)]
     lines += ["", "## Training jobs (Snakemake, config/timing.yaml)", ""]
-    durations = ", ".join(
-        f"ResNet-{depth}: {iterations:,}" for depth, iterations in state["durations"].items()
-    )
-    lines.append(f"iterations per job: {durations} (the paper's 64,000, or what the budget fitted).")
-    if jobs is None:
-        lines.append("\nno job finished.")
-    else:
-        shown = jobs.assign(overhead_fraction=jobs["overhead_fraction"].map("{:.1%}".format))
-        lines += ["", tables.github_table(shown.round(1))]
-        verdicts = timings.target_verdicts(jobs)
-        if not verdicts.empty:
-            lines += ["", tables.github_table(verdicts)]
+    lines += job_lines(jobs, state["durations"])
+    if jobs is not None:
         write_csv(out / "jobs.csv", jobs)
     report = out / "gpu-check.md"
     write_text(report, "\n".join(lines) + "\n")
@@ -319,6 +296,36 @@ def pack(
                 shutil.copyfile(work / "benchmark" / name, temporary)
     archive_logs(out / "logs.tar.gz", work, summaries)
     return report
+
+
+def benchmark_lines(benchmark) -> list[str]:
+    """The report's lines on the benchmark: its tables, or that no row was measured."""
+    if benchmark is None:
+        return ["no row measured."]
+    return [
+        "Each figure is the median over interleaved rounds with its range; each ratio is taken "
+        "within a round, between rows on equal cores (torch threads plus worker or job processes).",
+        "",
+        tables.markdown_table(benchmark),
+        "",
+        tables.ratio_table(benchmark),
+        "",
+        tables.sharing_table(benchmark),
+    ]
+
+
+def job_lines(jobs, durations: dict) -> list[str]:
+    """The report's lines on the training jobs: their iterations, timings and verdicts on the targets."""
+    planned = ", ".join(f"ResNet-{depth}: {iterations:,}" for depth, iterations in durations.items())
+    lines = [f"iterations per job: {planned} (the paper's 64,000, or what the budget fitted)."]
+    if jobs is None:
+        return [*lines, "\nno job finished."]
+    shown = jobs.assign(overhead_fraction=jobs["overhead_fraction"].map("{:.1%}".format))
+    lines += ["", tables.github_table(shown.round(1))]
+    verdicts = timings.target_verdicts(jobs)
+    if not verdicts.empty:
+        lines += ["", tables.github_table(verdicts)]
+    return lines
 
 
 def cuda_test_lines(tests: dict | None, log: Path) -> list[str]:

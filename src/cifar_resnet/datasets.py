@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,6 +20,14 @@ from cifar_resnet.sources import IMAGE_SHAPE, DatasetSource
 from cifar_resnet.tensors import load_tensors, save_tensors
 
 SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """One split's images and labels, on the device that trains or evaluates on them."""
+
+    images: torch.Tensor  # uint8 [N,3,32,32]
+    labels: torch.Tensor  # int64 [N]
 
 
 # --- splitting and preparation ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from cifar_resnet import datasets
 from cifar_resnet.augment import normalize
+from cifar_resnet.datasets import Split
 from cifar_resnet.models import count_parameters
 from cifar_resnet.records import EVAL_RECORD_FIELDS, write_record
 from cifar_resnet.runtime import Runtime
@@ -20,12 +21,6 @@ from cifar_resnet.timings import work_timings
 from cifar_resnet.trained import load_network
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Split:
-    images: torch.Tensor  # uint8 [N,3,32,32] on the device
-    labels: torch.Tensor  # int64 [N] on the device
 
 
 @dataclass

@@ -17,9 +17,8 @@ from cifar_resnet import checkpoint, datasets
 from cifar_resnet.config import config_hash
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import evaluate_run
-from cifar_resnet.files import write_json
 from cifar_resnet.provenance import describe_device, git_commit, versions
-from cifar_resnet.records import write_history
+from cifar_resnet.records import TRAIN_RECORD_FIELDS, write_history, write_record
 from cifar_resnet.runtime import Runtime, compile_counts
 from cifar_resnet.selection import Monitor, monitors_of, watch
 from cifar_resnet.tensors import save_tensors
@@ -253,7 +252,7 @@ def write_outputs(
         "wall_seconds": wall_seconds,
         "timings": times.summary(wall_seconds, trainer.first_step_seconds),
     }
-    write_json(outputs.summary, summary)
+    write_record(outputs.summary, summary, TRAIN_RECORD_FIELDS)
     log_done(summary)
     return summary
 

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 
 from cifar_resnet import checkpoint
 from cifar_resnet.augment import augment, normalize
+from cifar_resnet.datasets import Split
 from cifar_resnet.errors import StudyError
-from cifar_resnet.evaluate import Split, evaluate_split
+from cifar_resnet.evaluate import evaluate_split
 from cifar_resnet.models import CifarResNet, ModelSpec, build_model
 from cifar_resnet.runtime import Runtime, describe_execution, synchronize
 from cifar_resnet.schedule import LearningRate
