@@ -451,3 +451,10 @@ def test_a_fraction_above_one_is_refused():
         StudyError, match=r"deploy.tolerance.max_relative_logit_difference: 7 is greater than"
     ):
         load_study(config)
+
+
+def test_a_runs_compute_is_its_depth_times_its_width_squared():
+    study = load_study(demo_config())
+    assert study.compute(Run("demo", "paper", 20, 0)) == 20
+    width = study.recipes["wide"]["model"]["width"]
+    assert width > 1 and study.compute(Run("demo", "wide", 8, 1)) == 8 * width**2

@@ -186,3 +186,22 @@ def test_pareto_front_keeps_the_undominated_points_by_latency():
 
 def test_pareto_front_of_one_point_is_that_point():
     assert plots.pareto_front([(3.0, 7.0)]) == [0]
+
+
+def test_the_curves_show_each_variants_first_seed_at_the_smallest_depth_unless_one_is_chosen(summary):
+    assert plots.curve_depth(summary, None) == 8
+    assert plots.curve_depth(summary, 32) == 32
+    shown = plots.learning_curve_runs(summary, 20)
+    assert sorted(zip(shown["variant"], shown["seed"], strict=True)) == [
+        ("better", 0),
+        ("noise", 0),
+        ("paper", 0),
+        ("single", 0),
+    ]
+
+
+def test_the_confusion_matrix_sums_the_baselines_seeds_or_else_the_first_variants(summary):
+    baseline = plots.confusion_runs(summary, 20, "noise")
+    assert set(baseline["variant"]) == {"noise"} and sorted(baseline["seed"]) == [0, 1, 2]
+    absent = plots.confusion_runs(summary, 32, "better")  # only paper ran at ResNet-32
+    assert set(absent["variant"]) == {"paper"} and len(absent) == 2

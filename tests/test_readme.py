@@ -12,6 +12,7 @@ from cifar_resnet.readme import (
     RESULTS_MARKERS,
     VARIANTS_MARKERS,
     check_markers,
+    splices_readme,
     update_readme,
     variant_table,
 )
@@ -164,3 +165,21 @@ def test_the_readme_changes_whole_or_not_at_all(tmp_path):
     with pytest.raises(StudyError, match="lacks the marker '<!-- results:start -->'"):
         check_markers(readme)  # what the readme rule's input function checks before any job starts
     check_markers(ROOT / "README.md")
+
+
+@pytest.mark.parametrize(
+    ("setting", "in_own_clone", "datasets", "splices"),
+    [
+        ("auto", True, ["cifar10"], True),
+        ("auto", False, ["cifar10"], False),  # a module's or -s deployment's folder
+        (True, False, ["cifar10"], True),
+        (False, True, ["cifar10"], False),
+        ("auto", True, [], False),  # the demo alone: no real dataset's results to show
+    ],
+)
+def test_the_results_block_is_spliced_by_the_setting_into_the_own_clone_only(
+    tmp_path, monkeypatch, setting, in_own_clone, datasets, splices
+):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path if in_own_clone else tmp_path / "clone"
+    assert splices_readme(setting, root, datasets) is splices
