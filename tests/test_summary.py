@@ -4,9 +4,8 @@ import pandas as pd
 import pytest
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import write_csv
 from cifar_resnet.records import DEPLOY_FIELDS
-from cifar_resnet.summary import SUMMARY_COLUMNS, read_summary, summarize_runs
+from cifar_resnet.summary import SUMMARY_COLUMNS, read_summary, summarize_runs, write_summary
 
 PARAMS = {8: 78_042, 20: 272_474, 32: 466_906}
 MACS = {8: 12_430_000, 20: 40_810_000, 32: 69_120_000}
@@ -187,7 +186,7 @@ def test_summarize_runs_of_deployed_runs_ends_with_their_deployment(tmp_path):
     deployed = deployment(8.0, int8_error=8.3) | {"extra": 1, "timings": {}}
     (with_int8 / "deploy.json").write_text(json.dumps(deployed))
     (without_int8 / "deploy.json").write_text(json.dumps(deployment(7.5, onnx_ms=0.8) | {"timings": {}}))
-    write_csv(tmp_path / "summary.csv", summarize_runs([without_int8, with_int8], deployed=True))
+    write_summary(tmp_path / "summary.csv", summarize_runs([without_int8, with_int8], deployed=True))
 
     summary = pd.read_csv(tmp_path / "summary.csv")
 
@@ -232,7 +231,7 @@ def test_read_summary_reads_what_summarize_wrote(tmp_path):
         summary_row("paper", 20, 0, 8.0) | deployment(8.0),
         summary_row("paper", 20, 1, 8.5) | deployment(8.5),
     ]
-    write_csv(tmp_path / "summary.csv", pd.DataFrame(rows))  # without INT8: its columns are empty
+    write_summary(tmp_path / "summary.csv", pd.DataFrame(rows))  # without INT8: its columns are empty
     summary = read_summary(tmp_path / "summary.csv")
     assert list(summary.columns) == [*SUMMARY_COLUMNS, *DEPLOY_FIELDS] and len(summary) == 2
 
@@ -247,13 +246,13 @@ def test_read_summary_reads_what_summarize_wrote(tmp_path):
 )
 def test_read_summary_names_a_damaged_summary(tmp_path, damage, problem):
     rows = [summary_row("paper", 20, 0, 8.0) | deployment(8.0, int8_error=9.0)]
-    write_csv(tmp_path / "summary.csv", damage(pd.DataFrame(rows)))
+    write_summary(tmp_path / "summary.csv", damage(pd.DataFrame(rows)))
     with pytest.raises(StudyError, match=f"summary.csv {problem}.*; delete it and run the same snakemake"):
         read_summary(tmp_path / "summary.csv")
 
 
 def test_read_summary_names_a_summary_cut_short(tmp_path):
-    write_csv(tmp_path / "summary.csv", pd.DataFrame([summary_row("paper", 20, 0, 8.0)]))
+    write_summary(tmp_path / "summary.csv", pd.DataFrame([summary_row("paper", 20, 0, 8.0)]))
     text = (tmp_path / "summary.csv").read_text()
     (tmp_path / "summary.csv").write_text(text[: len(text) - 20])
     with pytest.raises(StudyError, match="summary.csv has a broken line 2"):

@@ -15,10 +15,10 @@ from pathlib import Path
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import sha256, write_json, write_text
 from cifar_resnet.hub import model_name
-from cifar_resnet.layout import DEPLOY_RECORD, DEPLOYED_MODELS, EVAL_RECORD, TRAIN_RECORD, seed_dirs
+from cifar_resnet.layout import DEPLOY_RECORD, DEPLOYED_MODELS, EVAL_RECORD, MODEL, TRAIN_RECORD, seed_dirs
 from cifar_resnet.records import read_deploy_record, read_eval_record, read_train_record
-from cifar_resnet.tensors import save_tensors
-from cifar_resnet.trained import check_finished, run_checkpoint
+from cifar_resnet.tensors import load_checkpoint, save_tensors
+from cifar_resnet.trained import check_finished, checkpoint_of
 
 MANIFEST = "manifest.json"
 CHECKSUMS = "SHA256SUMS"
@@ -64,8 +64,8 @@ def build_release(run_dirs: list[Path], folder: Path) -> dict:
 
 def release_run(run_dir: Path, folder: Path) -> dict:
     """One run's files in ``folder``; returns its manifest entry."""
-    checkpoint = run_checkpoint(run_dir)
     summary, evaluation = read_train_record(run_dir / TRAIN_RECORD), read_eval_record(run_dir / EVAL_RECORD)
+    checkpoint = checkpoint_of(summary, load_checkpoint(run_dir / MODEL), evaluation)
     name = model_name(summary["dataset"], summary["variant"], summary["depth"], summary["seed"])
     unnamed = folder / f"{name}.pt"
     save_tensors(unnamed, checkpoint)

@@ -1,5 +1,5 @@
-"""The per-run summary: one row per run, read from its train.json and eval.json, and from its
-deploy.json when the runs are deployed."""
+"""The per-run summary, summary.csv (its columns, its writer and its reader): one row per run, read from
+its train.json and eval.json, and from its deploy.json when the runs are deployed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from cifar_resnet.errors import StudyError
-from cifar_resnet.files import check_csv, unreadable
+from cifar_resnet.files import check_csv, unreadable, write_csv
 from cifar_resnet.layout import DEPLOY_RECORD, EVAL_RECORD, TRAIN_RECORD
 from cifar_resnet.records import (
     DEPLOY_FIELDS,
@@ -51,6 +51,11 @@ def summarize_runs(run_dirs: Sequence[Path], deployed: bool = False) -> pd.DataF
             f"/seed {first.seed}; each run must be summarized once."
         )
     return summary.sort_values(["dataset", "depth", "variant", "seed"], ignore_index=True)
+
+
+def write_summary(path: str | Path, summary: pd.DataFrame) -> None:
+    """summary.csv: ``summarize_runs``' rows, as ``read_summary`` reads them back."""
+    write_csv(path, summary)
 
 
 def read_summary(path: str | Path) -> pd.DataFrame:

@@ -32,27 +32,30 @@ def check_finished(run_dir: Path) -> None:
 
 
 def run_checkpoint(run_dir: Path) -> dict:
-    """The checkpoint of the finished run in ``run_dir`` (``trained_checkpoint``), its provenance with the
-    test results of its eval.json."""
+    """The checkpoint of the finished run in ``run_dir`` (``checkpoint_of`` its files)."""
     run_dir = Path(run_dir)
     check_finished(run_dir)
-    checkpoint = trained_checkpoint(run_dir / TRAIN_RECORD, run_dir / MODEL)
-    evaluation = read_eval_record(run_dir / EVAL_RECORD)
-    checkpoint["provenance"] |= {field: evaluation[field] for field in TESTED}
-    return checkpoint
+    record, evaluation = read_train_record(run_dir / TRAIN_RECORD), read_eval_record(run_dir / EVAL_RECORD)
+    return checkpoint_of(record, load_checkpoint(run_dir / MODEL), evaluation)
 
 
 def trained_checkpoint(train_record: Path, model: Path) -> dict:
-    """A trained run's selected model's weights (``model``) with the architecture, normalisation, class
-    names and provenance (the run, configuration hash, git commit, library versions) its
-    ``train_record`` holds."""
-    record = read_train_record(train_record)
+    """The checkpoint of a trained run from its ``train_record`` and ``model`` alone, before (or without)
+    its evaluation."""
+    return checkpoint_of(read_train_record(train_record), load_checkpoint(model))
+
+
+def checkpoint_of(record: dict, state_dict: dict, evaluation: dict | None = None) -> dict:
+    """A run's selected model's weights (``state_dict``) with the architecture, normalisation, class names
+    and provenance (the run, configuration hash, git commit, library versions) its train.json ``record``
+    holds, and its test results where its eval.json ``evaluation`` is given."""
+    tested = {field: evaluation[field] for field in TESTED} if evaluation else {}
     return {
-        "state_dict": load_checkpoint(model),
+        "state_dict": state_dict,
         "spec": record["model"],
         "normalization": record["normalization"],
         "class_names": record["class_names"],
-        "provenance": {field: record[field] for field in PROVENANCE},
+        "provenance": {field: record[field] for field in PROVENANCE} | tested,
     }
 
 
