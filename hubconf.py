@@ -1,48 +1,42 @@
-"""torch.hub entry points: the study's released models (``cifar-resnet release``), one entry per depth.
+"""torch.hub entry points: the CIFAR ResNets of this study, one entry per depth (``resnet20`` ...
+``resnet110``, the dataset an argument) and one per dataset and depth (``cifar10_resnet20`` ...
+``cifar100_resnet110``). Each builds any variant of the study's configuration untrained, or loads a
+released run's trained model:
 
-    model = torch.hub.load("OWNER/REPO", "resnet20", variant="paper", seed=0, release=URL)
-    logits = model(images)  # uint8 RGB [batch, 3, 32, 32], values 0 to 255; model.class_names
+    model = torch.hub.load("OWNER/REPO", "cifar10_resnet20", variant="wide")  # untrained, to train
+    model = torch.hub.load("OWNER/REPO", "cifar10_resnet20", pretrained=True, release=URL)
+    logits = model(images)  # released: uint8 RGB [batch, 3, 32, 32], values 0 to 255; model.class_names
 
-``release`` is the URL of a release folder's ``manifest.json`` (a GitHub release's assets, or any web
-server); without it, the environment variable CIFAR_RESNET_RELEASE. The weights are downloaded once into
-torch.hub's cache; every load verifies them against the full sha256 the manifest records, and their
-provenance against the run asked for.
+``release`` is the URL of a release folder's ``manifest.json`` (``cifar-resnet release``); without it,
+the environment variable CIFAR_RESNET_RELEASE. ``torch.hub.help`` shows each entry's arguments. The
+logic lives in ``cifar_resnet.hub``.
 """
 
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(_ROOT, "src"))
 
-from cifar_resnet.errors import StudyError  # noqa: E402
-from cifar_resnet.hub import load_released  # noqa: E402
+from cifar_resnet import hub as _hub  # noqa: E402
 
-dependencies = ["torch", "numpy"]
+dependencies = ["torch", "numpy", "yaml", "jsonschema"]
 
+# The variants' architectures: this clone's configuration, wherever torch.hub is called from.
+_CONFIG = os.path.join(_ROOT, "config", "config.yaml")
 
-def _released(depth: int, variant: str, seed: int, dataset: str, release: str | None):
-    release = release or os.environ.get("CIFAR_RESNET_RELEASE")
-    if not release:
-        raise StudyError(
-            "Name the release: release=<URL of its manifest.json>, or set CIFAR_RESNET_RELEASE to that URL."
-        )
-    return load_released(release, dataset, variant, depth, seed)
-
-
-def _entry(depth: int, parameters: str):
-    def entry(variant: str = "paper", seed: int = 0, dataset: str = "cifar10", release: str | None = None):
-        return _released(depth, variant, seed, dataset, release)
-
-    entry.__name__ = entry.__qualname__ = f"resnet{depth}"
-    entry.__doc__ = (
-        f"ResNet-{depth} ({parameters} parameters) trained in ``variant`` with ``seed`` on ``dataset``,"
-        " loaded from ``release``: ready to classify uint8 images, with ``class_names`` and ``provenance``."
-    )
-    return entry
-
-
-resnet20 = _entry(20, "0.27M")
-resnet32 = _entry(32, "0.46M")
-resnet44 = _entry(44, "0.66M")
-resnet56 = _entry(56, "0.85M")
-resnet110 = _entry(110, "1.7M")
+resnet20 = _hub.hub_entry(_CONFIG, 20)
+resnet32 = _hub.hub_entry(_CONFIG, 32)
+resnet44 = _hub.hub_entry(_CONFIG, 44)
+resnet56 = _hub.hub_entry(_CONFIG, 56)
+resnet110 = _hub.hub_entry(_CONFIG, 110)
+cifar10_resnet20 = _hub.hub_entry(_CONFIG, 20, "cifar10")
+cifar10_resnet32 = _hub.hub_entry(_CONFIG, 32, "cifar10")
+cifar10_resnet44 = _hub.hub_entry(_CONFIG, 44, "cifar10")
+cifar10_resnet56 = _hub.hub_entry(_CONFIG, 56, "cifar10")
+cifar10_resnet110 = _hub.hub_entry(_CONFIG, 110, "cifar10")
+cifar100_resnet20 = _hub.hub_entry(_CONFIG, 20, "cifar100")
+cifar100_resnet32 = _hub.hub_entry(_CONFIG, 32, "cifar100")
+cifar100_resnet44 = _hub.hub_entry(_CONFIG, 44, "cifar100")
+cifar100_resnet56 = _hub.hub_entry(_CONFIG, 56, "cifar100")
+cifar100_resnet110 = _hub.hub_entry(_CONFIG, 110, "cifar100")

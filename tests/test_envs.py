@@ -32,6 +32,7 @@ NEEDED = {
         "onnx": "onnx",
         "onnxruntime": "onnxruntime",
         "onnxscript": "onnxscript",
+        "tensorboard": "tensorboard",
     },
     "report.yaml": {
         "numpy": "numpy",
@@ -45,6 +46,8 @@ NEEDED = {
         "jsonschema": "jsonschema",
     },
 }
+# The optional extras the jobs' environments install all the same: the training's live curves.
+JOB_EXTRAS = ("tensorboard",)
 # Dependencies no job environment needs, and why.
 NOT_NEEDED = {
     "snakemake": "runs the workflow; a `script:` job imports it from Snakemake's sys.path",
@@ -59,7 +62,9 @@ def project() -> dict:
 
 
 def dependencies() -> dict[str, SpecifierSet]:
-    requirements = map(Requirement, project()["dependencies"])
+    """The project's dependencies, with those of the extras the jobs' environments install."""
+    extras = [entry for extra in JOB_EXTRAS for entry in project()["optional-dependencies"][extra]]
+    requirements = map(Requirement, project()["dependencies"] + extras)
     return {canonicalize_name(requirement.name): requirement.specifier for requirement in requirements}
 
 
@@ -89,7 +94,8 @@ def pinned_versions() -> dict[str, str]:
 
 
 def requirements() -> list[Requirement]:
-    listed = project()["dependencies"] + project()["optional-dependencies"]["test"]
+    extras = project()["optional-dependencies"].values()
+    listed = project()["dependencies"] + [entry for extra in extras for entry in extra]
     return [Requirement(entry) for entry in listed]
 
 

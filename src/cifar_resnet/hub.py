@@ -1,9 +1,11 @@
 """What a user takes away: a finished run's selected model, or a released one (``cifar_resnet.release``,
-``hubconf.py``), ready to classify images in one call."""
+``hubconf.py``), ready to classify images in one call; and torch.hub's entries, which also build any
+variant's untrained network from the study's configuration."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from urllib.parse import urljoin
@@ -11,13 +13,23 @@ from urllib.request import urlopen
 
 import torch
 
-from cifar_resnet.config import lookup
+from cifar_resnet.config import Run, load_study, lookup, read_config_file
 from cifar_resnet.errors import StudyError
 from cifar_resnet.export import DeployedModel
 from cifar_resnet.files import sha256
 from cifar_resnet.layout import MODEL, TRAIN_RECORD
+from cifar_resnet.models import CifarResNet, ModelSpec, build_model
+from cifar_resnet.sources import get_source
 from cifar_resnet.tensors import load_checkpoint
 from cifar_resnet.trained import deployed_model, run_checkpoint
+
+# torch.hub's entries: one per depth (``resnet20``, the dataset an argument) and one per depth and dataset
+# as users know them (``cifar10_resnet20``).
+HUB_DEPTHS = (20, 32, 44, 56, 110)
+HUB_DATASETS = ("cifar10", "cifar100")
+# The paper's parameter counts on CIFAR-10 (Table 6), for the entries' docstrings.
+PAPER_PARAMETERS = {20: "0.27M", 32: "0.46M", 44: "0.66M", 56: "0.85M", 110: "1.7M"}
+RELEASE_VARIABLE = "CIFAR_RESNET_RELEASE"
 
 
 def load_run(run_dir: str | Path) -> DeployedModel:
@@ -100,3 +112,107 @@ def _read_manifest(url: str) -> dict:
             return json.loads(response.read())
     except (OSError, ValueError) as error:
         raise StudyError(f"Cannot read the release manifest {url} ({error}).") from None
+
+
+def untrained_network(config_file: str | Path, dataset: str, variant: str, depth: int) -> CifarResNet:
+    """The untrained network of ``variant`` at ``depth`` for ``dataset``'s classes, as the workflow
+    builds it (``ModelSpec.for_run``) from the study's configuration ``config_file``."""
+    num_classes = get_source(dataset).num_classes
+    study = load_study(read_config_file(config_file))
+    if variant not in study.recipes:
+        raise StudyError(
+            f"There is no variant {variant!r} in {config_file}; choose one of {', '.join(study.recipes)}."
+        )
+    return build_model(ModelSpec.for_run(study.run_config(Run(dataset, variant, depth, 0)), num_classes))
+
+
+def hub_model(
+    config_file: str | Path,
+    depth: int,
+    dataset: str,
+    variant: str,
+    seed: int,
+    release: str | None,
+    pretrained: bool | None,
+) -> CifarResNet | DeployedModel:
+    """What a torch.hub entry returns: the released model of the run (``load_released``) where
+    ``pretrained`` is true, or is left out and a release is named (``release`` or the environment
+    variable CIFAR_RESNET_RELEASE); the untrained network otherwise (``untrained_network``)."""
+    get_source(dataset)  # an unknown dataset is one sentence, before anything is read
+    if pretrained is False:
+        if release:
+            raise StudyError(
+                "pretrained=False builds an untrained network, which needs no release: leave out release=, "
+                "or pass pretrained=True to load the released model."
+            )
+        return untrained_network(config_file, dataset, variant, depth)
+    release = release or os.environ.get(RELEASE_VARIABLE)
+    if release:
+        return load_released(release, dataset, variant, depth, seed)
+    if pretrained:
+        raise StudyError(
+            f"pretrained=True loads a released model: name the release with release=<URL of its "
+            f"manifest.json>, or set {RELEASE_VARIABLE} to that URL."
+        )
+    return untrained_network(config_file, dataset, variant, depth)
+
+
+ENTRY_DOC = """He et al.'s ResNet-{depth} ({parameters} parameters in the paper's variant on CIFAR-10)
+for {what}, in any variant of the study: untrained, or trained from a release.
+
+    model = torch.hub.load("OWNER/REPO", "{name}", variant="wide"{dataset_argument})  # untrained
+    model = torch.hub.load("OWNER/REPO", "{name}", variant="paper", seed=0{dataset_argument},
+                           pretrained=True, release="https://.../manifest.json")
+
+Untrained (``pretrained=False``, the default where no release is named): the plain network
+(``cifar_resnet.models.CifarResNet``, He-initialised, in training mode), built as the study's workflow
+builds the variant, to train yourself: it takes float images [batch, 3, 32, 32], normalised as you train
+it, and returns logits over the dataset's classes ({classes}).
+
+Pretrained (``pretrained=True``, or a release named): the released run of ``variant`` and ``seed``,
+downloaded once into torch.hub's cache and verified against the sha256 its manifest records, on the CPU
+in eval mode. It takes uint8 RGB images [batch, 3, 32, 32] with values 0 to 255 (the training split's
+normalisation is inside) and has ``class_names`` and ``provenance``.
+
+variant: a variant of the clone's config/config.yaml (paper, projection, preact, dropout, wide, ...).
+seed: the released run's seed (pretrained only).{dataset_doc}
+release: the URL of a release's manifest.json; without it, the environment variable CIFAR_RESNET_RELEASE.
+pretrained: True for the released model, False for the untrained network.
+"""
+
+
+def hub_entry(config_file: str | Path, depth: int, dataset: str | None = None):
+    """The torch.hub entry for ``depth``: ``resnet{depth}``, whose dataset is an argument, or
+    ``{dataset}_resnet{depth}`` for one dataset; the variants' architectures come from ``config_file``."""
+    if dataset is None:
+
+        def entry(
+            variant: str = "paper",
+            seed: int = 0,
+            dataset: str = "cifar10",
+            release: str | None = None,
+            pretrained: bool | None = None,
+        ):
+            return hub_model(config_file, depth, dataset, variant, seed, release, pretrained)
+
+        name, what, classes = f"resnet{depth}", "a dataset", "10 for cifar10, 100 for cifar100"
+    else:
+        fixed = dataset
+
+        def entry(
+            variant: str = "paper", seed: int = 0, release: str | None = None, pretrained: bool | None = None
+        ):
+            return hub_model(config_file, depth, fixed, variant, seed, release, pretrained)
+
+        name, what, classes = f"{dataset}_resnet{depth}", dataset.upper(), get_source(dataset).num_classes
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = ENTRY_DOC.format(
+        depth=depth,
+        parameters=PAPER_PARAMETERS[depth],
+        what=what,
+        name=name,
+        classes=classes,
+        dataset_argument=', dataset="cifar10"' if dataset is None else "",
+        dataset_doc="\ndataset: cifar10 or cifar100 (its number of classes)." if dataset is None else "",
+    )
+    return entry

@@ -19,6 +19,10 @@ LOGS = f"{RESULTS}/{{dataset}}/logs"
 # A run's jobs' logs: its training (which ends with its evaluation) and its deployment.
 TRAIN_LOG = f"{LOGS}/train/{RUN_NAME}.log"
 DEPLOY_LOG = f"{LOGS}/deploy/{RUN_NAME}.log"
+# A run's TensorBoard event files, written as it trains (``cifar_resnet.curves``): outside the run's
+# folder, so that nothing listing it meets them, and under one folder per dataset, so that
+# ``tensorboard --logdir results`` (or ``results/{dataset}/tensorboard``) shows every run of the study.
+TENSORBOARD_DIR = f"{RESULTS}/{{dataset}}/tensorboard/{RUN_NAME}"
 
 # A run's files in its folder. The training job writes the selected model, its history and train.json,
 # then eval.json; the deployment job the ONNX model, the INT8 one where it is built, and deploy.json.

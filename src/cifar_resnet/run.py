@@ -15,6 +15,7 @@ import torch
 
 from cifar_resnet import checkpoint, datasets
 from cifar_resnet.config import config_hash
+from cifar_resnet.curves import Curves
 from cifar_resnet.errors import StudyError
 from cifar_resnet.evaluate import evaluate_run
 from cifar_resnet.provenance import describe_device, git_commit, versions
@@ -90,12 +91,14 @@ def train_run(
     runtime: Runtime,
     pretrained: Path | None = None,
     checkpoint_interval: float = CHECKPOINT_INTERVAL_SECONDS,
+    curves: Path | None = None,
 ) -> dict:
     """Train one run to ``outputs`` (all but the evaluation), resuming from ``resume_file`` where an
     earlier process left it, which stays until the job removes it.
     The resume state is saved after an epoch once ``checkpoint_interval`` seconds have passed since the
     last save, so a kill loses at most that much training, and short epochs on a fast GPU do not wait
-    for a checkpoint each."""
+    for a checkpoint each. Each epoch's curves go to TensorBoard event files in the folder ``curves``
+    where one is named (``cifar_resnet.curves``)."""
     started = time.perf_counter()
     times = ProcessTimes(startup=process_age())
     training = run_config["recipe"]["training"]
@@ -105,30 +108,33 @@ def train_run(
     monitors = monitors_of(training)
     progress = resume(trainer, monitors, resume_file, config_hash(run_config))
     log_start(run_config, trainer)
-    last_checkpoint = last_progress = time.perf_counter()
-    trainer.stop_requested = stop_request
-    while progress.epoch < trainer.total_epochs and not progress.stopped_early:
-        partial = progress.partial
-        row = train_epoch(trainer, progress.epoch + 1, partial)
-        if isinstance(row, PartialEpoch):
-            stop(row, trainer, monitors, progress, resume_file, outputs.history)
-        progress.partial = None
-        after_epoch(trainer, monitors, progress, row, training)
-        times.training += row["seconds"] - (partial.seconds if partial else 0.0)  # this process's share
-        times.validation += row["val_seconds"]
-        finished = progress.epoch == trainer.total_epochs or progress.stopped_early
-        if not finished and (
-            progress.epoch == 1 or time.perf_counter() - last_progress >= PROGRESS_INTERVAL_SECONDS
-        ):
-            write_history(outputs.history, progress.history)
-            last_progress = time.perf_counter()
-        if finished or time.perf_counter() - last_checkpoint < checkpoint_interval:
-            continue
-        checkpoint_started = time.perf_counter()
-        save(resume_file, progress, trainer, monitors)
-        last_checkpoint = time.perf_counter()
-        times.checkpoints += last_checkpoint - checkpoint_started
-    return write_outputs(outputs, run_config, trainer, progress, started, times)
+    resumed = progress.epoch > 0 or progress.partial is not None
+    with Curves.open(curves, run_config, progress.epoch, resumed) as writer:
+        last_checkpoint = last_progress = time.perf_counter()
+        trainer.stop_requested = stop_request
+        while progress.epoch < trainer.total_epochs and not progress.stopped_early:
+            partial = progress.partial
+            row = train_epoch(trainer, progress.epoch + 1, partial)
+            if isinstance(row, PartialEpoch):
+                stop(row, trainer, monitors, progress, resume_file, outputs.history)
+            progress.partial = None
+            after_epoch(trainer, monitors, progress, row, training)
+            writer.epoch(row, progress.history[(progress.selected or row)["epoch"] - 1])
+            times.training += row["seconds"] - (partial.seconds if partial else 0.0)  # this process's share
+            times.validation += row["val_seconds"]
+            finished = progress.epoch == trainer.total_epochs or progress.stopped_early
+            if not finished and (
+                progress.epoch == 1 or time.perf_counter() - last_progress >= PROGRESS_INTERVAL_SECONDS
+            ):
+                write_history(outputs.history, progress.history)
+                last_progress = time.perf_counter()
+            if finished or time.perf_counter() - last_checkpoint < checkpoint_interval:
+                continue
+            checkpoint_started = time.perf_counter()
+            save(resume_file, progress, trainer, monitors)
+            last_checkpoint = time.perf_counter()
+            times.checkpoints += last_checkpoint - checkpoint_started
+        return write_outputs(outputs, run_config, trainer, progress, started, times)
 
 
 def log_start(run_config: dict, trainer: Trainer) -> None:

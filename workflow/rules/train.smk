@@ -7,6 +7,7 @@ from cifar_resnet.layout import (
     DEPLOYMENT,
     HISTORY,
     RESUME_FILE,
+    TENSORBOARD_DIR,
     TRAIN_LOG,
     TRAIN_RECORD,
 )
@@ -43,6 +44,9 @@ rule train:
     params:
         run_config=lambda wildcards: STUDY.run_config(run_of(wildcards)),
         resume=RESUME_FILE,
+        # The run's live curves for TensorBoard: no output, so a failed job's rerun keeps them and
+        # continues them (a fresh start empties the folder).
+        tensorboard=TENSORBOARD_DIR,
         # Snakemake removes a job's outputs before it starts: the job removes the deployment of the
         # model it replaces, so a failure never leaves it beside a missing model.
         derived=[f"{RUN_DIR}/{name}" for name in DEPLOYMENT],

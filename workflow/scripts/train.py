@@ -32,6 +32,7 @@ def train():
             resume_file=Path(snakemake.params.resume),
             pretrained=Path(snakemake.input.pretrained[0]) if snakemake.input.pretrained else None,
             checkpoint_interval=checkpoint_interval(CHECKPOINT_INTERVAL_SECONDS),
+            curves=Path(snakemake.params.tensorboard),
         )
 
 
