@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_train import run, train
+from test_train import StopAfter, run, train
 
 from cifar_resnet import run as run_module
 from cifar_resnet.curves import INSTALL, SELECTED_EPOCH, SELECTED_ERROR
@@ -106,19 +106,6 @@ def test_a_run_trains_the_same_with_its_curves_and_without_tensorboard_logs_one_
     hints = [record.getMessage() for record in caplog.records if "TensorBoard" in record.getMessage()]
     assert hints == [f"no TensorBoard curves: TensorBoard is not installed ({INSTALL} adds it)"]
     assert not (tmp_path / "without" / "curves").exists()
-
-
-class StopAfter:
-    """A stop request once the step loop has asked ``steps`` times."""
-
-    name = "SIGTERM"
-
-    def __init__(self, steps: int):
-        self.left = steps
-
-    def __call__(self) -> bool:
-        self.left -= 1
-        return self.left < 0
 
 
 def next_second() -> None:
