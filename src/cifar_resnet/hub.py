@@ -19,7 +19,7 @@ from cifar_resnet.export import DeployedModel
 from cifar_resnet.files import sha256
 from cifar_resnet.layout import MODEL, TRAIN_RECORD
 from cifar_resnet.models import CifarResNet, ModelSpec, build_model
-from cifar_resnet.sources import get_source
+from cifar_resnet.sources import DATASET_TITLES, get_source
 from cifar_resnet.tensors import load_checkpoint
 from cifar_resnet.trained import deployed_model, run_checkpoint
 
@@ -204,7 +204,8 @@ def hub_entry(config_file: str | Path, depth: int, dataset: str | None = None):
         ):
             return hub_model(config_file, depth, fixed, variant, seed, release, pretrained)
 
-        name, what, classes = f"{dataset}_resnet{depth}", dataset.upper(), get_source(dataset).num_classes
+        name, what = f"{dataset}_resnet{depth}", DATASET_TITLES[dataset]
+        classes = get_source(dataset).num_classes
     entry.__name__ = entry.__qualname__ = name
     entry.__doc__ = ENTRY_DOC.format(
         depth=depth,

@@ -10,8 +10,7 @@ from tabulate import tabulate
 
 from cifar_resnet.errors import StudyError
 from cifar_resnet.files import atomic_output
-
-DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "demo": "Demo dataset"}
+from cifar_resnet.sources import DATASET_TITLES
 
 
 def variant_table(variants: Mapping[str, Mapping]) -> str:

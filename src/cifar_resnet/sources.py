@@ -12,6 +12,9 @@ from dataclasses import dataclass, replace
 
 from cifar_resnet.errors import StudyError
 
+# How the README and the hub's entries name each dataset.
+DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "demo": "Demo dataset"}
+
 IMAGE_SHAPE = (3, 32, 32)
 IMAGE_BYTES = math.prod(IMAGE_SHAPE)
 
