@@ -113,8 +113,7 @@ def check_url(url: str | None) -> None:
     if parts.scheme not in ("http", "https") or not parts.netloc or not parts.path.endswith(f"/{MANIFEST}"):
         raise StudyError(
             f"{url!r} is not the URL of a release's {MANIFEST}: give --url the http(s) URL its {MANIFEST}"
-            " will have once published (on a GitHub release, https://github.com/<owner>/<name>/releases/"
-            f"download/<tag>/{MANIFEST})."
+            f" will have once published (on a GitHub release, the download URL of its {MANIFEST} asset)."
         )
 
 
