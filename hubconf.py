@@ -1,14 +1,15 @@
 """torch.hub entry points: the CIFAR ResNets of this study, one entry per depth (``resnet20`` ...
 ``resnet110``, the dataset an argument) and one per dataset and depth (``cifar10_resnet20`` ...
 ``cifar100_resnet110``). Each builds any variant of the study's configuration untrained, or loads a
-released run's trained model:
+released run's trained model. From a clone's folder:
 
-    model = torch.hub.load("OWNER/REPO", "cifar10_resnet20", variant="wide")  # untrained, to train
-    model = torch.hub.load("OWNER/REPO", "cifar10_resnet20", pretrained=True, release=URL)
+    model = torch.hub.load(".", "cifar10_resnet20", source="local", variant="wide")  # untrained, to train
+    model = torch.hub.load(".", "cifar10_resnet20", source="local", pretrained=True, release=manifest_url)
     logits = model(images)  # released: uint8 RGB [batch, 3, 32, 32], values 0 to 255; model.class_names
 
-``release`` is the URL of a release folder's ``manifest.json`` (``cifar-resnet release``); without it,
-the environment variable CIFAR_RESNET_RELEASE. ``torch.hub.help`` shows each entry's arguments. The
+From GitHub, the repository's owner/name (optionally :tag) takes the place of "." and ``source`` is left
+out. ``release`` is the URL of a release folder's ``manifest.json`` (``cifar-resnet release``); without
+it, the environment variable CIFAR_RESNET_RELEASE. ``torch.hub.help`` shows each entry's arguments. The
 logic lives in ``cifar_resnet.hub``.
 """
 

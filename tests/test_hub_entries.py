@@ -68,19 +68,21 @@ def test_torch_hub_builds_the_papers_resnet20_and_resnet110():
 
 
 def test_torch_hub_lists_every_entry_with_its_docstring(monkeypatch):
-    """torch.hub.list and torch.hub.help read a GitHub repository's hubconf.py: here this clone's."""
+    """torch.hub.list and torch.hub.help read a GitHub repository's hubconf.py (they take no local
+    source): here this clone's, under any owner/name."""
     monkeypatch.setattr(torch.hub, "_get_cache_or_reload", lambda *args, **kwargs: str(ROOT))
+    repository = "someone/cifar-resnet"
     names = [f"resnet{depth}" for depth in HUB_DEPTHS] + [
         f"{dataset}_resnet{depth}" for dataset in HUB_DATASETS for depth in HUB_DEPTHS
     ]
-    assert sorted(torch.hub.list("OWNER/REPO")) == sorted(names)
+    assert sorted(torch.hub.list(repository)) == sorted(names)
     for name in names:
-        doc = torch.hub.help("OWNER/REPO", name)
+        doc = torch.hub.help(repository, name)
         depth = name.rsplit("resnet", 1)[1]
         assert doc.startswith(f"He et al.'s ResNet-{depth} (") and f'"{name}"' in doc
         assert "pretrained=False" in doc and "float images" in doc and "uint8 RGB images" in doc
-    assert "cifar10 or cifar100" in torch.hub.help("OWNER/REPO", "resnet20")
-    assert "(100)" in torch.hub.help("OWNER/REPO", "cifar100_resnet56")
+    assert "cifar10 or cifar100" in torch.hub.help(repository, "resnet20")
+    assert "(100)" in torch.hub.help(repository, "cifar100_resnet56")
 
 
 @pytest.mark.parametrize(
@@ -118,7 +120,7 @@ def test_a_released_model_loads_under_the_datasets_name_with_the_runs_accuracy(
     cifar10_run, prepared, served, tmp_path, monkeypatch
 ):
     folder, url = served
-    release_runs([cifar10_run], folder / "v1")
+    release_runs([cifar10_run], folder / "v1", repository="someone/cifar-resnet")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     manifest_url = f"{url}/v1/{MANIFEST}"
     data = load_prepared(prepared, splits=("test",))

@@ -150,7 +150,8 @@ def test_a_module_deployment_runs_with_a_python_that_lacks_the_package_and_statu
     assert (
         status.splitlines()[-1] == "4 done, 0 trained, 0 training, 0 stopped, 0 failed, 0 waiting of 4 runs"
     )
-    run([*cli, "release", "release", str(runs[0].relative_to(deployment))], deployment, environment)
+    released = [*cli, "release", "release", str(runs[0].relative_to(deployment))]
+    run([*released, "--repository", "someone/cifar-resnet"], deployment, environment)
     assert (deployment / "release" / "manifest.json").is_file()
 
 

@@ -1,9 +1,13 @@
 """cifar-resnet release and hubconf.py: finished runs packed for torch.hub, downloaded and verified."""
 
 import hashlib
+import importlib.metadata
 import json
+import os
+import re
 import subprocess
 import sys
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -11,21 +15,24 @@ import torch
 from test_hub import finished_run  # noqa: F401 (a fixture)
 
 import cifar_resnet
+from cifar_resnet import cli
 from cifar_resnet.datasets import load_prepared
 from cifar_resnet.errors import StudyError
 from cifar_resnet.release import CHECKSUMS, MANIFEST, release_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "demo-paper-resnet20-seed0"
+REPOSITORY = "someone/cifar-resnet:v1"  # a GitHub repository as the model cards name it
 
 
 @pytest.fixture
 def released(finished_run, served, tmp_path, monkeypatch):  # noqa: F811
-    """The finished run released into the served folder; its manifest's URL."""
+    """The finished run released into the served folder, its URL given; its manifest's URL."""
     folder, url = served
-    release_runs([finished_run], folder / "v1")
+    manifest_url = f"{url}/v1/{MANIFEST}"
+    release_runs([finished_run], folder / "v1", repository=REPOSITORY, url=manifest_url)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # an empty torch.hub cache
-    return folder / "v1", f"{url}/v1/{MANIFEST}"
+    return folder / "v1", manifest_url
 
 
 def test_the_release_holds_each_file_with_its_sha256(released):
@@ -143,14 +150,14 @@ def test_a_model_the_release_lacks_is_named_with_what_it_has(released):
 def test_the_release_folder_must_be_new(finished_run, tmp_path):  # noqa: F811
     (tmp_path / "v1").mkdir()
     with pytest.raises(StudyError, match="v1 exists"):
-        release_runs([finished_run], tmp_path / "v1")
+        release_runs([finished_run], tmp_path / "v1", repository=REPOSITORY)
 
 
 def test_the_same_runs_give_the_same_bytes(finished_run, tmp_path):  # noqa: F811
     """A release is reproducible: nothing in its files depends on when, where or under which temporary
     name it was built, so the same runs give the same sha256 values."""
-    release_runs([finished_run], tmp_path / "a")
-    release_runs([finished_run], tmp_path / "b")
+    release_runs([finished_run], tmp_path / "a", repository=REPOSITORY)
+    release_runs([finished_run], tmp_path / "b", repository=REPOSITORY)
     files = sorted(path.name for path in (tmp_path / "a").iterdir())
     assert files == sorted(path.name for path in (tmp_path / "b").iterdir())
     assert all((tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes() for name in files)
@@ -179,7 +186,7 @@ def test_a_folder_that_is_not_a_finished_run_is_named_and_nothing_is_left(
     else:
         (run_dir / damage).unlink()
     with pytest.raises(StudyError, match=sentence):
-        release_runs([finished_run, run_dir], tmp_path / "v1")
+        release_runs([finished_run, run_dir], tmp_path / "v1", repository=REPOSITORY)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]
 
 
@@ -191,13 +198,137 @@ def test_a_release_that_fails_while_building_leaves_nothing(finished_run, tmp_pa
 
     monkeypatch.setattr(release, "write_json", full_disk)
     with pytest.raises(OSError):
-        release_runs([finished_run], tmp_path / "v1")
+        release_runs([finished_run], tmp_path / "v1", repository=REPOSITORY)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_the_command_releases_the_runs_named(finished_run, tmp_path):  # noqa: F811
     out = tmp_path / "release"
     command = [sys.executable, "-m", "cifar_resnet.cli", "release", str(out), str(finished_run)]
+    command += ["--repository", REPOSITORY]
     printed = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert f"released 1 model(s) in {out}" in printed
     assert sorted(path.suffix for path in out.iterdir()) == ["", ".json", ".md", ".pt"]
+
+
+def card_snippet(card: str) -> str:
+    """The torch.hub snippet of a model card, loading from this clone instead of GitHub."""
+    snippet = card.split("## How to load it", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert f'model = torch.hub.load(\n    "{REPOSITORY}",\n    "resnet20",\n' in snippet
+    local = snippet.replace(f'"{REPOSITORY}",', f"{str(ROOT)!r},")
+    return local.replace("\n)\n", '\n    source="local",\n)\n', 1)
+
+
+def run_snippet(snippet: str, prepared: Path, **environment: str) -> str:
+    """What the snippet prints, given the prepared test images as ``images``."""
+    data = f"load_prepared({str(prepared)!r}, splits=('test',))"
+    code = f"from cifar_resnet.datasets import load_prepared\nimages = {data}['test_images']\n{snippet}"
+    environment = {**os.environ, **environment}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environment
+    ).stdout.strip()
+
+
+def test_the_model_card_loads_the_model_from_the_repository_and_url_given(released, finished_run, prepared):  # noqa: F811
+    folder, manifest_url = released
+    snippet = card_snippet((folder / f"{NAME}.md").read_text())
+    assert f'    release="{manifest_url}",\n' in snippet and "pretrained" not in snippet
+    class_names = json.loads((finished_run / "train.json").read_text())["class_names"]
+    assert run_snippet(snippet, prepared, TORCH_HOME=os.environ["TORCH_HOME"]) in class_names
+
+
+def test_without_a_url_the_model_card_asks_for_the_releases_url(finished_run, served, prepared, tmp_path):  # noqa: F811
+    folder, url = served
+    release_runs([finished_run], folder / "v1", repository=REPOSITORY)
+    card = (folder / "v1" / f"{NAME}.md").read_text()
+    assert (
+        "Set the environment variable CIFAR_RESNET_RELEASE to the URL this folder's `manifest.json` has"
+        in card
+    )
+    snippet = card_snippet(card)
+    assert "    pretrained=True,\n" in snippet and "release=" not in snippet
+    class_names = json.loads((finished_run / "train.json").read_text())["class_names"]
+    printed = run_snippet(
+        snippet,
+        prepared,
+        CIFAR_RESNET_RELEASE=f"{url}/v1/{MANIFEST}",
+        TORCH_HOME=str(tmp_path / "torch-home"),
+    )
+    assert printed in class_names
+
+
+def installed_with(monkeypatch, *urls: str) -> None:
+    """The installed package's metadata, as read by the release, holds these Project-URL entries."""
+    metadata = Message()
+    for url in urls:
+        metadata["Project-URL"] = url
+    monkeypatch.setattr(importlib.metadata, "metadata", lambda name: metadata)
+
+
+def card_of(folder: Path) -> str:
+    return (folder / f"{NAME}.md").read_text()
+
+
+def test_the_repository_defaults_to_the_packages_repository_url(finished_run, tmp_path, monkeypatch):  # noqa: F811
+    installed_with(
+        monkeypatch, "Paper, https://arxiv.org/abs/1512.03385", "Repository, https://github.com/me/cifar"
+    )
+    release_runs([finished_run], tmp_path / "a")
+    assert 'torch.hub.load(\n    "me/cifar",\n' in card_of(tmp_path / "a")
+
+    installed_with(monkeypatch, "repository, https://github.com/me/cifar-resnet.git/")
+    cli.main(["release", str(tmp_path / "b"), str(finished_run)])
+    assert 'torch.hub.load(\n    "me/cifar-resnet",\n' in card_of(tmp_path / "b")
+
+    # the option comes before the package's URL
+    cli.main(["release", str(tmp_path / "c"), str(finished_run), "--repository", REPOSITORY])
+    assert f'torch.hub.load(\n    "{REPOSITORY}",\n' in card_of(tmp_path / "c")
+
+
+def not_installed(name):
+    raise importlib.metadata.PackageNotFoundError(name)
+
+
+@pytest.mark.parametrize(
+    ("installed", "options", "sentence"),
+    [
+        (
+            ["Paper, https://arxiv.org/abs/1512.03385"],
+            [],
+            r"^error: The model cards name the GitHub repository torch.hub loads the models from: give its "
+            r"owner/name with --repository, or add its URL as Repository under \[project.urls\] in "
+            r"pyproject.toml and install the package again.$",
+        ),
+        (None, [], r"give its owner/name with --repository, or add its URL as Repository"),
+        (["Repository, https://gitlab.com/me/cifar"], [], r"https://gitlab.com/me/cifar, is not a GitHub"),
+        (
+            [],
+            ["--repository", "https://github.com/me/cifar"],
+            r"is not a GitHub repository as torch.hub names",
+        ),
+        ([], ["--repository", "me"], r"'me' is not a GitHub repository as torch.hub names it"),
+        (
+            [],
+            ["--repository", "me/cifar", "--url", "https://example.org/v1/"],
+            r"is not the URL of a release's",
+        ),
+        ([], ["--repository", "me/cifar", "--url", "v1/manifest.json"], r"give --url the http\(s\) URL"),
+    ],
+)
+def test_no_repository_or_a_bad_one_or_a_bad_url_is_one_sentence_and_nothing_is_written(
+    finished_run,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    installed,
+    options,
+    sentence,
+):
+    if installed is None:
+        monkeypatch.setattr(importlib.metadata, "metadata", not_installed)
+    else:
+        installed_with(monkeypatch, *installed)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["release", "release", str(finished_run), *options])
+    assert stopped.value.code and re.search(sentence, str(stopped.value.code))
+    assert list(tmp_path.iterdir()) == []

@@ -212,9 +212,8 @@ def test_a_release_of_the_demo_loads_through_torch_hub_with_the_recorded_accurac
     workdir, _ = demo_run
     folder, url = served
     runs = [str(workdir / RUNS / variant / "resnet20" / "seed0") for variant in TINY["study"]["variants"]]
-    subprocess.run(
-        [sys.executable, "-m", "cifar_resnet.cli", "release", str(folder / "v1"), *runs], check=True
-    )
+    release = [sys.executable, "-m", "cifar_resnet.cli", "release", str(folder / "v1"), *runs]
+    subprocess.run([*release, "--repository", "someone/cifar-resnet"], check=True)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     data = load_tensors(workdir / "resources/demo/prepared.pt")
 

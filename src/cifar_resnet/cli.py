@@ -38,7 +38,9 @@ runs done and waiting, and the training time left."""
 RELEASE = """Pack finished runs into a new folder to attach to a GitHub release (or serve from any web server)
 and load with torch.hub (hubconf.py): per run its weights with the architecture, normalisation, class names
 and provenance in one file named with its sha256, its ONNX and INT8 models, a model card; manifest.json
-and SHA256SUMS for the folder."""
+and SHA256SUMS for the folder. The model cards load the models through torch.hub from the GitHub repository
+that holds hubconf.py: --repository, by default the Repository URL under [project.urls] of the installed
+package (pyproject.toml); without either, nothing is written."""
 # Figures from a --small run only show that everything runs; its batch sizes are not the recipe's.
 SMALL = {
     "depths": [20],
@@ -159,6 +161,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     release = commands.add_parser("release", help="pack finished runs for torch.hub", description=RELEASE)
     release.add_argument("out", type=Path, help="the release folder to create")
     release.add_argument("runs", type=Path, nargs="+", help="the runs' folders (results/DATASET/runs/...)")
+    release.add_argument(
+        "--repository",
+        metavar="OWNER/NAME[:TAG]",
+        help="the GitHub repository torch.hub loads the models from (default: the package's Repository URL)",
+    )
+    release.add_argument(
+        "--url",
+        metavar="MANIFEST_URL",
+        help="the URL this folder's manifest.json will have once published, which the model cards then "
+        "load from; without it they ask the reader for it",
+    )
     return parser, benchmark
 
 
@@ -207,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
 def make_release(args: argparse.Namespace) -> None:
     from cifar_resnet.release import release_runs  # with torch, which reads and writes the weights
 
-    manifest = release_runs(args.runs, args.out)
+    manifest = release_runs(args.runs, args.out, repository=args.repository, url=args.url)
     print(f"released {len(manifest['models'])} model(s) in {args.out}; attach its files to a release")
 
 

@@ -160,9 +160,12 @@ def hub_model(
 ENTRY_DOC = """He et al.'s ResNet-{depth} ({parameters} parameters in the paper's variant on CIFAR-10)
 for {what}, in any variant of the study: untrained, or trained from a release.
 
-    model = torch.hub.load("OWNER/REPO", "{name}", variant="wide"{dataset_argument})  # untrained
-    model = torch.hub.load("OWNER/REPO", "{name}", variant="paper", seed=0{dataset_argument},
-                           pretrained=True, release="https://.../manifest.json")
+    model = torch.hub.load(".", "{name}", source="local", variant="wide"{dataset_argument})  # untrained
+    model = torch.hub.load(".", "{name}", source="local", variant="paper", seed=0{dataset_argument},
+                           pretrained=True, release=manifest_url)
+
+as called from a clone's folder; from GitHub, the repository's owner/name (optionally :tag) instead of
+"." and no source. manifest_url is the URL of a release's manifest.json, as its model cards give it.
 
 Untrained (``pretrained=False``, the default where no release is named): the plain network
 (``cifar_resnet.models.CifarResNet``, He-initialised, in training mode), built as the study's workflow
