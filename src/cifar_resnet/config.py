@@ -6,6 +6,7 @@ the benchmark; it needs only pyyaml and jsonschema, which Snakemake's own proces
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -100,8 +101,10 @@ SCHEMA = Path(__file__).with_name("config.schema.yaml")
 DEFAULT_CONFIG = Path("config/config.yaml")
 
 
+@functools.cache
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA.read_text())
+    """The configuration's schema, read once per process (every load of a study validates against it)."""
+    return yaml.load(SCHEMA.read_text(), Loader=SAFE_LOADER)
 
 
 def read_study_config(configfiles: Sequence[str | Path] = ()) -> dict:
@@ -193,7 +196,12 @@ StrictValidator = jsonschema.validators.extend(
 )
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+# PyYAML's C parser where it was built with libyaml (the wheels are), several times faster than its pure
+# Python one: the workflow, every job and each torch.hub entry read the configuration.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(SAFE_LOADER):
     """YAML's safe loader, except that a mapping giving a key twice is an error, not the last one winning."""
 
 
