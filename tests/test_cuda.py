@@ -65,7 +65,7 @@ def test_two_deterministic_runs_are_bit_identical_on_cuda(study, prepared, tmp_p
 
 
 def test_a_killed_job_resumes_to_identical_results_on_cuda_in_deterministic_mode(study, prepared, tmp_path):
-    config = run(study, "plateau", depth=8, unit="epochs", duration=40, batch_size=16)
+    config = run(study, "plateau", unit="epochs", duration=40, batch_size=16)
     config["runtime"].update(device="cuda", bf16=True, channels_last=True, compile=False, deterministic=True)
     check_kill_and_resume(config, prepared, tmp_path, into_epoch=0.0)  # a GPU epoch is short
 

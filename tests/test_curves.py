@@ -80,7 +80,7 @@ def test_the_event_files_hold_each_epochs_history_row_and_the_recipe(study, prep
         content[hparams_metadata.SESSION_START_INFO_TAG]
     )
     values = {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}
-    assert values["variant"] == "plateau" and values["depth"] == 20 and values["seed"] == 0
+    assert values["variant"] == "plateau" and values["depth"] == 8 and values["seed"] == 0
     assert values["schedule.kind"] == "plateau" and values["optimizer.lr"] == 0.1
     assert values["model.preact"] == "False" and values["training.selection"] == "best_val_accuracy"
     end = hparams_metadata.parse_session_end_info_plugin_data(content[hparams_metadata.SESSION_END_INFO_TAG])
@@ -90,7 +90,7 @@ def test_the_event_files_hold_each_epochs_history_row_and_the_recipe(study, prep
 def test_a_run_trains_the_same_with_its_curves_and_without_tensorboard_logs_one_line(
     study, prepared, tmp_path, monkeypatch, caplog
 ):
-    config = run(study, "dropout", depth=8, unit="epochs", duration=2)  # dropout draws from the generator
+    config = run(study, "dropout", unit="epochs", duration=2)  # dropout draws from the generator
     train(config, prepared, tmp_path / "plain")
     train(config, prepared, tmp_path / "watched", curves=tmp_path / "watched" / "curves")
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # as where the extra is not installed
@@ -119,7 +119,7 @@ def test_a_killed_run_resumed_from_an_earlier_epoch_has_each_epoch_once(
 ):
     """The last resume state is from epoch 1, but the killed process had written epoch 2's curves: the
     resumed process trains epoch 2 again, and TensorBoard shows it once."""
-    config = run(study, "plateau", depth=8, unit="epochs", duration=4)
+    config = run(study, "plateau", unit="epochs", duration=4)
     curves, resume_file = tmp_path / "curves", tmp_path / "resume.pt"
     saved = []
     save = run_module.save
@@ -144,11 +144,11 @@ def test_a_fresh_start_replaces_the_curves_a_killed_run_left(study, prepared, tm
     curves = tmp_path / "curves"
     monkeypatch.setattr(run_module, "stop_request", StopAfter(25))
     with pytest.raises(Stopped):
-        train(run(study, "paper", depth=8, unit="epochs", duration=3), prepared, tmp_path, curves=curves)
+        train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path, curves=curves)
     (tmp_path / "resume.pt").unlink()
     monkeypatch.undo()
     next_second()
-    train(run(study, "nadam", depth=8, unit="epochs", duration=3), prepared, tmp_path, curves=curves)
+    train(run(study, "nadam", unit="epochs", duration=3), prepared, tmp_path, curves=curves)
 
     assert_curves_are_the_history(curves, tmp_path / "history.csv")
     assert len(list(curves.iterdir())) == 1

@@ -50,7 +50,7 @@ def test_the_loaded_model_scores_the_runs_test_accuracy(finished_run, prepared):
     assert model.provenance["test_error"] == evaluation["test_error"]
     assert (model.provenance["variant"], model.provenance["depth"], model.provenance["seed"]) == (
         "paper",
-        20,
+        8,
         0,
     )
 
@@ -109,10 +109,10 @@ def test_weights_of_another_depth_in_a_runs_folder_are_one_sentence(finished_run
 
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
-    resnet8 = build_model(ModelSpec.for_run(study.run_config(Run("demo", "paper", 8, 0)), 10))
-    save_tensors(run_dir / "model.pt", resnet8.state_dict())
+    resnet20 = build_model(ModelSpec.for_run(study.run_config(Run("demo", "paper", 20, 0)), 10))
+    save_tensors(run_dir / "model.pt", resnet20.state_dict())
     with pytest.raises(
-        StudyError, match=r"model.pt does not hold the weights of the ResNet-20 \(paper\) its train"
+        StudyError, match=r"model.pt does not hold the weights of the ResNet-8 \(paper\) its train"
     ):
         cifar_resnet.load_run(run_dir)
 

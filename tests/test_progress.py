@@ -20,7 +20,7 @@ def histories_seen_at_each_epoch(study, prepared, folder, monkeypatch, interval)
 
     monkeypatch.setattr(run_module, "train_epoch", spying)
     monkeypatch.setattr(run_module, "PROGRESS_INTERVAL_SECONDS", interval)
-    train(run(study, "paper", depth=8, unit="epochs", duration=3), prepared, folder)
+    train(run(study, "paper", unit="epochs", duration=3), prepared, folder)
     return seen
 
 

@@ -81,7 +81,7 @@ TOLERANCES = {"bf16": (0.03, 2 / 80), "tf32": (0.01, 2 / 80), "fp32": (1e-4, 1 /
 def switched(study, device="cpu", **switches) -> dict:
     """ResNet-8 on the paper recipe for 3 epochs of 20 steps of 16, validated in batches of 32 (the
     last of the 80 validation images is a smaller batch), with ``switches`` on and acting on the CPU."""
-    config = run(study, "paper", depth=8, unit="epochs", duration=3, batch_size=16)
+    config = run(study, "paper", unit="epochs", duration=3, batch_size=16)
     config["runtime"].update(EAGER_FP32, **switches, device=device, switches_on_cpu=True, eval_batch_size=32)
     return config
 

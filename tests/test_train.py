@@ -59,7 +59,7 @@ def outputs(folder: Path) -> Outputs:
     return Outputs(folder / "model.pt", folder / "history.csv", folder / "train.json", folder / "eval.json")
 
 
-def run(study, variant, depth=20, seed=0, **training):
+def run(study, variant, depth=8, seed=0, **training):
     from cifar_resnet.config import Run
 
     return small(study.run_config(Run("demo", variant, depth, seed)), **training)
@@ -113,7 +113,7 @@ def test_every_variant_trains_a_few_iterations(study, prepared, pretrained_paper
     assert summary["iterations"] == 3 and summary["epochs"] == 1
     assert not (tmp_path / "resume.pt").exists()
     state = load_tensors(tmp_path / "model.pt")
-    model = build_model(ModelSpec(depth=20, num_classes=10, **config["recipe"]["model"]))
+    model = build_model(ModelSpec(depth=8, num_classes=10, **config["recipe"]["model"]))
     model.load_state_dict(state)  # a plain state_dict of the recorded architecture, loadable weights_only
     history = (tmp_path / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,iteration,lr,train_loss") and len(history) == 2
@@ -139,7 +139,7 @@ def test_finetune_starts_from_the_pretrained_backbone(study, prepared, tmp_path)
     )
     source, after = load_tensors(pretrained / "model.pt"), load_tensors(tmp_path / "finetuned" / "model.pt")
     torch.manual_seed(0)  # what the fine-tuning run's model starts from before loading the backbone
-    own_start = build_model(ModelSpec(20)).state_dict()
+    own_start = build_model(ModelSpec(8)).state_dict()
     stem = "backbone.0.weight"
     assert not torch.equal(source[stem], after[stem])  # it was trained further
     assert (after[stem] - source[stem]).abs().max() < 0.1 * (after[stem] - own_start[stem]).abs().max()
@@ -177,7 +177,7 @@ def test_on_a_terminal_the_step_counter_shows_and_is_cleared_after_each_epoch(
 ):
     monkeypatch.setattr(sys, "stderr", stream())
     data = datasets.load_prepared(prepared, splits=("train", "val"))
-    trainer = trainer_of(run(study, "paper", depth=8, unit="epochs", duration=2), data)  # 10 steps an epoch
+    trainer = trainer_of(run(study, "paper", unit="epochs", duration=2), data)  # 10 steps an epoch
     train_module.train_epoch(trainer, 1)
     counter = "".join(f"\repoch 1/2 step {step}/10" for step in range(1, 11)) + "\r"
     assert sys.stderr.getvalue() == (counter if stream is Terminal else "")
@@ -223,9 +223,7 @@ def test_selection_keeps_the_best_validation_epochs_model(
 ):
     # accuracy peaks at epoch 2, loss bottoms at epoch 3: neither is the last epoch
     validation = scripted(monkeypatch, losses=[2.0, 1.5, 1.2, 1.4], accuracies=[0.3, 0.8, 0.6, 0.5])
-    summary = train(
-        run(study, "paper", depth=8, unit="epochs", duration=4, selection=selection), prepared, tmp_path
-    )
+    summary = train(run(study, "paper", unit="epochs", duration=4, selection=selection), prepared, tmp_path)
     assert summary["selected_epoch"] == best_epoch and summary["epochs"] == 4
     assert summary["selected_val_accuracy"] == validation.accuracies[best_epoch - 1]
     model = load_tensors(tmp_path / "model.pt")
@@ -242,7 +240,7 @@ def test_early_stopping_stops_patience_epochs_after_the_best(
     study, prepared, tmp_path, monkeypatch, monitor, stopped_after
 ):
     scripted(monkeypatch, losses=[2.0, 1.5, 1.2, 1.9, 1.3, 1.0], accuracies=[0.3, 0.8, 0.6, 0.5, 0.7, 0.9])
-    config = run(study, "paper", depth=8, unit="epochs", duration=6)
+    config = run(study, "paper", unit="epochs", duration=6)
     config["recipe"]["training"]["early_stopping"] = {"monitor": monitor, "patience": 2}
     summary = train(config, prepared, tmp_path)
     assert summary["stopped_early"] and summary["epochs"] == stopped_after
@@ -333,7 +331,7 @@ def test_a_stop_request_saves_the_epoch_at_its_step_and_the_rerun_continues_iden
 ):
     """Dropout draws from the global generator at every step: the resumed steps draw what the
     uninterrupted ones did only if the stop saved it mid-epoch."""
-    config = run(study, "dropout", depth=8, unit="epochs", duration=3)
+    config = run(study, "dropout", unit="epochs", duration=3)
     train(config, prepared, tmp_path / "uninterrupted")
     stopped = tmp_path / "stopped"
     stopped.mkdir()
@@ -373,7 +371,7 @@ run_job(job, work, resumable=True)
 def test_a_training_job_given_sigterm_saves_its_work_says_where_and_resumes_there(study, prepared, tmp_path):
     """What SLURM sends at a job's time limit: the job saves where it stands (no periodic checkpoint has
     been written), logs one line and exits with 143; the rerun ends as an uninterrupted run."""
-    config = run(study, "dropout", depth=8, unit="epochs", duration=6)
+    config = run(study, "dropout", unit="epochs", duration=6)
     train(config, prepared, tmp_path / "uninterrupted")
     stopped = tmp_path / "stopped"
     process = signalled_training(SIGTERM_JOB, config, prepared, stopped, "history.csv", 0.2)
@@ -404,7 +402,7 @@ def test_unreadable_resume_file_is_reported_and_training_restarts(study, prepare
 
 
 def test_resume_file_of_another_config_is_not_used(study, prepared, tmp_path, caplog):
-    other = run(study, "paper", depth=8, duration=20)
+    other = run(study, "paper", duration=20)
     process_folder = tmp_path / "run"
     train(other, prepared, process_folder)
     foreign = run_module.Progress("0123456789abcdef", epoch=1)
@@ -417,7 +415,7 @@ def test_resume_file_of_another_config_is_not_used(study, prepared, tmp_path, ca
 def test_a_resume_file_of_the_earlier_layout_is_not_used(study, prepared, tmp_path, caplog):
     """A resume state of this configuration as the code before the progress's one entry wrote it, the
     progress beside the model's state: refused with a warning, and the run trains from the start."""
-    config = run(study, "paper", depth=8, duration=20)
+    config = run(study, "paper", duration=20)
     train(config, prepared, tmp_path / "clean")
     earlier = run_module.Progress(run_module.config_hash(config), epoch=1, history=[{"epoch": 1}]).plain()
     torch.save(
@@ -458,7 +456,7 @@ def test_a_resume_file_of_another_optimizer_version_is_not_used(study, prepared,
     """A resume state with the optimizer state that this code's own optimizer wrote before it used
     torch.optim, for the same configuration: refused before the model is touched, and the run trains
     from the start."""
-    config = run(study, "paper", depth=8, duration=20)
+    config = run(study, "paper", duration=20)
     train(config, prepared, tmp_path / "clean")
     trainer = trainer_of(config, datasets.load_prepared(prepared, splits=("train", "val")))
     own = [{"momentum_buffer": torch.zeros_like(parameter)} for parameter in trainer.model.parameters()]
@@ -501,10 +499,12 @@ def test_cuda_demanded_but_absent_fails_and_auto_falls_back(study, prepared, tmp
     assert summary["device"].startswith("cpu")
 
 
-def test_evaluation_reports_every_metric(study, prepared, pretrained_paper, tmp_path):
-    runtime = Runtime.start(run(study, "paper")["runtime"])
-    train_summary = pretrained_paper.with_name("train.json")
-    metrics = evaluate_run(train_summary, pretrained_paper, prepared, tmp_path / "e.json", runtime)
+def test_evaluation_reports_every_metric(study, prepared, tmp_path):
+    config = run(study, "paper", depth=20, duration=1)  # ResNet-20, whose size the paper gives
+    train(config, prepared, tmp_path / "run")
+    runtime = Runtime.start(config["runtime"])
+    train_summary, model = tmp_path / "run" / "train.json", tmp_path / "run" / "model.pt"
+    metrics = evaluate_run(train_summary, model, prepared, tmp_path / "e.json", runtime)
     assert metrics == read_json(tmp_path / "e.json")
     matrix = torch.tensor(metrics["confusion_matrix"])
     assert matrix.shape == (10, 10) and matrix.sum() == metrics["num_test_images"] == 100
@@ -535,7 +535,7 @@ def test_evaluation_reads_the_test_split_by_its_content(study, prepared, pretrai
     metrics = evaluate_run(
         train_summary, pretrained_paper, tmp_path / "prepared.pt", tmp_path / "e.json", runtime
     )
-    model = build_model(ModelSpec(20))
+    model = build_model(ModelSpec(8))
     model.load_state_dict(load_tensors(pretrained_paper))
 
     def outcome(split: str) -> tuple[list, float]:
@@ -559,9 +559,7 @@ def test_evaluation_reads_the_test_split_by_its_content(study, prepared, pretrai
 
 def test_train_json_says_where_the_jobs_time_went(study, prepared, tmp_path, caplog):
     caplog.set_level("INFO", logger="cifar_resnet")
-    summary = train(
-        run(study, "paper", depth=8, unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=0
-    )
+    summary = train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=0)
     timings = read_json(tmp_path / "train.json")["timings"]
     history = [line.split(",") for line in (tmp_path / "history.csv").read_text().splitlines()]
     assert "val_seconds" in history[0] and len(history) == 4
@@ -584,7 +582,7 @@ def test_train_json_says_where_the_jobs_time_went(study, prepared, tmp_path, cap
 def test_train_json_records_the_run_its_inputs_and_its_selected_epoch(study, prepared, tmp_path):
     """train.json, which the release, the hub and the study's tables read: the run it describes, what
     the model's input and output mean, and the selected epoch's figures as history.csv has them."""
-    config = run(study, "paper", depth=8, unit="epochs", duration=3, selection="best_val_loss")
+    config = run(study, "paper", unit="epochs", duration=3, selection="best_val_loss")
     started = time.perf_counter()
     summary = train(config, prepared, tmp_path)
     job_seconds = time.perf_counter() - started
@@ -637,7 +635,7 @@ def test_the_resume_state_is_saved_once_the_checkpoint_interval_has_passed(
             module, "save_tensors", lambda path, data: saved.append(path) or original(path, data)
         )
     train(
-        run(study, "paper", depth=8, unit="epochs", duration=3),
+        run(study, "paper", unit="epochs", duration=3),
         prepared,
         tmp_path,
         checkpoint_interval=interval,
@@ -658,9 +656,7 @@ def test_the_checkpoint_seconds_add_up_every_save(study, prepared, tmp_path, mon
         durations.append(time.perf_counter() - started)
 
     monkeypatch.setattr(checkpoint, "save_resume_state", timed)
-    summary = train(
-        run(study, "paper", depth=8, unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=0
-    )
+    summary = train(run(study, "paper", unit="epochs", duration=3), prepared, tmp_path, checkpoint_interval=0)
     assert len(durations) == 2
     assert summary["timings"]["checkpoint_seconds"] >= sum(durations)
 
@@ -708,7 +704,7 @@ def test_a_job_stopped_during_its_evaluation_resumes_instead_of_training_again(
     study, prepared, tmp_path, monkeypatch, caplog
 ):
     caplog.set_level("INFO", logger="cifar_resnet")
-    config = run(study, "paper", depth=8, unit="epochs", duration=3)
+    config = run(study, "paper", unit="epochs", duration=3)
 
     def stopped(*paths):
         raise KeyboardInterrupt
@@ -730,7 +726,7 @@ def test_a_run_stopped_between_epochs_resumes_its_selection_and_early_stopping(
     """The monitors' state travels in the resume state: stopped after its third epoch and resumed, a run
     selects and stops where an uninterrupted one does. Monitors started afresh at epoch 4 would select
     epoch 5 and never stop early."""
-    config = run(study, "paper", depth=8, unit="epochs", duration=6, selection="best_val_accuracy")
+    config = run(study, "paper", unit="epochs", duration=6, selection="best_val_accuracy")
     config["recipe"]["training"]["early_stopping"] = {"monitor": "val_loss", "patience": 3}
     losses, accuracies = [2.0, 1.5, 1.6, 1.7, 1.8, 1.9], [0.3, 0.8, 0.6, 0.5, 0.7, 0.9]
     scripted(monkeypatch, losses, accuracies)
