@@ -262,6 +262,7 @@ def test_packed_step_of_two_models_equals_two_ordinary_steps():
     assert packed.state_dict_of(1)["backbone.1.num_batches_tracked"] == 2
 
 
+@pytest.mark.slow  # job processes that import torch
 def test_concurrent_jobs_serve_every_repeat_from_a_barrier_until_closed(restore_threads):
     protocol = Protocol(batch_size=8, warmup_steps=1)
     pipeline = jobs_pipeline(8, 2, CPU, protocol, Mode(), synthetic_data(256), SETTINGS, 1)
@@ -274,6 +275,7 @@ def test_concurrent_jobs_serve_every_repeat_from_a_barrier_until_closed(restore_
         pipeline.close()
 
 
+@pytest.mark.slow  # job processes that import torch
 def test_a_failing_concurrent_job_is_reported_instead_of_waited_for():
     protocol = Protocol(batch_size=8, warmup_steps=0)
     with pytest.raises(RuntimeError, match="process .* of 2 failed: ValueError: depth 21"):
@@ -345,6 +347,7 @@ time.sleep(30)
 """
 
 
+@pytest.mark.slow  # worker processes
 def test_cpu_seconds_count_the_live_worker_processes():
     child = subprocess.Popen(
         [

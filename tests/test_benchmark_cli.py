@@ -44,6 +44,7 @@ def test_the_console_script_is_an_importable_callable():
     assert callable(getattr(importlib.import_module(module), name))
 
 
+@pytest.mark.slow  # a Python process that imports torch
 def test_python_m_runs_the_command_line(tmp_path):
     environment = {
         **os.environ,
@@ -59,6 +60,7 @@ def test_python_m_runs_the_command_line(tmp_path):
     assert done.returncode == 1 and "error: " in done.stderr and "nowhere.yaml does not exist" in done.stderr
 
 
+@pytest.mark.slow  # the benchmark's smallest whole run
 def test_small_run_writes_csv_and_plot_and_marks_the_modes_the_cpu_does_not_apply_na(
     tmp_path, capsys, restore_threads
 ):

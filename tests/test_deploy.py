@@ -56,7 +56,7 @@ def variant_specs(study, depth: int) -> dict[ModelSpec, list[str]]:
 
 
 # ResNet-8 has one block of each kind (identity and downsampling shortcut) per stage, ResNet-14 repeats them
-@pytest.mark.parametrize("depth", [8, 14])
+@pytest.mark.parametrize("depth", [8, pytest.param(14, marks=pytest.mark.slow)])  # six exports each
 def test_every_variants_export_agrees_with_pytorch(study, depth, tmp_path):
     images = torch.randint(
         0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)

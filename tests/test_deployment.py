@@ -40,6 +40,7 @@ def module_deployment(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # Snakemake
 def test_the_module_plans_the_whole_study_and_runs_a_job_there(module_deployment):
     counts = job_counts(snakemake(module_deployment, "-n").stdout)
     assert counts["train"] == 12 * 5 * 3 + 5 * 3 and counts["deploy"] == 12 * 5 * 3
@@ -58,6 +59,7 @@ def test_the_module_plans_the_whole_study_and_runs_a_job_there(module_deployment
     ]
 
 
+@pytest.mark.slow  # Snakemake
 def test_snakefile_from_another_folder_plans_the_study_with_its_config(tmp_path):
     folder = deployment(tmp_path)
     overlay = {"study": {"depths": [20, 56], "seeds": [0]}}
@@ -70,6 +72,7 @@ def test_snakefile_from_another_folder_plans_the_study_with_its_config(tmp_path)
     assert not (folder / "README.md").exists()
 
 
+@pytest.mark.slow  # Snakemake
 def test_a_deployment_that_asks_for_the_readme_needs_its_markers_before_any_job(tmp_path):
     folder = deployment(tmp_path)
     (folder / "config" / "readme.yaml").write_text(yaml.safe_dump({"report": {"update_readme": True}}))

@@ -267,6 +267,7 @@ def test_without_override_the_count_comes_from_torch(tmp_path):
         assert (device is None) == (torch.cuda.device_count() == 0)
 
 
+@pytest.mark.slow  # Snakemake
 @pytest.mark.parametrize("gpus, jobs_per_gpu", [(2, 1), (1, 2)])
 def test_snakemake_jobs_running_at_once_get_distinct_gpu_slots(tmp_path, gpus, jobs_per_gpu):
     """4 jobs with gpu=1 under --resources gpu=2: on 2 simulated GPUs never two on one GPU; on 1 GPU

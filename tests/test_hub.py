@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def finished_run(prepared, study, tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
     torch.set_num_threads(1)
-    train(run(study, "paper", duration=4), prepared, folder)
+    train(run(study, "paper", depth=20, duration=4), prepared, folder)  # a depth torch.hub's entries name
     return folder
 
 
@@ -50,7 +50,7 @@ def test_the_loaded_model_scores_the_runs_test_accuracy(finished_run, prepared):
     assert model.provenance["test_error"] == evaluation["test_error"]
     assert (model.provenance["variant"], model.provenance["depth"], model.provenance["seed"]) == (
         "paper",
-        8,
+        20,
         0,
     )
 
@@ -109,10 +109,10 @@ def test_weights_of_another_depth_in_a_runs_folder_are_one_sentence(finished_run
 
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
-    resnet20 = build_model(ModelSpec.for_run(study.run_config(Run("demo", "paper", 20, 0)), 10))
-    save_tensors(run_dir / "model.pt", resnet20.state_dict())
+    resnet8 = build_model(ModelSpec.for_run(study.run_config(Run("demo", "paper", 8, 0)), 10))
+    save_tensors(run_dir / "model.pt", resnet8.state_dict())
     with pytest.raises(
-        StudyError, match=r"model.pt does not hold the weights of the ResNet-8 \(paper\) its train"
+        StudyError, match=r"model.pt does not hold the weights of the ResNet-20 \(paper\) its train"
     ):
         cifar_resnet.load_run(run_dir)
 
@@ -136,6 +136,7 @@ def test_importing_the_package_does_not_import_torch():
     )
 
 
+@pytest.mark.slow  # a Python process that imports torch
 def test_the_readmes_loading_snippet_classifies_with_a_finished_run(finished_run):
     readme = (ROOT / "README.md").read_text()
     snippet = readme.split("in Python (PyTorch only):\n\n```python\n", 1)[1].split("```")[0]

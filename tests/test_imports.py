@@ -113,6 +113,7 @@ def imported_modules(code: str) -> set[str]:
 RULES = rule_scripts()
 
 
+@pytest.mark.slow  # a Python process per job, most importing torch
 @pytest.mark.parametrize(
     ("script", "environment", "forbidden"),
     [

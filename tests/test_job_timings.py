@@ -126,6 +126,7 @@ def test_timings_say_where_each_job_types_time_went_and_the_workflows_wall_time(
     )
 
 
+@pytest.mark.slow  # a Python process that imports torch
 def test_python_m_runs_the_tool_from_the_repositorys_root(tmp_path):
     command = [sys.executable, "-m", "tools.timings", str(tmp_path / "nowhere")]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)

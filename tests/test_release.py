@@ -202,6 +202,7 @@ def test_a_release_that_fails_while_building_leaves_nothing(finished_run, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # a Python process that imports torch
 def test_the_command_releases_the_runs_named(finished_run, tmp_path):  # noqa: F811
     out = tmp_path / "release"
     command = [sys.executable, "-m", "cifar_resnet.cli", "release", str(out), str(finished_run)]

@@ -40,6 +40,7 @@ def run(*args: str) -> None:
     subprocess.run([str(SNAKEMAKE), "--cores", "1", *args], check=True, capture_output=True)
 
 
+@pytest.mark.slow  # Snakemake
 def test_the_report_sees_the_config_files_and_values_of_the_command(toy):
     run("--configfile", "overlay.yaml", "--config", "name=chosen")
 
@@ -50,6 +51,7 @@ def test_the_report_sees_the_config_files_and_values_of_the_command(toy):
     assert "chosen.csv" in (toy / "report.html").read_text()
 
 
+@pytest.mark.slow  # Snakemake
 def test_a_failed_report_names_its_log_and_leaves_no_file(toy):
     (toy / "Snakefile").write_text("rule all:\n    input: undefined_name\n")
 

@@ -299,6 +299,7 @@ def check_kill_and_resume(config, prepared, tmp_path, into_epoch=0.3):
     assert not (killed / "resume.pt").exists()
 
 
+@pytest.mark.slow  # a training process, killed
 def test_a_job_killed_mid_epoch_resumes_to_identical_results(study, prepared, tmp_path):
     config = run(study, "plateau", unit="epochs", duration=6)  # plateau: the schedule's state resumes too
     check_kill_and_resume(config, prepared, tmp_path)
@@ -368,6 +369,7 @@ run_job(job, work, resumable=True)
 """
 
 
+@pytest.mark.slow  # a training process, stopped
 def test_a_training_job_given_sigterm_saves_its_work_says_where_and_resumes_there(study, prepared, tmp_path):
     """What SLURM sends at a job's time limit: the job saves where it stands (no periodic checkpoint has
     been written), logs one line and exits with 143; the rerun ends as an uninterrupted run."""
@@ -781,6 +783,7 @@ def test_a_tie_is_no_improvement():
     assert monitor.epochs_without_improvement == 1
 
 
+@pytest.mark.slow  # a training process
 def test_a_training_job_does_not_import_torchvision(study, prepared, tmp_path):
     """Which it would for its version, which its metadata gives without the import (docs/benchmark.md)."""
     (tmp_path / "run.json").write_text(json.dumps(run(study, "paper")))
