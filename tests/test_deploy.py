@@ -8,9 +8,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from test_config import demo_config
 from test_summary import train_record
 
 from cifar_resnet import datasets, latency, quantize
+from cifar_resnet.config import load_study
 from cifar_resnet.deploy import deploy_run
 from cifar_resnet.errors import StudyError
 from cifar_resnet.export import (
@@ -55,25 +57,29 @@ def variant_specs(study, depth: int) -> dict[ModelSpec, list[str]]:
     return specs
 
 
+def test_the_variants_train_six_distinct_models():
+    specs = variant_specs(load_study(demo_config()), 8)
+    # shortcut A and B, pre-activation, the three heads and the width; frozen and finetune are paper's model
+    assert len(specs) == 6 and {"paper", "frozen", "finetune"} <= set(specs[ModelSpec(depth=8)])
+
+
 # ResNet-8 has one block of each kind (identity and downsampling shortcut) per stage, ResNet-14 repeats them
-@pytest.mark.parametrize("depth", [8, pytest.param(14, marks=pytest.mark.slow)])  # six exports each
-def test_every_variants_export_agrees_with_pytorch(study, depth, tmp_path):
+@pytest.mark.parametrize("depth", [8, pytest.param(14, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("index", range(6))
+def test_every_variants_export_agrees_with_pytorch(study, depth, index, tmp_path):
     images = torch.randint(
         0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
     )
     mean, std = torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26])
-    specs = variant_specs(study, depth)
-    # shortcut A and B, pre-activation, the three heads and the width; frozen and finetune are paper's model
-    assert len(specs) == 6 and {"paper", "frozen", "finetune"} <= set(specs[ModelSpec(depth=depth)])
-    for index, (spec, variants) in enumerate(specs.items()):
-        model = DeployedModel(with_trained_statistics(build_model(spec), seed=index), mean, std).eval()
-        path = tmp_path / f"{index}.onnx"
-        export_onnx(model, path)
-        measured = agreement(
-            torch_logits(model, images), onnx_logits(onnx_session(path, threads=1), images.numpy())
-        )
-        assert measured["top1_agreement"] == 1.0, variants
-        check_agreement(measured, TOLERANCE, path)
+    spec, variants = list(variant_specs(study, depth).items())[index]
+    model = DeployedModel(with_trained_statistics(build_model(spec), seed=index), mean, std).eval()
+    path = tmp_path / f"{index}.onnx"
+    export_onnx(model, path)
+    measured = agreement(
+        torch_logits(model, images), onnx_logits(onnx_session(path, threads=1), images.numpy())
+    )
+    assert measured["top1_agreement"] == 1.0, variants
+    check_agreement(measured, TOLERANCE, path)
 
 
 def test_the_exported_model_takes_any_batch_of_uint8_images(tmp_path):

@@ -230,6 +230,7 @@ def run_snippet(snippet: str, prepared: Path, **environment: str) -> str:
     ).stdout.strip()
 
 
+@pytest.mark.slow  # a Python process that imports torch
 def test_the_model_card_loads_the_model_from_the_repository_and_url_given(released, finished_run, prepared):  # noqa: F811
     folder, manifest_url = released
     snippet = card_snippet((folder / f"{NAME}.md").read_text())
@@ -238,6 +239,7 @@ def test_the_model_card_loads_the_model_from_the_repository_and_url_given(releas
     assert run_snippet(snippet, prepared, TORCH_HOME=os.environ["TORCH_HOME"]) in class_names
 
 
+@pytest.mark.slow  # a Python process that imports torch
 def test_without_a_url_the_model_card_asks_for_the_releases_url(finished_run, served, prepared, tmp_path):  # noqa: F811
     folder, url = served
     release_runs([finished_run], folder / "v1", repository=REPOSITORY)
