@@ -2,6 +2,7 @@
 and a small prepared demo dataset with the demo study (the training and runtime tests)."""
 
 import http.server
+import logging
 import threading
 from functools import partial
 
@@ -23,6 +24,21 @@ ERRORS = [
     ("paper", 32, [7.0, 7.4]),  # mean 7.20, std sqrt((0.04 + 0.04) / 1) = 0.2828
     ("paper", 8, [12.0, 12.5]),  # a depth the paper has no number for
 ]
+
+
+@pytest.fixture(autouse=True)
+def logging_restored():
+    """A job (``run_job``) and the command line configure logging as their process's own; a test that calls
+    them in this process leaves no handler, bound to its captured streams, and no level to the next test."""
+    loggers = [logging.getLogger(name) for name in ("", "cifar_resnet", "cifar_resnet.runtime")]
+    saved = [(logger.handlers[:], logger.level) for logger in loggers]
+    yield
+    for logger, (handlers, level) in zip(loggers, saved, strict=True):
+        for handler in logger.handlers:
+            if handler not in handlers:
+                handler.close()
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
 
 
 @pytest.fixture
