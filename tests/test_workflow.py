@@ -444,6 +444,22 @@ def test_a_config_error_stops_before_any_job(demo_run):
 RESUMABLE = {**TINY, "study": {**TINY["study"], "variants": ["paper"]}}  # 64 iterations: 8 epochs of 8
 
 
+@contextmanager
+def in_the_background(command: list[str], cwd: Path, env: dict[str, str], log: Path):
+    """``command`` running in the background, its output into ``log``; its processes are killed if the test
+    ends before it does."""
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=output, stderr=output, start_new_session=True
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 @pytest.mark.slow
 def test_a_killed_workflow_resumes_its_training_job_to_identical_results(tmp_path):
     """Snakemake deletes a failed job's outputs, not its resume file: after a kill, `--unlock` and the
@@ -460,23 +476,20 @@ def test_a_killed_workflow_resumes_its_training_job_to_identical_results(tmp_pat
 
     uninterrupted, command = start("uninterrupted")
     # The run to compare with trains beside the one that is killed (a thread each).
-    log = tmp_path / "uninterrupted.log"
-    with open(log, "w") as output:
-        reference = subprocess.Popen(command, cwd=uninterrupted, env=env, stdout=output, stderr=output)
-
-    workdir, command = start("killed")
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    process = subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True, **quiet)
-    resume_file = workdir / "results/demo/resume/paper/resnet8/seed0.pt"
-    deadline = time.monotonic() + 300
-    while not resume_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # Snakemake and its job, as a lost node would
-    process.wait()
-    assert resume_file.exists() and not (workdir / model).exists()
-    subprocess.run([*command, "--unlock"], cwd=workdir, check=True, capture_output=True)
-    subprocess.run(command, cwd=workdir, env=env, check=True, capture_output=True)
-    assert reference.wait(timeout=600) == 0, log.read_text()[-3000:]
+    with in_the_background(command, uninterrupted, env, tmp_path / "uninterrupted.log") as reference:
+        workdir, command = start("killed")
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        process = subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True, **quiet)
+        resume_file = workdir / "results/demo/resume/paper/resnet8/seed0.pt"
+        deadline = time.monotonic() + 300
+        while not resume_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)  # Snakemake and its job, as a lost node would
+        process.wait()
+        assert resume_file.exists() and not (workdir / model).exists()
+        subprocess.run([*command, "--unlock"], cwd=workdir, check=True, capture_output=True)
+        subprocess.run(command, cwd=workdir, env=env, check=True, capture_output=True)
+        assert reference.wait(timeout=600) == 0, (tmp_path / "uninterrupted.log").read_text()[-3000:]
 
     assert "resumed from" in (workdir / "results/demo/logs/train/paper/resnet8/seed0.log").read_text()
     expected, resumed = load_tensors(uninterrupted / model), load_tensors(workdir / model)
