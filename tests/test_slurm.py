@@ -50,7 +50,10 @@ def _slurm_skip_reason() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.slurm
+# One xdist group: under `pytest -n 2 --dist loadgroup` one worker runs these tests one after the other, so
+# that they never compete for the cluster's one node (and cancel_when_running finds the job of its own test),
+# while the other worker computes.
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group(name="slurm")]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -267,12 +270,13 @@ def test_failing_job_is_reported(slurm_workflow: Path):
 
 # The project's own profiles/slurm, with what a user edits in it (the partition; no account, since
 # the CI cluster keeps no accounting) and what the CI cluster needs (no slurmdbd: squeue for the
-# status; short waits so that the test is quick) given on the command line, which overrides a profile.
+# status; short waits, as in .ci/slurm/profile, so that the test is quick) given on the command line,
+# which overrides a profile.
 PROJECT_PROFILE = REPO / "profiles" / "slurm"
 ON_CI_CLUSTER = [
     "--default-resources", "slurm_partition=ci",
     "--slurm-status-command", "squeue",
-    "--slurm-init-seconds-before-status-checks", "3",
+    "--slurm-init-seconds-before-status-checks", "1",
     "--latency-wait", "5",
 ]  # fmt: skip
 
@@ -285,15 +289,18 @@ def job_details(job_id: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S+)", shown))
 
 
-def demo_workdir(folder: Path, variants: list[str]) -> tuple[Path, list[str]]:
-    """A copy of the repository with the demo and a tiny overlay of ``variants`` at ResNet-20, seed 0,
-    whose deployments time their latency batch on both of the CI node's CPUs."""
+def demo_workdir(folder: Path, variants: list[str], batch_size: int = 32) -> tuple[Path, list[str]]:
+    """A copy of the repository with the demo and a tiny overlay of ``variants`` at ResNet-8, seed 0,
+    trained on batches of ``batch_size`` for the demo's 64 iterations, whose deployments time their
+    latency batch on both of the CI node's CPUs (calibrated and timed briefly, as in the test case).
+    A run's job lasts about half a minute, so that the plugin's status check at 33 s finds it done."""
     import test_workflow as workflow
 
     tiny = {
         **workflow.TINY,
         "study": {**workflow.TINY["study"], "variants": variants},
-        "deploy": {"latency": {"batch_threads": 2}},
+        "recipe": {"training": {"batch_size": batch_size}},
+        "deploy": {"calibration_images": 64, "latency": {"runs": 3, "warmup_runs": 1, "batch_threads": 2}},
     }
     folder.mkdir()
     workdir = workflow.copy_workflow(folder)
@@ -305,22 +312,28 @@ def test_demo_through_slurm_matches_a_local_run(tmp_path: Path):
     """The real workflow (demo data, paper + the frozen pretrain -> fine-tune chain) through the
     project's SLURM profile gives the same weights and metrics as the same configuration run locally,
     with one submission per run (its training, evaluation and deployment) and one for the data."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     threads = [
         "--max-threads",
         "2",
     ]  # the CI node has 2 CPUs; the same count locally keeps the runs bit-identical
-    runs = {}
-    for name, run, args in (
-        ("slurm", run_through_slurm, {"profile": PROJECT_PROFILE}),
-        ("local", run_locally, {}),
-    ):
-        workdir, configs = demo_workdir(tmp_path / name, ["paper", "frozen"])
-        extra = [*configs, *threads, *(ON_CI_CLUSTER if name == "slurm" else [])]
-        runs[name] = (workdir, run(workdir, ["report"], extra, timeout_s=600, **args))
-    slurm_dir, slurm_run = runs["slurm"]
-    local_dir, local_run = runs["local"]
+    (slurm_dir, configs), (local_dir, _) = (
+        demo_workdir(tmp_path / name, ["paper", "frozen"], batch_size=8) for name in ("slurm", "local")
+    )
+    # The local run computes while the SLURM run mostly waits for the plugin's status checks.
+    with ThreadPoolExecutor(1) as pool:
+        local = pool.submit(run_locally, local_dir, ["report"], [*configs, *threads], timeout_s=600)
+        slurm_run = run_through_slurm(
+            slurm_dir,
+            ["report"],
+            [*configs, *threads, *ON_CI_CLUSTER],
+            timeout_s=600,
+            profile=PROJECT_PROFILE,
+        )
+        local_run = local.result()
     assert slurm_run.returncode == 0, slurm_run.describe()
     assert local_run.returncode == 0, local_run.describe()
     assert not slurm_run.leftover_jobs
@@ -329,17 +342,17 @@ def test_demo_through_slurm_matches_a_local_run(tmp_path: Path):
     assert len(slurm_run.job_ids) == 1 + 2, slurm_run.describe()
     for job_id in slurm_run.job_ids[1:]:
         # a run's group: the GPU of its training (1 CPU), the 2 CPUs its deployment times with, the larger
-        # memory (8,000 MB of the training) and the two time limits added (ResNet-20: 20 + 10, and 15)
+        # memory (8,000 MB of the training) and the two time limits added (ResNet-8: 20 + 4, and 15)
         job = job_details(job_id)
         assert "gpu:1" in job.get("TresPerJob", "") + job.get("TresPerNode", ""), job
-        assert (job["NumCPUs"], job["MinMemoryNode"], job["TimeLimit"]) == ("2", "8000M", "00:45:00"), job
+        assert (job["NumCPUs"], job["MinMemoryNode"], job["TimeLimit"]) == ("2", "8000M", "00:39:00"), job
 
     summary = "results/demo/summary.csv"
     assert (slurm_dir / summary).read_text().splitlines()[0] == (
         local_dir / summary
     ).read_text().splitlines()[0]
     for variant in ("paper", "frozen"):
-        run_dir = f"results/demo/runs/{variant}/resnet20/seed0"
+        run_dir = f"results/demo/runs/{variant}/resnet8/seed0"
         remote, local = (
             torch.load(d / run_dir / "model.pt", weights_only=True) for d in (slurm_dir, local_dir)
         )
@@ -359,6 +372,14 @@ def json_metrics(path: Path) -> dict:
 
     metrics = json.loads(path.read_text())
     return {key: metrics[key] for key in ("test_accuracy", "test_loss", "confusion_matrix", "params", "macs")}
+
+
+def prepare_locally(workdir: Path, configs: list[str]) -> None:
+    """The demo's data, prepared on this host before a test whose subject is a run's SLURM job, which then
+    waits for no data job (the same work, without a round of the plugin's status checks)."""
+    # the options after --configfile, which takes every value up to the next option
+    prepared = run_snakemake(workdir, ["resources/demo/prepared.pt"], [*configs, "--cores", "1"])
+    assert prepared.returncode == 0, prepared.describe()
 
 
 def cancel_when_running(
@@ -389,11 +410,12 @@ def test_a_run_stopped_by_the_cluster_is_resubmitted_with_larger_limits(tmp_path
     trains) is submitted again with twice its time and memory limits, and the run then finishes."""
     from concurrent.futures import ThreadPoolExecutor
 
-    workdir, configs = demo_workdir(tmp_path / "retry", ["paper"])
-    target = "results/demo/runs/paper/resnet20/seed0/deploy.json"
+    workdir, configs = demo_workdir(tmp_path / "retry", ["paper"], batch_size=8)
+    prepare_locally(workdir, configs)
+    target = "results/demo/runs/paper/resnet8/seed0/deploy.json"
     extra = [*configs, *ON_CI_CLUSTER, "--retries", "1"]
     with ThreadPoolExecutor(1) as pool:
-        cancelled = pool.submit(cancel_when_running, "run_demo_paper_20_0", time.monotonic() + 240)
+        cancelled = pool.submit(cancel_when_running, "run_demo_paper_8_0", time.monotonic() + 240)
         run = run_through_slurm(workdir, [target], extra, timeout_s=400, profile=PROJECT_PROFILE)
         cancelled = cancelled.result()
     assert run.returncode == 0, run.describe()
@@ -402,7 +424,7 @@ def test_a_run_stopped_by_the_cluster_is_resubmitted_with_larger_limits(tmp_path
     assert len(retried) == 1, run.describe()
     first, second = job_details(cancelled), job_details(retried[0])
     assert first["JobState"] == "CANCELLED" and second["JobState"] == "COMPLETED", (first, second)
-    assert (first["TimeLimit"], second["TimeLimit"]) == ("00:45:00", "01:30:00")
+    assert (first["TimeLimit"], second["TimeLimit"]) == ("00:39:00", "01:18:00")
     assert (first["MinMemoryNode"], second["MinMemoryNode"]) == ("8000M", "16000M")
     assert (workdir / target).stat().st_size > 0
 
@@ -413,15 +435,17 @@ def test_a_run_the_cluster_sends_sigterm_saves_its_training_and_its_retry_resume
     where it stopped, and the profile's retry resumes from there rather than from the start."""
     from concurrent.futures import ThreadPoolExecutor
 
-    workdir, configs = demo_workdir(tmp_path / "term", ["paper"])
-    target = "results/demo/runs/paper/resnet20/seed0/deploy.json"
+    # 4 epochs of 16 steps: the signal comes after the first, with three to go
+    workdir, configs = demo_workdir(tmp_path / "term", ["paper"], batch_size=16)
+    prepare_locally(workdir, configs)
+    target = "results/demo/runs/paper/resnet8/seed0/deploy.json"
     run_dir = (workdir / target).parent
     extra = [*configs, *ON_CI_CLUSTER, "--retries", "1"]
     with ThreadPoolExecutor(1) as pool:
         # SIGTERM, as SLURM sends at a job's time limit, once an epoch is done and more are to come
         signalled = pool.submit(
             cancel_when_running,
-            "run_demo_paper_20_0",
+            "run_demo_paper_8_0",
             time.monotonic() + 240,
             ("--signal=TERM",),
             run_dir / "history.csv",
@@ -431,7 +455,7 @@ def test_a_run_the_cluster_sends_sigterm_saves_its_training_and_its_retry_resume
     assert run.returncode == 0, run.describe()
     assert signalled in run.job_ids, (signalled, run.describe())
     assert len(run.job_ids[run.job_ids.index(signalled) + 1 :]) == 1, run.describe()
-    logs = [workdir / "results/demo/logs/train/paper/resnet20/seed0.log"]
+    logs = [workdir / "results/demo/logs/train/paper/resnet8/seed0.log"]
     logs += sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
     text = "\n".join(path.read_text(errors="replace") for path in logs if path.is_file())
     stopped = re.search(r"Stopped by SIGTERM \(.*?\) at epoch (\d+)/\d+, step (\d+)", text)

@@ -32,7 +32,7 @@ SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 WORKFLOW_FILES = ("workflow", "config", "profiles", "README.md")
 
 TINY = {
-    "study": {"variants": ["paper", "dropout", "frozen"], "depths": [20], "seeds": [0]},
+    "study": {"variants": ["paper", "dropout", "frozen"], "depths": [8], "seeds": [0]},
     "data": {"demo": {"train_size": 300, "test_size": 100}},
     "recipe": {"training": {"batch_size": 32}},
 }
@@ -73,7 +73,11 @@ def write_config(workdir: Path, name: str, config: dict) -> str:
 
 
 # The tests that run the workflow end to end (demo_run's, minutes) are marked slow, so that
-# `pytest -m "not slow"` is a quick inner loop; the dry runs stay in it.
+# `pytest -m "not slow"` is a quick inner loop; the dry runs stay in it. Those that read demo_run share one
+# xdist group, so that under `pytest -n 2 --dist loadgroup` one worker runs the workflow once for them all.
+DEMO_RUN = pytest.mark.xdist_group(name="demo_run")
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
@@ -131,11 +135,12 @@ INT8_BOUND = 5.0
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_demo_produces_every_output(demo_run):
     workdir, _ = demo_run
     results = workdir / "results" / "demo"
     for variant in TINY["study"]["variants"]:
-        run = results / "runs" / variant / "resnet20" / "seed0"
+        run = results / "runs" / variant / "resnet8" / "seed0"
         for name in (*RUN_OUTPUTS, *DEPLOYED):
             assert (run / name).stat().st_size > 0, run / name
     summary = pd.read_csv(results / "summary.csv")
@@ -144,7 +149,7 @@ def test_demo_produces_every_output(demo_run):
     assert list(summary.columns[-len(DEPLOY_FIELDS) :]) == list(DEPLOY_FIELDS)
     assert (summary["onnx_b1_ms"] > 0).all() and (summary["int8_bytes"] < summary["onnx_bytes"]).all()
     table = (results / "tables" / "accuracy.md").read_text()
-    assert table.startswith("| Depth") and "ResNet-20" in table and "Paper %" not in table
+    assert table.startswith("| Depth") and "ResNet-8" in table and "Paper %" not in table
     assert all(column in table.splitlines()[0] for column in ("CPU ms (b=1)", "INT8 error %", "Size"))
     for name in plot_names(deployed=True):
         assert (results / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -152,7 +157,7 @@ def test_demo_produces_every_output(demo_run):
         path.relative_to(results / "plots/runs") for path in results.glob("plots/runs/**/*.png")
     )
     assert run_curves == sorted(
-        Path(variant, "resnet20", "seed0.png") for variant in TINY["study"]["variants"]
+        Path(variant, "resnet8", "seed0.png") for variant in TINY["study"]["variants"]
     )
     statistics = pd.read_csv(results / "tables" / "accuracy.csv")
     assert {"ci_low", "ci_high", "p_value", "p_holm"} <= set(statistics.columns)
@@ -161,10 +166,11 @@ def test_demo_produces_every_output(demo_run):
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_every_deployed_model_is_the_evaluated_one(demo_run):
     workdir, _ = demo_run
     for variant in TINY["study"]["variants"]:
-        run = workdir / RUNS / variant / "resnet20" / "seed0"
+        run = workdir / RUNS / variant / "resnet8" / "seed0"
         evaluation, deployed = (json.loads((run / name).read_text()) for name in ("eval.json", "deploy.json"))
         # one image of the 100 may flip between the float32 roundings of the two graphs
         assert abs(deployed["onnx_test_error"] - evaluation["test_error"]) <= 1.0
@@ -173,19 +179,22 @@ def test_every_deployed_model_is_the_evaluated_one(demo_run):
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_the_readmes_deployment_snippet_classifies_an_image(demo_run, tmp_path):
     workdir, _ = demo_run
     readme = (ROOT / "README.md").read_text()
     snippet = re.search(r"To classify an image.*?```python\n(.*?)```", readme, re.S)[1]
     images = load_tensors(workdir / "resources/demo/prepared.pt")["test_images"][:5]
-    run = workdir / RUNS / "paper/resnet20/seed0"
+    run = workdir / RUNS / "paper/resnet8/seed0"
     session = onnx_session(run / "model.int8.onnx", threads=1)
     class_names = json.loads((run / "eval.json").read_text())["class_names"]
     for index, image in enumerate(images):
         path = tmp_path / f"{index}.png"
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
-        code = snippet.replace('"results/cifar10/', f'"{workdir}/results/demo/').replace(
-            '"cat.png"', f'"{path}"'
+        code = (
+            snippet.replace('"results/cifar10/', f'"{workdir}/results/demo/')
+            .replace("/resnet20/", "/resnet8/")  # the demo run's depth
+            .replace('"cat.png"', f'"{path}"')
         )
         printed = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -194,25 +203,40 @@ def test_the_readmes_deployment_snippet_classifies_an_image(demo_run, tmp_path):
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_load_run_predicts_what_the_onnx_model_predicts(demo_run):
     workdir, _ = demo_run
     images = load_tensors(workdir / "resources/demo/prepared.pt")["test_images"]
     for variant in TINY["study"]["variants"]:
-        run = workdir / RUNS / variant / "resnet20" / "seed0"
+        run = workdir / RUNS / variant / "resnet8" / "seed0"
         with torch.no_grad():
             predicted = cifar_resnet.load_run(run)(images).argmax(1).numpy()
         exported = onnx_logits(onnx_session(run / "model.onnx", threads=1), images.numpy()).argmax(1)
         assert (predicted == exported).all(), variant
 
 
+# torch.hub has entries at the paper's depths only: the release holds two of the demo's runs at ResNet-20,
+# trained on batches of 8 (the test needs trained and evaluated runs, not good ones).
+HUB_RUNS = {
+    **TINY,
+    "study": {**TINY["study"], "variants": ["paper", "dropout"], "depths": [20]},
+    "recipe": {"training": {"batch_size": 8}},
+}
+
+
 @pytest.mark.slow
 def test_a_release_of_the_demo_loads_through_torch_hub_with_the_recorded_accuracy(
-    demo_run, served, tmp_path, monkeypatch
+    served, tmp_path, monkeypatch
 ):
-    workdir, _ = demo_run
+    (tmp_path / "workflow").mkdir()
+    workdir = copy_workflow(tmp_path / "workflow")
+    overlay = write_config(workdir, "hub.yaml", HUB_RUNS)
+    runs = [workdir / RUNS / variant / "resnet20" / "seed0" for variant in HUB_RUNS["study"]["variants"]]
+    evaluations = [str((run / "eval.json").relative_to(workdir)) for run in runs]
+    # the targets first: --configfile takes every value after it
+    snakemake(workdir, *evaluations, "--cores", "2", "--configfile", "config/demo.yaml", overlay)
     folder, url = served
-    runs = [str(workdir / RUNS / variant / "resnet20" / "seed0") for variant in TINY["study"]["variants"]]
-    release = [sys.executable, "-m", "cifar_resnet.cli", "release", str(folder / "v1"), *runs]
+    release = [sys.executable, "-m", "cifar_resnet.cli", "release", str(folder / "v1"), *map(str, runs)]
     subprocess.run([*release, "--repository", "someone/cifar-resnet"], check=True)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     data = load_tensors(workdir / "resources/demo/prepared.pt")
@@ -234,6 +258,7 @@ def test_a_release_of_the_demo_loads_through_torch_hub_with_the_recorded_accurac
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_a_latency_option_deploys_again_and_trains_nothing(demo_run):
     workdir, configs = demo_run
     runs = write_config(workdir, "runs.yaml", {"deploy": {"latency": {"runs": 7}}})
@@ -272,6 +297,7 @@ def test_deploy_off_leaves_the_deployment_out_of_the_dag(tmp_path):
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_int8_off_exports_the_float_model_only(demo_run):
     workdir, configs = demo_run
     float_only = write_config(workdir, "float.yaml", {"deploy": {"int8": False}})
@@ -291,6 +317,7 @@ def report_results(path: Path) -> dict:
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_snakemake_report_target_shows_the_study_inline(demo_run):
     workdir, configs = demo_run
     output = snakemake(workdir, "report", "--configfile", *configs).stderr  # a real run logs to stderr
@@ -307,13 +334,14 @@ def test_snakemake_report_target_shows_the_study_inline(demo_run):
     curves = {path: result for path, result in results.items() if "/plots/runs/" in path}
     labels = [result["labels"] for result in curves.values()]
     assert sorted(label["variant"] for label in labels) == sorted(TINY["study"]["variants"])
-    assert {(label["dataset"], label["depth"], label["seed"]) for label in labels} == {("demo", "20", "0")}
+    assert {(label["dataset"], label["depth"], label["seed"]) for label in labels} == {("demo", "8", "0")}
     assert all(result["content"][:8] == b"\x89PNG\r\n\x1a\n" for result in curves.values())
     summary = results["results/demo/summary.csv"]["content"].decode()
     assert summary == (workdir / "results/demo/summary.csv").read_text()
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_report_flag_still_writes_the_report(demo_run):
     workdir, configs = demo_run
     snakemake(workdir, "--configfile", *configs, "--report", "report.html")
@@ -321,6 +349,7 @@ def test_report_flag_still_writes_the_report(demo_run):
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_results_block_splices_into_a_copy_of_the_readme(demo_run, tmp_path):
     workdir, _ = demo_run
     readme = tmp_path / "README.md"
@@ -341,12 +370,14 @@ def test_results_block_splices_into_a_copy_of_the_readme(demo_run, tmp_path):
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_complete_run_has_nothing_to_do(demo_run):
     workdir, configs = demo_run
     assert job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout) == {}
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_a_hyperparameter_change_reruns_exactly_that_variant(demo_run):
     workdir, configs = demo_run
     change = write_config(
@@ -357,6 +388,7 @@ def test_a_hyperparameter_change_reruns_exactly_that_variant(demo_run):
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_a_paper_change_also_retrains_what_is_pretrained_from_it(demo_run):
     workdir, configs = demo_run
     change = write_config(
@@ -368,6 +400,7 @@ def test_a_paper_change_also_retrains_what_is_pretrained_from_it(demo_run):
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_adding_a_seed_adds_only_its_jobs(demo_run):
     workdir, configs = demo_run
     seeds = write_config(workdir, "seeds.yaml", {"study": {"seeds": [0, 1]}})
@@ -377,18 +410,20 @@ def test_adding_a_seed_adds_only_its_jobs(demo_run):
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_adding_a_depth_adds_only_its_jobs(demo_run):
     workdir, configs = demo_run
-    depths = write_config(workdir, "depths.yaml", {"study": {"depths": [20, 8]}})
+    depths = write_config(workdir, "depths.yaml", {"study": {"depths": [8, 20]}})
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs, depths).stdout)
-    assert counts["train"] == 3 and counts["deploy"] == 3  # ResNet-8 of each variant, nothing at 20
+    assert counts["train"] == 3 and counts["deploy"] == 3  # ResNet-20 of each variant, nothing at 8
     assert "prepare" not in counts and "demo_archive" not in counts
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_a_plot_option_reruns_only_the_plots(demo_run):
     workdir, configs = demo_run
-    plots = write_config(workdir, "plots.yaml", {"report": {"plots": {"learning_curve_depth": 20}}})
+    plots = write_config(workdir, "plots.yaml", {"report": {"plots": {"learning_curve_depth": 8}}})
     assert job_counts(snakemake(workdir, "-n", "--configfile", *configs, plots).stdout) == {
         "plots": 1,
         "all": 1,
@@ -396,6 +431,7 @@ def test_a_plot_option_reruns_only_the_plots(demo_run):
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_a_config_error_stops_before_any_job(demo_run):
     workdir, configs = demo_run
     bad = write_config(workdir, "bad.yaml", {"study": {"depths": [21]}})
@@ -407,11 +443,27 @@ def test_a_config_error_stops_before_any_job(demo_run):
 RESUMABLE = {**TINY, "study": {**TINY["study"], "variants": ["paper"]}}  # 64 iterations: 8 epochs of 8
 
 
+@contextmanager
+def in_the_background(command: list[str], cwd: Path, env: dict[str, str], log: Path):
+    """``command`` running in the background, its output into ``log``; its processes are killed if the test
+    ends before it does."""
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=output, stderr=output, start_new_session=True
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 @pytest.mark.slow
 def test_a_killed_workflow_resumes_its_training_job_to_identical_results(tmp_path):
     """Snakemake deletes a failed job's outputs, not its resume file: after a kill, `--unlock` and the
     same command (the default profile reruns incomplete jobs) continue from the saved epoch."""
-    model = "results/demo/runs/paper/resnet20/seed0/model.pt"
+    model = "results/demo/runs/paper/resnet8/seed0/model.pt"
     env = {**os.environ, "CIFAR_RESNET_CHECKPOINT_SECONDS": "0"}  # save the resume state every epoch
 
     def start(name: str) -> tuple[Path, list[str]]:
@@ -422,28 +474,35 @@ def test_a_killed_workflow_resumes_its_training_job_to_identical_results(tmp_pat
         return workdir, [str(SNAKEMAKE), model, "--cores", "1", "--configfile", "config/demo.yaml", resumable]
 
     uninterrupted, command = start("uninterrupted")
-    subprocess.run(command, cwd=uninterrupted, env=env, check=True, capture_output=True)
+    # The run to compare with trains beside the one that is killed (a thread each).
+    with in_the_background(command, uninterrupted, env, tmp_path / "uninterrupted.log") as reference:
+        workdir, command = start("killed")
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        process = subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True, **quiet)
+        resume_file = workdir / "results/demo/resume/paper/resnet8/seed0.pt"
+        deadline = time.monotonic() + 300
+        while not resume_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)  # Snakemake and its job, as a lost node would
+        process.wait()
+        assert resume_file.exists() and not (workdir / model).exists()
+        subprocess.run([*command, "--unlock"], cwd=workdir, check=True, capture_output=True)
+        subprocess.run(command, cwd=workdir, env=env, check=True, capture_output=True)
+        assert reference.wait(timeout=600) == 0, (tmp_path / "uninterrupted.log").read_text()[-3000:]
 
-    workdir, command = start("killed")
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    process = subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True, **quiet)
-    resume_file = workdir / "results/demo/resume/paper/resnet20/seed0.pt"
-    deadline = time.monotonic() + 300
-    while not resume_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # Snakemake and its job, as a lost node would
-    process.wait()
-    assert resume_file.exists() and not (workdir / model).exists()
-    subprocess.run([*command, "--unlock"], cwd=workdir, check=True, capture_output=True)
-    subprocess.run(command, cwd=workdir, env=env, check=True, capture_output=True)
-
-    assert "resumed from" in (workdir / "results/demo/logs/train/paper/resnet20/seed0.log").read_text()
+    assert "resumed from" in (workdir / "results/demo/logs/train/paper/resnet8/seed0.log").read_text()
     expected, resumed = load_tensors(uninterrupted / model), load_tensors(workdir / model)
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
     assert not resume_file.exists()
 
 
-THREE_SEEDS = {**TINY, "study": {**TINY["study"], "variants": ["paper"], "seeds": [0, 1, 2]}}
+# Three runs, so that a kill leaves one done, one training and one waiting; without deployments (status's
+# "trained", a run whose deployment is to come, is test_status's), which would only lengthen the resumed run.
+THREE_SEEDS = {
+    **TINY,
+    "study": {**TINY["study"], "variants": ["paper"], "seeds": [0, 1, 2]},
+    "deploy": {"enabled": False},
+}
 COUNTS = re.compile(
     r"^(\d+) done, (\d+) trained, (\d+) training, (\d+) stopped, (\d+) failed, (\d+) waiting of 3 runs$", re.M
 )
@@ -455,7 +514,7 @@ def test_status_of_a_killed_demo_shows_done_training_and_waiting_runs_then_it_re
     three = write_config(workdir, "three.yaml", THREE_SEEDS)
     command = [str(SNAKEMAKE), "--cores", "1", "--configfile", "config/demo.yaml", three]
     status = [sys.executable, "-m", "cifar_resnet.cli", "status", "--configfile", "config/demo.yaml", three]
-    runs = workdir / RUNS / "paper" / "resnet20"
+    runs = workdir / RUNS / "paper" / "resnet8"
 
     def one_trained_and_one_training() -> bool:
         trained = [run for run in runs.glob("seed*") if (run / "eval.json").exists()]
@@ -475,7 +534,7 @@ def test_status_of_a_killed_demo_shows_done_training_and_waiting_runs_then_it_re
     printed = subprocess.run(status, cwd=workdir, capture_output=True, text=True, check=True).stdout
     done, trained, training, stopped, failed, waiting = map(int, COUNTS.search(printed).groups())
     assert done + trained == 1 and training == 1 and stopped == failed == 0 and waiting == 1, printed
-    assert re.search(r"^training  demo/paper/ResNet-20/seed \d: epoch \d+/\d+, ", printed, re.M), printed
+    assert re.search(r"^training  demo/paper/ResNet-8/seed \d: epoch \d+/\d+, ", printed, re.M), printed
 
     subprocess.run([*command, "--unlock"], cwd=workdir, check=True, capture_output=True)
     subprocess.run(command, cwd=workdir, check=True, capture_output=True)
@@ -554,7 +613,7 @@ def assert_no_traceback(output: str) -> None:
         (
             {"report": {"plots": {"learning_curve_depth": 32}}},
             "report.plots.learning_curve_depth is 32, a depth the study does not run; choose one of "
-            "study.depths (20) or null for the smallest.",
+            "study.depths (8) or null for the smallest.",
         ),
         (
             {"report": {"baseline_variant": "wide"}},
@@ -571,7 +630,7 @@ def assert_no_traceback(output: str) -> None:
             "recipe.training.batch_size is 128, more than the 108 images of the demo training split",
         ),
         (
-            {"recipe": {"warmup": {"lr": 0.01, "iterations": 90, "min_depth": 20}}},
+            {"recipe": {"warmup": {"lr": 0.01, "iterations": 90, "min_depth": 8}}},
             "recipe.warmup.iterations is 90, but the whole training of variant 'paper' lasts 64 iterations",
         ),
         (
@@ -599,6 +658,7 @@ def assert_no_traceback(output: str) -> None:
     ],
 )
 @pytest.mark.slow
+@DEMO_RUN
 def test_a_bad_value_is_refused_before_any_job_and_every_output_stays(demo_run, overlay, message):
     workdir, configs = demo_run
     bad = write_config(workdir, "bad.yaml", overlay)
@@ -606,6 +666,7 @@ def test_a_bad_value_is_refused_before_any_job_and_every_output_stays(demo_run, 
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_a_string_from_the_command_line_is_said_to_be_one(demo_run):
     workdir, configs = demo_run
     output = refused(workdir, "--configfile", *configs, "--config", "study={depths: [20, 32]}")
@@ -622,12 +683,13 @@ RUNS = Path("results/demo/runs")
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_a_deleted_primary_result_is_rebuilt_with_only_what_depends_on_it(demo_run, tmp_path):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
-    (workdir / RUNS / "dropout/resnet20/seed0/eval.json").unlink()
+    (workdir / RUNS / "dropout/resnet8/seed0/eval.json").unlink()
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout)
     assert counts == with_aggregates(train=1, deploy=1)  # the training job writes the evaluation
-    (workdir / RUNS / "frozen/resnet20/seed0/model.pt").unlink()
+    (workdir / RUNS / "frozen/resnet8/seed0/model.pt").unlink()
     counts = job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout)
     assert counts == with_aggregates(train=2, deploy=2)  # the dropout run's and the frozen run's
 
@@ -642,9 +704,10 @@ def test_a_deleted_primary_result_is_rebuilt_with_only_what_depends_on_it(demo_r
     ],
 )
 @pytest.mark.slow
+@DEMO_RUN
 def test_a_corrupt_primary_result_is_named_before_any_job(demo_run, tmp_path, name, corrupt, problem):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
-    path = RUNS / "paper/resnet20/seed0" / name
+    path = RUNS / "paper/resnet8/seed0" / name
     (workdir / path).write_bytes(corrupt((workdir / path).read_bytes()))
     output = refused(workdir, "--configfile", *configs)
     assert f"{path} {problem}" in output
@@ -667,25 +730,26 @@ def test_readme_markers_are_checked_before_any_job(tmp_path):
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_a_training_job_that_fails_leaves_no_evaluation_of_the_model_it_replaced(demo_run, tmp_path):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     diverging = write_config(
         workdir, "diverging.yaml", {"variants": {"dropout": {"overrides": {"optimizer": {"lr": 1e12}}}}}
     )
-    run = RUNS / "dropout/resnet20/seed0"
+    run = RUNS / "dropout/resnet8/seed0"
     result = snakemake(
         workdir, str(run / "eval.json"), "--cores", "1", "--configfile", *configs, diverging, check=False
     )
     assert result.returncode != 0 and "training diverged" in result.stdout + result.stderr
     for name in ("model.pt", "eval.json", *DEPLOYED):
         assert not (workdir / run / name).exists(), name
-    assert (workdir / RUNS / "paper/resnet20/seed0/eval.json").exists()  # other runs keep theirs
+    assert (workdir / RUNS / "paper/resnet8/seed0/eval.json").exists()  # other runs keep theirs
 
 
 # Faults met by a finished study: what Snakemake's own process can know is refused before any job, so that
 # Snakemake never clears a run's finished files for a job bound to fail; what only a job can meet ends that
 # job in one sentence. The tests that mount need root (CI runs as root) and are skipped without it.
-RUN = RUNS / "paper/resnet20/seed0"
+RUN = RUNS / "paper/resnet8/seed0"
 PREPARED = Path("resources/demo/prepared.pt")
 
 
@@ -713,6 +777,7 @@ def read_only(folder: Path):
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_a_damaged_dataset_is_refused_before_any_job_and_prepared_anew_without_retraining(demo_run, tmp_path):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     original = load_tensors(workdir / PREPARED)
@@ -743,6 +808,7 @@ def test_a_damaged_dataset_is_refused_before_any_job_and_prepared_anew_without_r
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_a_folder_the_jobs_cannot_write_is_refused_before_any_job(demo_run, tmp_path):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     (workdir / RUN / "deploy.json").unlink()  # so that the run's deployment would run
@@ -767,6 +833,7 @@ def failed_job(workdir: Path, configs: list[str], leaving_out: tuple[str, ...]) 
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_a_full_disk_ends_the_job_in_one_sentence_and_leaves_no_temporary(demo_run, tmp_path):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     tables = workdir / "results" / "demo" / "tables"
@@ -785,6 +852,7 @@ def test_a_full_disk_ends_the_job_in_one_sentence_and_leaves_no_temporary(demo_r
 
 
 @pytest.mark.slow
+@DEMO_RUN
 def test_a_damaged_summary_ends_the_jobs_that_read_it_in_one_sentence(demo_run, tmp_path):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     summary = workdir / "results" / "demo" / "summary.csv"
