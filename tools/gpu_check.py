@@ -199,6 +199,8 @@ def gpu_check(out: Path, work: Path, budget: float, small: bool) -> Path:
             "-v",
             "-p",
             "no:cacheprovider",
+            "-n",
+            "0",  # in this process, one test at a time: they share the one GPU, whose jobs they time
             "tests/test_cuda.py",
         ]
         tests_log.unlink(missing_ok=True)
