@@ -52,8 +52,7 @@ def _slurm_skip_reason() -> str | None:
 
 
 # One xdist group: under `pytest -n 2 --dist loadgroup` one worker runs these tests one after the other, so
-# that they never compete for the cluster's one node (and cancel_when_running finds the job of its own test),
-# while the other worker computes.
+# that they never compete for the cluster's one node, while the other worker computes.
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group(name="slurm")]
 
 
@@ -384,21 +383,26 @@ def prepare_locally(workdir: Path, configs: list[str]) -> None:
 
 
 def cancel_when_running(
-    comment: str, deadline: float, options: tuple[str, ...] = (), ready: Path | None = None
+    workdir: Path, comment: str, deadline: float, options: tuple[str, ...] = (), ready: Path | None = None
 ) -> str | None:
-    """``scancel`` with ``options`` the first running SLURM job whose comment (the plugin writes the rule
-    or group there) holds ``comment``, once ``ready`` exists where it is given, as the cluster stops a
-    job at its time limit; its id, or None."""
+    """``scancel`` with ``options`` the first running SLURM job submitted from ``workdir`` (the test's own,
+    never another test's running beside it) whose comment (the plugin writes the rule or group there)
+    holds ``comment``, once ``ready`` exists where it is given, as the cluster stops a job at its time
+    limit; its id, or None."""
     while time.monotonic() < deadline:
         listed = subprocess.run(
-            ["squeue", "--noheader", "--states=RUNNING", "--format=%i|%k"],
+            ["squeue", "--noheader", "--states=RUNNING", "--format=%i|%Z|%k"],
             capture_output=True,
             text=True,
             timeout=15,
         ).stdout
         for line in listed.splitlines():
-            job_id, _, job_comment = line.partition("|")
-            if comment in job_comment and (ready is None or ready.exists()):
+            job_id, job_workdir, job_comment = line.split("|", 2)
+            if (
+                job_workdir == str(workdir.resolve())
+                and comment in job_comment
+                and (ready is None or ready.exists())
+            ):
                 subprocess.run(["scancel", *options, job_id], timeout=15, check=True)
                 return job_id
         time.sleep(0.2)
@@ -416,7 +420,7 @@ def test_a_run_stopped_by_the_cluster_is_resubmitted_with_larger_limits(tmp_path
     target = "results/demo/runs/paper/resnet8/seed0/deploy.json"
     extra = [*configs, *ON_CI_CLUSTER, "--retries", "1"]
     with ThreadPoolExecutor(1) as pool:
-        cancelled = pool.submit(cancel_when_running, "run_demo_paper_8_0", time.monotonic() + 240)
+        cancelled = pool.submit(cancel_when_running, workdir, "run_demo_paper_8_0", time.monotonic() + 240)
         run = run_through_slurm(workdir, [target], extra, timeout_s=400, profile=PROJECT_PROFILE)
         cancelled = cancelled.result()
     assert run.returncode == 0, run.describe()
@@ -446,6 +450,7 @@ def test_a_run_the_cluster_sends_sigterm_saves_its_training_and_its_retry_resume
         # SIGTERM, as SLURM sends at a job's time limit, once an epoch is done and more are to come
         signalled = pool.submit(
             cancel_when_running,
+            workdir,
             "run_demo_paper_8_0",
             time.monotonic() + 240,
             ("--signal=TERM",),
