@@ -24,9 +24,7 @@ def checked(tmp_path_factory):
     return folder
 
 
-# The tests that read `checked` share an xdist group, so that one worker builds it once.
 @pytest.mark.slow
-@pytest.mark.xdist_group(name="gpu_check")
 def test_the_small_form_runs_every_stage_and_packs_its_results_into_five_files(checked):
     out = checked / "out"
     assert sorted(path.name for path in out.iterdir()) == [
@@ -52,7 +50,6 @@ def test_the_small_form_runs_every_stage_and_packs_its_results_into_five_files(c
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group(name="gpu_check")
 def test_the_same_command_again_keeps_every_finished_result(checked, monkeypatch):
     monkeypatch.chdir(ROOT)
     before = (checked / "work" / "results/demo/runs/paper/resnet8/seed0/train.json").read_bytes()

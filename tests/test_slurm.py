@@ -51,9 +51,7 @@ def _slurm_skip_reason() -> str | None:
     return None
 
 
-# One xdist group: under `pytest -n 2 --dist loadgroup` one worker runs these tests one after the other, so
-# that they never compete for the cluster's one node, while the other worker computes.
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group(name="slurm")]
+pytestmark = pytest.mark.slurm
 
 
 @pytest.fixture(scope="module", autouse=True)

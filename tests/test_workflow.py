@@ -73,9 +73,7 @@ def write_config(workdir: Path, name: str, config: dict) -> str:
 
 
 # The tests that run the workflow end to end (demo_run's, minutes) are marked slow, so that
-# `pytest -m "not slow"` is a quick inner loop; the dry runs stay in it. Those that read demo_run share one
-# xdist group, so that under `pytest -n 2 --dist loadgroup` one worker runs the workflow once for them all.
-DEMO_RUN = pytest.mark.xdist_group(name="demo_run")
+# `pytest -m "not slow"` is a quick inner loop; the dry runs stay in it.
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +133,6 @@ INT8_BOUND = 5.0
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_demo_produces_every_output(demo_run):
     workdir, _ = demo_run
     results = workdir / "results" / "demo"
@@ -166,7 +163,6 @@ def test_demo_produces_every_output(demo_run):
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_every_deployed_model_is_the_evaluated_one(demo_run):
     workdir, _ = demo_run
     for variant in TINY["study"]["variants"]:
@@ -179,7 +175,6 @@ def test_every_deployed_model_is_the_evaluated_one(demo_run):
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_the_readmes_deployment_snippet_classifies_an_image(demo_run, tmp_path):
     workdir, _ = demo_run
     readme = (ROOT / "README.md").read_text()
@@ -203,7 +198,6 @@ def test_the_readmes_deployment_snippet_classifies_an_image(demo_run, tmp_path):
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_load_run_predicts_what_the_onnx_model_predicts(demo_run):
     workdir, _ = demo_run
     images = load_tensors(workdir / "resources/demo/prepared.pt")["test_images"]
@@ -258,7 +252,6 @@ def test_a_release_of_the_demo_loads_through_torch_hub_with_the_recorded_accurac
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_a_latency_option_deploys_again_and_trains_nothing(demo_run):
     workdir, configs = demo_run
     runs = write_config(workdir, "runs.yaml", {"deploy": {"latency": {"runs": 7}}})
@@ -297,7 +290,6 @@ def test_deploy_off_leaves_the_deployment_out_of_the_dag(tmp_path):
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_int8_off_exports_the_float_model_only(demo_run):
     workdir, configs = demo_run
     float_only = write_config(workdir, "float.yaml", {"deploy": {"int8": False}})
@@ -317,7 +309,6 @@ def report_results(path: Path) -> dict:
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_snakemake_report_target_shows_the_study_inline(demo_run):
     workdir, configs = demo_run
     output = snakemake(workdir, "report", "--configfile", *configs).stderr  # a real run logs to stderr
@@ -341,7 +332,6 @@ def test_snakemake_report_target_shows_the_study_inline(demo_run):
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_report_flag_still_writes_the_report(demo_run):
     workdir, configs = demo_run
     snakemake(workdir, "--configfile", *configs, "--report", "report.html")
@@ -349,7 +339,6 @@ def test_report_flag_still_writes_the_report(demo_run):
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_results_block_splices_into_a_copy_of_the_readme(demo_run, tmp_path):
     workdir, _ = demo_run
     readme = tmp_path / "README.md"
@@ -370,14 +359,12 @@ def test_results_block_splices_into_a_copy_of_the_readme(demo_run, tmp_path):
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_complete_run_has_nothing_to_do(demo_run):
     workdir, configs = demo_run
     assert job_counts(snakemake(workdir, "-n", "--configfile", *configs).stdout) == {}
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_a_hyperparameter_change_reruns_exactly_that_variant(demo_run):
     workdir, configs = demo_run
     change = write_config(
@@ -388,7 +375,6 @@ def test_a_hyperparameter_change_reruns_exactly_that_variant(demo_run):
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_a_paper_change_also_retrains_what_is_pretrained_from_it(demo_run):
     workdir, configs = demo_run
     change = write_config(
@@ -400,7 +386,6 @@ def test_a_paper_change_also_retrains_what_is_pretrained_from_it(demo_run):
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_adding_a_seed_adds_only_its_jobs(demo_run):
     workdir, configs = demo_run
     seeds = write_config(workdir, "seeds.yaml", {"study": {"seeds": [0, 1]}})
@@ -410,7 +395,6 @@ def test_adding_a_seed_adds_only_its_jobs(demo_run):
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_adding_a_depth_adds_only_its_jobs(demo_run):
     workdir, configs = demo_run
     depths = write_config(workdir, "depths.yaml", {"study": {"depths": [8, 20]}})
@@ -420,7 +404,6 @@ def test_adding_a_depth_adds_only_its_jobs(demo_run):
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_a_plot_option_reruns_only_the_plots(demo_run):
     workdir, configs = demo_run
     plots = write_config(workdir, "plots.yaml", {"report": {"plots": {"learning_curve_depth": 8}}})
@@ -431,7 +414,6 @@ def test_a_plot_option_reruns_only_the_plots(demo_run):
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_a_config_error_stops_before_any_job(demo_run):
     workdir, configs = demo_run
     bad = write_config(workdir, "bad.yaml", {"study": {"depths": [21]}})
@@ -658,7 +640,6 @@ def assert_no_traceback(output: str) -> None:
     ],
 )
 @pytest.mark.slow
-@DEMO_RUN
 def test_a_bad_value_is_refused_before_any_job_and_every_output_stays(demo_run, overlay, message):
     workdir, configs = demo_run
     bad = write_config(workdir, "bad.yaml", overlay)
@@ -666,7 +647,6 @@ def test_a_bad_value_is_refused_before_any_job_and_every_output_stays(demo_run, 
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_a_string_from_the_command_line_is_said_to_be_one(demo_run):
     workdir, configs = demo_run
     output = refused(workdir, "--configfile", *configs, "--config", "study={depths: [20, 32]}")
@@ -683,7 +663,6 @@ RUNS = Path("results/demo/runs")
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_a_deleted_primary_result_is_rebuilt_with_only_what_depends_on_it(demo_run, tmp_path):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     (workdir / RUNS / "dropout/resnet8/seed0/eval.json").unlink()
@@ -704,7 +683,6 @@ def test_a_deleted_primary_result_is_rebuilt_with_only_what_depends_on_it(demo_r
     ],
 )
 @pytest.mark.slow
-@DEMO_RUN
 def test_a_corrupt_primary_result_is_named_before_any_job(demo_run, tmp_path, name, corrupt, problem):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     path = RUNS / "paper/resnet8/seed0" / name
@@ -730,7 +708,6 @@ def test_readme_markers_are_checked_before_any_job(tmp_path):
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_a_training_job_that_fails_leaves_no_evaluation_of_the_model_it_replaced(demo_run, tmp_path):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     diverging = write_config(
@@ -777,7 +754,6 @@ def read_only(folder: Path):
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_a_damaged_dataset_is_refused_before_any_job_and_prepared_anew_without_retraining(demo_run, tmp_path):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     original = load_tensors(workdir / PREPARED)
@@ -808,7 +784,6 @@ def test_a_damaged_dataset_is_refused_before_any_job_and_prepared_anew_without_r
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_a_folder_the_jobs_cannot_write_is_refused_before_any_job(demo_run, tmp_path):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     (workdir / RUN / "deploy.json").unlink()  # so that the run's deployment would run
@@ -833,7 +808,6 @@ def failed_job(workdir: Path, configs: list[str], leaving_out: tuple[str, ...]) 
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_a_full_disk_ends_the_job_in_one_sentence_and_leaves_no_temporary(demo_run, tmp_path):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     tables = workdir / "results" / "demo" / "tables"
@@ -852,7 +826,6 @@ def test_a_full_disk_ends_the_job_in_one_sentence_and_leaves_no_temporary(demo_r
 
 
 @pytest.mark.slow
-@DEMO_RUN
 def test_a_damaged_summary_ends_the_jobs_that_read_it_in_one_sentence(demo_run, tmp_path):
     workdir, configs = copy_of(demo_run, tmp_path), demo_run[1]
     summary = workdir / "results" / "demo" / "summary.csv"
